@@ -1,0 +1,203 @@
+"""The `vectorstore` command: parse argv into a typed options object, then hand it to one command.
+
+This package is the only place that sees all three of config, render and vectorstore; it keeps
+`render -> config <- vectorstore` intact by importing each command lazily, so `validate` in a
+pre-commit hook never pays for aiohttp or psycopg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_SPEC = "config/stack.yaml"
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class SchemaOptions:
+    pass
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    spec: Path
+    output: Path
+    check: bool
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    spec: Path
+    host: str
+    port: int | None
+    data_dir: Path | None
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    spec: Path
+    data_dir: Path | None
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    store: str
+    paths: tuple[Path, ...]
+    base_url: str
+    api_key_env: str
+    chunk_size: int | None
+
+
+Options = ValidateOptions | SchemaOptions | RenderOptions | ServeOptions | PlanOptions | IngestOptions
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vectorstore",
+        description="Declarative pgvector vector stores for LiteLLM: validate, render, serve.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check spec files; exit 1 if any is invalid")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+    commands.add_parser("schema", help="print the spec's JSON Schema")
+
+    render = commands.add_parser("render", help="render Kubernetes manifests and litellm.yml from a spec")
+    _render_arguments(render)
+
+    serve = commands.add_parser("serve", help="reconcile the declared stores, then serve the API")
+    serve.add_argument("--spec", type=Path, default=Path(DEFAULT_SPEC), help=f"spec file (default {DEFAULT_SPEC})")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=None, help="port (default: server.port from the spec)")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="embedded PostgreSQL data directory, used when neither PG* nor DATABASE_URL is set",
+    )
+
+    plan = commands.add_parser("plan", help="show what reconcile would change; exit 3 if anything")
+    plan.add_argument("--spec", type=Path, default=Path(DEFAULT_SPEC), help=f"spec file (default {DEFAULT_SPEC})")
+    plan.add_argument("--data-dir", type=Path, default=None, help="embedded PostgreSQL data directory")
+
+    ingest = commands.add_parser("ingest", help="upload files into a store through the HTTP API")
+    ingest.add_argument("--store", required=True, help="store name or id")
+    ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
+    ingest.add_argument("--base-url", default="http://127.0.0.1:8000", help="server URL (default %(default)s)")
+    ingest.add_argument(
+        "--api-key-env",
+        default="VECTORSTORE_API_KEY",
+        help="env var holding the bearer key (default %(default)s)",
+    )
+    ingest.add_argument("--chunk-size", type=_positive, default=None, help="static chunk size in tokens")
+    return parser
+
+
+def _render_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", type=Path, metavar="SPEC", help="spec file")
+    parser.add_argument("-o", "--output", type=Path, default=Path("manifests"), help="output directory")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 with a diff if the directory is stale"
+    )
+
+
+def parse(argv: Sequence[str]) -> Options:
+    args = build_parser().parse_args(argv)
+    return _options(args)
+
+
+def _options(args: argparse.Namespace) -> Options:
+    match args.command:
+        case "validate":
+            return ValidateOptions(files=tuple(args.files))
+        case "schema":
+            return SchemaOptions()
+        case "render":
+            return RenderOptions(spec=args.spec, output=args.output, check=args.check)
+        case "serve":
+            return ServeOptions(spec=args.spec, host=args.host, port=args.port, data_dir=args.data_dir)
+        case "plan":
+            return PlanOptions(spec=args.spec, data_dir=args.data_dir)
+        case "ingest":
+            return IngestOptions(
+                store=args.store,
+                paths=tuple(args.paths),
+                base_url=args.base_url,
+                api_key_env=args.api_key_env,
+                chunk_size=args.chunk_size,
+            )
+    raise AssertionError(args.command)
+
+
+def run(options: Options) -> int:
+    """Dispatch to the command; each returns its exit code."""
+    match options:
+        case ValidateOptions():
+            from config.commands import validate
+
+            return validate(options.files)
+        case SchemaOptions():
+            from config.commands import print_schema
+
+            return print_schema()
+        case RenderOptions():
+            from render.command import render_command
+
+            return render_command(options.spec, options.output, check=options.check)
+        case ServeOptions():
+            from vectorstore.commands import serve
+
+            return serve(options)
+        case PlanOptions():
+            from vectorstore.commands import plan
+
+            return plan(options)
+        case IngestOptions():
+            from vectorstore.ingest_cli import ingest
+
+            return ingest(options)
+    raise AssertionError(options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(parse(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+def render_main(argv: Sequence[str] | None = None) -> int:
+    """`render-manifests SPEC [-o DIR] [--check]`, the same as `vectorstore render`."""
+    parser = argparse.ArgumentParser(prog="render-manifests", description="render manifests from a spec")
+    _render_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return run(RenderOptions(spec=args.spec, output=args.output, check=args.check))

@@ -1,0 +1,218 @@
+"""Read a spec file: YAML safely, then the JSON Schema, then the semantic checks, all errors at once."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from config import checks
+from config.model import Spec, build_spec
+from config.yamlsafe import MAX_BYTES, JsonPath, LoadedDocument, Position, YamlProblem, load_yaml
+
+SUPPORTED_VERSION = 1
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with a spec, printed as FILE:LINE:COL: $.path: message."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.path}: {self.message}"
+
+
+class SpecError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(problem) for problem in problems))
+
+
+@cache
+def schema_text() -> str:
+    return resources.files("config").joinpath("schema.json").read_text(encoding="utf-8")
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(schema_text())
+    return schema
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(_schema())
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        ref = node["$ref"]
+        assert ref.startswith("#/$defs/")
+        node = {
+            **_schema()["$defs"][ref.removeprefix("#/$defs/")],
+            **{k: v for k, v in node.items() if k != "$ref"},
+        }
+    return node
+
+
+def apply_defaults(data: Any, node: dict[str, Any] | None = None) -> Any:
+    """Fill schema defaults, and empty objects for optional sections, without touching what was written."""
+    node = _resolve(node if node is not None else _schema())
+    if isinstance(data, dict) and "properties" in node:
+        for key, sub in node["properties"].items():
+            sub_resolved = _resolve(sub)
+            if key not in data:
+                if "default" in sub_resolved:
+                    data[key] = copy.deepcopy(sub_resolved["default"])
+                elif "properties" in sub_resolved and not sub_resolved.get("required"):
+                    data[key] = {}
+                else:
+                    continue
+            apply_defaults(data[key], sub_resolved)
+    elif isinstance(data, list) and isinstance(node.get("items"), dict):
+        for item in data:
+            apply_defaults(item, node["items"])
+    return data
+
+
+def _schema_findings(data: Any) -> list[tuple[JsonPath, str, bool]]:
+    """(path, message, points_at_key) for each schema error, in the words a spec author needs."""
+    findings: list[tuple[JsonPath, str, bool]] = []
+    for error in _validator().iter_errors(data):
+        path: JsonPath = tuple(error.absolute_path)
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        validator = error.validator
+        if validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = list(schema.get("properties", {}))
+            for extra in sorted(set(error.instance) - set(known)):
+                hint = difflib.get_close_matches(extra, known, n=1)
+                suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
+                if not known:
+                    # A free-form map whose values have the wrong type: the value is the problem.
+                    continue
+                findings.append(((*path, extra), f"unknown key {extra!r}{suggestion}", True))
+            if known:
+                continue
+        if validator == "required":
+            missing = str(error.message).split("'")[1] if "'" in str(error.message) else str(error.message)
+            findings.append((path, f"missing required key {missing!r}", False))
+        elif validator == "pattern" and "x-error" in schema:
+            findings.append((path, f"{error.instance!r} {schema['x-error']}", False))
+        elif validator == "enum":
+            allowed = ", ".join(str(value) for value in error.validator_value)
+            findings.append((path, f"must be one of: {allowed} (got {error.instance!r})", False))
+        elif validator == "type":
+            expected = error.validator_value
+            expected_text = " or ".join(expected) if isinstance(expected, list) else expected
+            findings.append(
+                (
+                    path,
+                    f"must be {_article(expected_text)} (got {_kind(error.instance)} {error.instance!r})",
+                    False,
+                )
+            )
+        elif validator == "const" and path == ("version",):
+            findings.append(
+                (
+                    path,
+                    f"unsupported spec version {error.instance!r}: this vectorstore reads version {SUPPORTED_VERSION}",
+                    False,
+                )
+            )
+        else:
+            findings.append((path, str(error.message), False))
+    return findings
+
+
+def _article(type_name: str) -> str:
+    return ("an " if type_name[:1] in "aeiou" else "a ") + type_name
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    return "mapping"
+
+
+def check_document(document: LoadedDocument, filename: str) -> list[Problem]:
+    data = apply_defaults(copy.deepcopy(document.data))
+    literal = checks.literal_secrets(data)
+    literal_paths = {path for path, _ in literal}
+
+    def under_literal(path: JsonPath) -> bool:
+        return any(path[: len(prefix)] == prefix for prefix in literal_paths)
+
+    located: list[tuple[JsonPath, str, bool]] = [
+        finding for finding in _schema_findings(data) if not under_literal(finding[0])
+    ]
+    located += [(path, message, False) for path, message in literal]
+    located += [(path, message, False) for path, message in checks.semantic_findings(data)]
+
+    problems: set[Problem] = set()
+    for path, message, at_key in located:
+        position: Position = (
+            document.key_positions.get(path) or document.position_of(path) if at_key else document.position_of(path)
+        )
+        problems.add(Problem(filename, position.line, position.column, checks.format_path(path), message))
+    return sorted(problems)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    spec: Spec | None
+    problems: list[Problem]
+
+
+def check_bytes(raw: bytes, filename: str) -> CheckResult:
+    try:
+        document = load_yaml(raw)
+    except YamlProblem as problem:
+        return CheckResult(
+            None, [Problem(filename, problem.position.line, problem.position.column, "$", problem.message)]
+        )
+    problems = check_document(document, filename)
+    if problems:
+        return CheckResult(None, problems)
+    data = apply_defaults(copy.deepcopy(document.data))
+    return CheckResult(build_spec(data, raw.decode("utf-8").removeprefix("\ufeff")), [])
+
+
+def check_file(path: str | Path) -> CheckResult:
+    filename = str(path)
+    try:
+        with open(path, "rb") as handle:
+            # Read one byte past the limit so an oversized file is reported without reading all of it.
+            raw = handle.read(MAX_BYTES + 1)
+    except IsADirectoryError:
+        return CheckResult(None, [Problem(filename, 1, 1, "$", "is a directory, not a spec file")])
+    except OSError as exc:
+        return CheckResult(None, [Problem(filename, 1, 1, "$", f"cannot read: {exc.strerror or exc}")])
+    return check_bytes(raw, filename)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """The typed spec from a file, or SpecError listing every problem."""
+    result = check_file(path)
+    if result.spec is None:
+        raise SpecError(result.problems)
+    return result.spec
