@@ -105,6 +105,7 @@ class Server:
     resources: Resources
     max_upload_bytes: int
     ingest_concurrency: int
+    pod_monitor: bool
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,7 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             resources=_resources(server["resources"]),
             max_upload_bytes=server["max_upload_bytes"],
             ingest_concurrency=server["ingest_concurrency"],
+            pod_monitor=server["pod_monitor"],
         ),
         litellm=LiteLLM(
             api_key_env=litellm["api_key_env"],
