@@ -55,3 +55,9 @@ def database_rw_host(cluster_name: str) -> str:
 
 def config_map_name(app_name: str) -> str:
     return f"{app_name}-spec"
+
+
+def database_object_name(cluster_name: str, database: str) -> str:
+    """Name of the CNPG `Database` object: a DNS-1123 subdomain, where a PostgreSQL name may hold `_`."""
+    suffix = re.sub(r"[^a-z0-9]+", "-", database.lower()).strip("-") or "database"
+    return f"{cluster_name}-{suffix}"
