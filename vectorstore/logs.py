@@ -1,0 +1,199 @@
+"""Structured JSON logs: one object per line, one access line per request, a request id on every line.
+
+The request id comes from the client's `x-request-id` when it is sane (so LiteLLM's or an ingress's id can be
+followed through), otherwise it is made here; it is echoed in the response's `x-request-id` header and set in a
+context variable, so every line logged while serving the request carries it.
+
+Secrets never reach the output: the `Authorization` header is not logged at all, and a filter on the handler
+replaces any configured secret value (API keys, the embedding key, the database password) and anything that
+looks like a bearer token in every record, whichever logger wrote it. That filter is the backstop for a future
+log line that interpolates something it should not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import IO, Any, Final
+
+from aiohttp import web
+
+REQUEST_ID_HEADER: Final = "x-request-id"
+REDACTED: Final = "[REDACTED]"
+ACCESS_LOGGER: Final = "vectorstore.access"
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("vectorstore_request_id", default=None)
+
+# Printable, no spaces or quotes, bounded: an incoming id is copied into logs and a header, so it must not be
+# able to forge log lines or headers, or grow them without bound.
+_SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+_BEARER: Final = re.compile(r"(?i)\b(bearer)\s+[^\s\"',;]+")
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
+_STANDARD_ATTRS: Final = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys() | {"message", "asctime", "taskName"}
+)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def accept_request_id(value: str | None) -> str:
+    """The client's request id if it is sane, else a new one."""
+    if value is not None and _SANE_REQUEST_ID.fullmatch(value):
+        return value
+    return new_request_id()
+
+
+class JsonFormatter(logging.Formatter):
+    """`{"ts", "level", "logger", "msg", "request_id"?, ...extra fields, "exc"?}` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None) or request_id_var.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            # Left by RedactingFilter, which renders the traceback early so it can redact it.
+            entry["exc"] = record.exc_text
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces secret values and bearer tokens in a record's message, arguments and extra fields."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        # Very short values would redact ordinary words; real keys and passwords are longer than this.
+        self.secrets.update(secret for secret in secrets if len(secret) >= 6)
+
+    def redact(self, text: str) -> str:
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return _BEARER.sub(rf"\1 {REDACTED}", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Format once, redact the result, and drop the args: the formatter then sees only clean text.
+        record.msg = self.redact(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            # Exception text can quote a connection string or a header: render it now so it is redacted too.
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD_ATTRS and isinstance(value, str):
+                setattr(record, key, self.redact(value))
+        return True
+
+
+_redactor: RedactingFilter | None = None
+
+
+def configure(level: int | str = logging.INFO, secrets: Iterable[str] = (), stream: IO[str] | None = None) -> None:
+    """Send every log record to `stream` (stderr) as JSON lines, secrets redacted. Safe to call again."""
+    global _redactor
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_vectorstore", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler._vectorstore = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter())
+    _redactor = RedactingFilter(secrets)
+    handler.addFilter(_redactor)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Our access line replaces aiohttp's (which is not JSON and would double every request).
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Redact more values (keys resolved after `configure`) on the configured handler."""
+    if _redactor is not None:
+        _redactor.add(secrets)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID_KEY: Final = web.RequestKey("vectorstore_request_id", str)
+
+_access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+def request_id(request: web.Request) -> str | None:
+    return request.get(_REQUEST_ID_KEY)
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Assigns the request id and writes one access line when the request ends, however it ends."""
+    rid = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+    request[_REQUEST_ID_KEY] = rid
+    token = request_id_var.set(rid)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499
+        raise
+    finally:
+        match_info = request.match_info
+        route = None
+        if match_info.http_exception is None and match_info.route.resource is not None:
+            route = match_info.route.resource.canonical
+        _access_log.log(
+            logging.WARNING if status >= 500 else logging.INFO,
+            "%s %s %d",
+            request.method,
+            request.path,
+            status,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "remote": request.remote,
+                "user_agent": request.headers.get("User-Agent"),
+                "request_id": rid,
+            },
+        )
+        request_id_var.reset(token)
+
+
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare` hook: every response, streamed ones included, carries the request id."""
+    rid = request_id(request)
+    if rid is not None and REQUEST_ID_HEADER not in response.headers:
+        response.headers[REQUEST_ID_HEADER] = rid

@@ -1,0 +1,242 @@
+"""Prometheus metrics: one registry per process, the names operators alert on, and the aiohttp middleware.
+
+A process serves one app, so the metrics are module-level (Prometheus' own convention) and the rest of the
+server records with the small helpers below, without carrying a registry around. The registry is our own, not
+`prometheus_client.REGISTRY`, so importing a library that registers there can't add surprise series.
+
+Gauges that describe state (pool usage, queue depth) are read at scrape time from callbacks the app registers
+with `add_gauge_source`, so they are never stale and cost nothing between scrapes.
+
+Route labels are aiohttp's route templates (`/v1/vector_stores/{vector_store_id}`), never raw paths: ids in
+labels would make a series per store and per file, which is how Prometheus servers run out of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+# Buckets from 1 ms to 30 s: searches sit in the low milliseconds, ingestion requests and upstream calls can
+# take seconds, and 30 s is past any client timeout we expect.
+_LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+CLIENT_CLOSED: Final = 499
+UNMATCHED_ROUTE: Final = "unmatched"
+"""Route label of requests no route matched (404s, scanners): one series, whatever the path."""
+
+HTTP_REQUESTS: Final = Counter(
+    "vectorstore_http_requests_total",
+    "HTTP requests by method, route template and status code.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY: Final = Histogram(
+    "vectorstore_http_request_duration_seconds",
+    "HTTP request latency by method and route template, including time spent waiting for the database.",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+SEARCH_LATENCY: Final = Histogram(
+    "vectorstore_search_duration_seconds",
+    "Time of the SQL part of a vector store search (without the query embedding).",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+EMBEDDING_LATENCY: Final = Histogram(
+    "vectorstore_embedding_request_duration_seconds",
+    "Latency of one HTTP request to the embedding upstream, by purpose (query or ingest).",
+    ["purpose"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+EMBEDDING_ERRORS: Final = Counter(
+    "vectorstore_embedding_errors_total",
+    "Failed requests to the embedding upstream, by purpose and reason (timeout, connect, status_429, status_5xx, ...).",
+    ["purpose", "reason"],
+    registry=REGISTRY,
+)
+EMBEDDING_CACHE: Final = Counter(
+    "vectorstore_embedding_cache_total",
+    "Query-embedding cache lookups by result (hit or miss).",
+    ["result"],
+    registry=REGISTRY,
+)
+INGEST_OUTCOMES: Final = Counter(
+    "vectorstore_ingest_files_total",
+    "Files the ingestion worker finished, by outcome (completed, failed, cancelled, requeued).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+INGEST_CHUNKS: Final = Counter(
+    "vectorstore_ingest_chunks_total",
+    "Chunks written by the ingestion worker.",
+    registry=REGISTRY,
+)
+INGEST_LATENCY: Final = Histogram(
+    "vectorstore_ingest_file_duration_seconds",
+    "Time to ingest one file: extract, chunk, embed and write.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+GaugeSource = Callable[[], Iterable[Metric]]
+
+
+class _Sources(Collector):
+    """Calls the registered sources at scrape time. A failing source costs its own series, not the scrape."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, GaugeSource] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for source in list(self.sources.values()):
+            try:
+                yield from source()
+            except Exception:  # noqa: S112 - a scrape must not fail because one source (e.g. the DB) is down
+                continue
+
+    def describe(self) -> Iterator[Metric]:
+        # Sources are dynamic: describing them would call them at registration time.
+        return iter(())
+
+
+_SOURCES: Final = _Sources()
+REGISTRY.register(_SOURCES)
+
+
+def add_gauge_source(name: str, source: GaugeSource) -> None:
+    """Register (or replace, by name) a callback that yields metric families at scrape time."""
+    _SOURCES.sources[name] = source
+
+
+def remove_gauge_source(name: str) -> None:
+    _SOURCES.sources.pop(name, None)
+
+
+def pool_gauges(stats: Callable[[], Mapping[str, int]]) -> GaugeSource:
+    """A source for psycopg_pool's `get_stats()`: size, idle, busy, waiting clients, and the configured maximum."""
+
+    def collect() -> Iterator[Metric]:
+        values = stats()
+        size = values.get("pool_size", 0)
+        available = values.get("pool_available", 0)
+        for name, doc, value in (
+            ("vectorstore_db_pool_size", "Connections the pool holds now.", size),
+            ("vectorstore_db_pool_available", "Idle connections in the pool.", available),
+            ("vectorstore_db_pool_in_use", "Connections lent to requests or workers.", max(size - available, 0)),
+            ("vectorstore_db_pool_waiting", "Clients waiting for a connection.", values.get("requests_waiting", 0)),
+            ("vectorstore_db_pool_max", "Configured maximum pool size.", values.get("pool_max", 0)),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+
+    return collect
+
+
+def queue_gauge(depths: Callable[[], Mapping[str, int]]) -> GaugeSource:
+    """A source for the ingestion queue: a callback returning the number of jobs per state (queued, running...)."""
+
+    def collect() -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "vectorstore_ingest_queue_depth", "Ingestion jobs in the queue, by state.", labels=["state"]
+        )
+        for state, count in sorted(depths().items()):
+            family.add_metric([state], count)
+        yield family
+
+    return collect
+
+
+def observe_search(seconds: float) -> None:
+    SEARCH_LATENCY.observe(seconds)
+
+
+def observe_embedding(purpose: str, seconds: float, error: str | None = None) -> None:
+    """Record one upstream call; `error` is a short reason such as `timeout` or `status_429`, None on success."""
+    EMBEDDING_LATENCY.labels(purpose).observe(seconds)
+    if error is not None:
+        EMBEDDING_ERRORS.labels(purpose, error).inc()
+
+
+def embedding_error_reason(status: int | None = None, exc: BaseException | None = None) -> str:
+    """A bounded label for an upstream failure: an HTTP status class, or the exception kind."""
+    if status is not None:
+        return "status_429" if status == 429 else f"status_{status // 100}xx"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if exc is not None and type(exc).__name__.startswith(("ClientConnector", "ServerDisconnected")):
+        return "connect"
+    return "other"
+
+
+def count_cache(hit: bool) -> None:
+    EMBEDDING_CACHE.labels("hit" if hit else "miss").inc()
+
+
+def observe_ingest(outcome: str, seconds: float | None = None, chunks: int = 0) -> None:
+    INGEST_OUTCOMES.labels(outcome).inc()
+    if chunks:
+        INGEST_CHUNKS.inc(chunks)
+    if seconds is not None:
+        INGEST_LATENCY.observe(seconds)
+
+
+def route_label(request: web.Request) -> str:
+    """The matched route's template, or `unmatched` (aiohttp's 404/405 match infos have no real route)."""
+    match_info = request.match_info
+    if match_info.http_exception is not None:
+        return UNMATCHED_ROUTE
+    resource = match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    HTTP_LATENCY.labels(method, route).observe(seconds)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts every request by route template and final status, errors and aiohttp's own 404/405 included."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        # The client went away before the answer: nginx's 499, so these don't pass for server errors.
+        status = CLIENT_CLOSED
+        raise
+    finally:
+        observe_request(request.method, route_label(request), status, time.perf_counter() - started)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
