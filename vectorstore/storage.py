@@ -1,0 +1,168 @@
+"""Per-store storage: one table per store, sized to its dimensions, with an HNSW index for its distance.
+
+Why a table per store rather than one shared table: see docs/design.md (measured in bench/layout.py).
+
+Every chunk row carries: id, file_id (NULL for rows added through the prototype's /embeddings routes),
+chunk_index, filename, content, attributes (JSONB, what filters read), the embedding, created_at.
+Ingestion writes rows with `copy_chunks` (binary COPY) inside its own transaction, one per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from pgvector import HalfVector, Vector
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from config.model import VECTOR_MAX_INDEXED_DIMENSIONS, Distance
+
+VectorType = Literal["vector", "halfvec"]
+
+# pgvector operator per distance; the same operator must appear in the index opclass and in ORDER BY.
+OPERATORS: dict[str, str] = {"cosine": "<=>", "l2": "<->", "inner_product": "<#>"}
+_OPCLASS_SUFFIX: dict[str, str] = {"cosine": "cosine_ops", "l2": "l2_ops", "inner_product": "ip_ops"}
+
+CHUNK_COLUMNS = ("id", "file_id", "chunk_index", "filename", "content", "attributes", "embedding")
+
+
+def vector_type_for(dimensions: int) -> VectorType:
+    """`halfvec` above 2,000 dimensions: pgvector's HNSW indexes `vector` only up to there."""
+    return "vector" if dimensions <= VECTOR_MAX_INDEXED_DIMENSIONS else "halfvec"
+
+
+def table_name(store_id: str) -> str:
+    """A fixed, safe identifier for a store's table: store ids may hold any characters the spec allows."""
+    return "vs_" + hashlib.sha256(store_id.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a store's table looks like; enough to create it, search it and write to it."""
+
+    store_id: str
+    table: str
+    dimensions: int
+    distance: Distance
+    vector_type: VectorType
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 64
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.table)
+
+    @property
+    def operator(self) -> sql.SQL:
+        return sql.SQL(OPERATORS[self.distance])
+
+    @property
+    def opclass(self) -> sql.SQL:
+        return sql.SQL(f"{self.vector_type}_{_OPCLASS_SUFFIX[self.distance]}")
+
+    def to_db(self, embedding: Sequence[float]) -> Vector | HalfVector:
+        """The parameter type psycopg dumps in binary for this table's column."""
+        values = list(embedding)
+        return Vector(values) if self.vector_type == "vector" else HalfVector(values)
+
+
+def create_table_statements(layout: Layout) -> list[sql.Composed]:
+    t = layout.ident
+    return [
+        sql.SQL(
+            "CREATE TABLE {t} ("
+            " id text PRIMARY KEY,"
+            " file_id text,"
+            " chunk_index integer NOT NULL DEFAULT 0,"
+            " filename text,"
+            " content text NOT NULL,"
+            " attributes jsonb NOT NULL DEFAULT '{{}}'::jsonb,"
+            " embedding {vtype}({dims}) NOT NULL,"
+            " created_at bigint NOT NULL DEFAULT extract(epoch FROM now())::bigint)"
+        ).format(t=t, vtype=sql.SQL(layout.vector_type), dims=sql.Literal(layout.dimensions)),
+        *index_statements(layout),
+        sql.SQL("CREATE INDEX {name} ON {t} (file_id, chunk_index)").format(
+            name=sql.Identifier(f"{layout.table}_file"), t=t
+        ),
+        # jsonb_path_ops serves `attributes @> ...`, which is how equality filters compile: the planner can
+        # pick it over HNSW when a filter is very selective.
+        sql.SQL("CREATE INDEX {name} ON {t} USING gin (attributes jsonb_path_ops)").format(
+            name=sql.Identifier(f"{layout.table}_attributes"), t=t
+        ),
+    ]
+
+
+def index_statements(layout: Layout) -> list[sql.Composed]:
+    return [
+        sql.SQL(
+            "CREATE INDEX {name} ON {t} USING hnsw (embedding {opclass}) WITH (m = {m}, ef_construction = {ef})"
+        ).format(
+            name=sql.Identifier(f"{layout.table}_hnsw"),
+            t=layout.ident,
+            opclass=layout.opclass,
+            m=sql.Literal(layout.hnsw_m),
+            ef=sql.Literal(layout.hnsw_ef_construction),
+        )
+    ]
+
+
+def drop_index_statement(layout: Layout) -> sql.Composed:
+    return sql.SQL("DROP INDEX IF EXISTS {name}").format(name=sql.Identifier(f"{layout.table}_hnsw"))
+
+
+def drop_table_statement(table: str) -> sql.Composed:
+    return sql.SQL("DROP TABLE IF EXISTS {t}").format(t=sql.Identifier(table))
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    id: str
+    content: str
+    embedding: Sequence[float]
+    file_id: str | None = None
+    chunk_index: int = 0
+    filename: str | None = None
+    attributes: Mapping[str, Any] | None = None
+
+
+async def copy_chunks(conn: psycopg.AsyncConnection[Any], layout: Layout, rows: Iterable[ChunkRow]) -> int:
+    """Write rows with binary COPY on `conn` (the caller owns the transaction). Returns the row count.
+
+    The connection must have pgvector registered (every pool connection has). Embeddings must already have
+    the layout's dimensions; PostgreSQL rejects others and the whole COPY fails with the transaction.
+    """
+    statement = sql.SQL("COPY {t} ({cols}) FROM STDIN (FORMAT BINARY)").format(
+        t=layout.ident, cols=sql.SQL(", ").join(sql.Identifier(c) for c in CHUNK_COLUMNS)
+    )
+    count = 0
+    async with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types(["text", "text", "int4", "text", "text", "jsonb", layout.vector_type])
+        for row in rows:
+            await copy.write_row(
+                (
+                    row.id,
+                    row.file_id,
+                    row.chunk_index,
+                    row.filename,
+                    row.content,
+                    Jsonb(dict(row.attributes or {})),
+                    layout.to_db(row.embedding),
+                )
+            )
+            count += 1
+    return count
+
+
+async def delete_file_chunks(conn: psycopg.AsyncConnection[Any], layout: Layout, file_id: str) -> int:
+    cur = await conn.execute(sql.SQL("DELETE FROM {t} WHERE file_id = %s").format(t=layout.ident), [file_id])
+    return cur.rowcount
+
+
+async def row_count_at_least_one(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
+    cur = await conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {t})").format(t=sql.Identifier(table)))
+    row = await cur.fetchone()
+    return bool(row and row[0])

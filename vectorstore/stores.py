@@ -1,0 +1,274 @@
+"""The `vector_stores` registry: typed records, reads, and the OpenAI `vector_store` object.
+
+Reconcile and the API both go through here, so a store created either way looks the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from config.model import Distance
+from vectorstore import storage
+
+_COLUMNS = (
+    "id, seq, name, description, metadata, declared, model, dimensions, distance, vector_type, hnsw_m,"
+    " hnsw_ef_construction, ef_search, table_name, expires_after, created_at, last_active_at"
+)
+
+
+@dataclass(frozen=True)
+class StoreRecord:
+    id: str
+    seq: int
+    name: str | None
+    description: str | None
+    metadata: dict[str, str]
+    declared: bool
+    model: str
+    dimensions: int
+    distance: Distance
+    vector_type: storage.VectorType
+    hnsw_m: int
+    hnsw_ef_construction: int
+    ef_search: int
+    table_name: str
+    expires_after: dict[str, Any] | None
+    created_at: int
+    last_active_at: int
+
+    @property
+    def layout(self) -> storage.Layout:
+        return storage.Layout(
+            store_id=self.id,
+            table=self.table_name,
+            dimensions=self.dimensions,
+            distance=self.distance,
+            vector_type=self.vector_type,
+            hnsw_m=self.hnsw_m,
+            hnsw_ef_construction=self.hnsw_ef_construction,
+        )
+
+
+def _record(row: Mapping[str, Any]) -> StoreRecord:
+    return StoreRecord(**{key: row[key] for key in StoreRecord.__dataclass_fields__})
+
+
+async def get(conn: psycopg.AsyncConnection[Any], store_id: str, *, for_update: bool = False) -> StoreRecord | None:
+    query = f"SELECT {_COLUMNS} FROM vector_stores WHERE id = %s" + (" FOR UPDATE" if for_update else "")
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query.encode(), [store_id])
+        row = await cur.fetchone()
+    return _record(row) if row else None
+
+
+async def all_stores(conn: psycopg.AsyncConnection[Any]) -> list[StoreRecord]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(f"SELECT {_COLUMNS} FROM vector_stores ORDER BY seq".encode())
+        return [_record(row) for row in await cur.fetchall()]
+
+
+async def page(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    limit: int,
+    descending: bool,
+    after_seq: int | None,
+    before_seq: int | None,
+    visible_ids: frozenset[str] | None,
+) -> tuple[list[StoreRecord], bool]:
+    """One page in `seq` order plus whether more follow in that direction."""
+    where: list[sql.Composable] = []
+    params: list[Any] = []
+    # `after` continues in the listing's own order; `before` goes back towards its start.
+    if after_seq is not None:
+        where.append(sql.SQL("seq < %s" if descending else "seq > %s"))
+        params.append(after_seq)
+    if before_seq is not None:
+        where.append(sql.SQL("seq > %s" if descending else "seq < %s"))
+        params.append(before_seq)
+    if visible_ids is not None:
+        where.append(sql.SQL("id = ANY(%s)"))
+        params.append(list(visible_ids))
+    reverse = before_seq is not None and after_seq is None
+    direction = descending != reverse
+    query = sql.SQL("SELECT {cols} FROM vector_stores {where} ORDER BY seq {dir} LIMIT %s").format(
+        cols=sql.SQL(_COLUMNS),
+        where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+        dir=sql.SQL("DESC" if direction else "ASC"),
+    )
+    params.append(limit + 1)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, params)
+        rows = [_record(row) for row in await cur.fetchall()]
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    if reverse:
+        rows.reverse()
+    return rows, has_more
+
+
+async def seq_of(conn: psycopg.AsyncConnection[Any], store_id: str) -> int | None:
+    cur = await conn.execute("SELECT seq FROM vector_stores WHERE id = %s", [store_id])
+    row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+@dataclass(frozen=True)
+class NewStore:
+    id: str
+    name: str | None
+    description: str | None
+    metadata: Mapping[str, str]
+    declared: bool
+    model: str
+    dimensions: int
+    distance: Distance
+    hnsw_m: int
+    hnsw_ef_construction: int
+    ef_search: int
+    expires_after: Mapping[str, Any] | None = None
+
+
+async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreRecord:
+    """Create the registry row and the store's table in the caller's transaction."""
+    vtype = storage.vector_type_for(new.dimensions)
+    table = storage.table_name(new.id)
+    layout = storage.Layout(new.id, table, new.dimensions, new.distance, vtype, new.hnsw_m, new.hnsw_ef_construction)
+    for statement in storage.create_table_statements(layout):
+        await conn.execute(statement)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"INSERT INTO vector_stores (id, name, description, metadata, declared, model, dimensions, distance,"
+            f" vector_type, hnsw_m, hnsw_ef_construction, ef_search, table_name, expires_after)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}".encode(),
+            [
+                new.id,
+                new.name,
+                new.description,
+                Jsonb(dict(new.metadata)),
+                new.declared,
+                new.model,
+                new.dimensions,
+                new.distance,
+                vtype,
+                new.hnsw_m,
+                new.hnsw_ef_construction,
+                new.ef_search,
+                table,
+                Jsonb(dict(new.expires_after)) if new.expires_after is not None else None,
+            ],
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return _record(row)
+
+
+async def delete(conn: psycopg.AsyncConnection[Any], record: StoreRecord) -> None:
+    await conn.execute(storage.drop_table_statement(record.table_name))
+    await conn.execute("DELETE FROM vector_stores WHERE id = %s", [record.id])
+
+
+async def update_fields(conn: psycopg.AsyncConnection[Any], store_id: str, values: Mapping[str, Any]) -> StoreRecord:
+    """Set plain columns (name, description, metadata, declared, ef_search, expires_after, ...)."""
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = %s").format(sql.Identifier(column)) for column in [*values, "last_active_at"]
+    )
+    params = [Jsonb(v) if isinstance(v, dict) else v for v in values.values()]
+    params += [int(time.time()), store_id]
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            sql.SQL("UPDATE vector_stores SET {a} WHERE id = %s RETURNING {cols}").format(
+                a=assignments, cols=sql.SQL(_COLUMNS)
+            ),
+            params,
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return _record(row)
+
+
+@dataclass(frozen=True)
+class FileCounts:
+    in_progress: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.in_progress + self.completed + self.failed + self.cancelled
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "in_progress": self.in_progress,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "total": self.total,
+        }
+
+
+FileCountsProvider = Callable[[psycopg.AsyncConnection[Any], Sequence[str]], Awaitable[Mapping[str, FileCounts]]]
+"""Ingestion plugs in how files are counted per store (app key FILE_COUNTS); without it every count is 0."""
+
+
+async def no_file_counts(conn: psycopg.AsyncConnection[Any], store_ids: Sequence[str]) -> Mapping[str, FileCounts]:
+    return {}
+
+
+async def usage_bytes(conn: psycopg.AsyncConnection[Any], records: Sequence[StoreRecord]) -> dict[str, int]:
+    """Bytes each store's table really occupies on disk (rows, TOAST and indexes), read from the catalog."""
+    if not records:
+        return {}
+    cur = await conn.execute(
+        "SELECT t, COALESCE(pg_total_relation_size(to_regclass(t)), 0) FROM unnest(%s::text[]) AS t",
+        [[record.table_name for record in records]],
+    )
+    sizes = {str(row[0]): int(row[1]) for row in await cur.fetchall()}
+    return {record.id: sizes.get(record.table_name, 0) for record in records}
+
+
+@dataclass
+class StoreView:
+    record: StoreRecord
+    file_counts: FileCounts = field(default_factory=FileCounts)
+    usage_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        record = self.record
+        status = "in_progress" if self.file_counts.in_progress else "completed"
+        expires_at = None
+        if record.expires_after is not None:
+            days = cast(int, record.expires_after.get("days", 0))
+            expires_at = record.last_active_at + days * 86400
+        return {
+            "id": record.id,
+            "object": "vector_store",
+            "created_at": record.created_at,
+            "name": record.name,
+            "description": record.description,
+            "usage_bytes": self.usage_bytes,
+            "file_counts": self.file_counts.as_dict(),
+            "status": status,
+            "last_active_at": record.last_active_at,
+            "metadata": record.metadata,
+            "expires_after": record.expires_after,
+            "expires_at": expires_at,
+        }
+
+
+async def views(
+    conn: psycopg.AsyncConnection[Any], records: Sequence[StoreRecord], counts: FileCountsProvider
+) -> list[StoreView]:
+    ids = [record.id for record in records]
+    file_counts = await counts(conn, ids) if ids else {}
+    sizes = await usage_bytes(conn, records)
+    return [StoreView(record, file_counts.get(record.id, FileCounts()), sizes.get(record.id, 0)) for record in records]
