@@ -1,0 +1,42 @@
+"""Spec in, files out: one YAML file per object, a kustomization.yaml listing them, and litellm.yml.
+
+Pure and deterministic: the same spec gives the same bytes, with no timestamps or environment in them.
+"""
+
+from __future__ import annotations
+
+from config import Spec
+from render import database, litellm, secrets, server
+from render.common import Document
+from render.yamlout import dump
+
+KUSTOMIZATION = "kustomization.yaml"
+LITELLM_FILE = "litellm.yml"
+
+
+def documents(spec: Spec) -> list[Document]:
+    """Every Kubernetes object, in apply order (secrets and database before the server that needs them)."""
+    return [*secrets.documents(spec), *database.documents(spec), *server.documents(spec)]
+
+
+def file_name(document: Document) -> str:
+    return f"{document['kind'].lower()}-{document['metadata']['name']}.yaml"
+
+
+def kustomization(resources: list[str]) -> Document:
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": resources,
+    }
+
+
+def render_files(spec: Spec) -> dict[str, str]:
+    """File name -> content, sorted by name. litellm.yml is not a Kubernetes object, so not a resource."""
+    objects = documents(spec)
+    files = {file_name(document): dump(document) for document in objects}
+    if len(files) != len(objects):
+        raise AssertionError("two rendered objects share a file name")
+    files[KUSTOMIZATION] = dump(kustomization(sorted(files)))
+    files[LITELLM_FILE] = dump(litellm.document(spec), header=litellm.LITELLM_HEADER)
+    return dict(sorted(files.items()))

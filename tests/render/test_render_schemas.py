@@ -1,0 +1,222 @@
+"""Every rendered object against the real schemas, and the objects against each other."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from config import Spec, check_bytes, names
+
+KUBERNETES_VERSION = "1.37"  # the newest schemas kubernetes-validate ships
+CORE_API_GROUPS = ("v1", "apps/v1", "networking.k8s.io/v1", "policy/v1")
+# No PodMonitor CRD ships in ../shared/crds; it is checked field by field below instead.
+UNCHECKED_CRDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+
+
+def _by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def _one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = _by_kind(objects, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def test_core_objects_pass_kubernetes_validate_strict(objects: list[dict[str, Any]]) -> None:
+    core = [obj for obj in objects if obj["apiVersion"] in CORE_API_GROUPS]
+    assert {obj["kind"] for obj in core} >= {"ConfigMap", "Deployment", "Service", "NetworkPolicy"}
+    for obj in core:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_strict_validation_catches_a_misspelt_field(objects: list[dict[str, Any]]) -> None:
+    """The checks above can fail: a typo in a core object and in a CRD object is refused."""
+    deployment = _one(objects, "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_custom_resources_pass_strict_crd_schemas(
+    objects: list[dict[str, Any]], crd_validators: dict[tuple[str, str], jsonschema.Draft7Validator]
+) -> None:
+    custom = [obj for obj in objects if obj["apiVersion"] not in CORE_API_GROUPS]
+    assert _by_kind(custom, "Cluster")
+    for obj in custom:
+        key = (obj["apiVersion"], obj["kind"])
+        if key in UNCHECKED_CRDS:
+            continue
+        assert key in crd_validators, f"no served CRD schema for {key}"
+        errors = [f"{list(error.absolute_path)}: {error.message}" for error in crd_validators[key].iter_errors(obj)]
+        assert errors == [], f"{key} {obj['metadata']['name']}"
+
+
+def test_strict_crd_schema_catches_a_misspelt_field(
+    objects: list[dict[str, Any]], crd_validators: dict[tuple[str, str], jsonschema.Draft7Validator]
+) -> None:
+    cluster = _one(objects, "Cluster")
+    cluster["spec"]["bootstrap"]["initdb"]["postInitAplicationSQL"] = ["SELECT 1"]
+    assert not crd_validators[("postgresql.cnpg.io/v1", "Cluster")].is_valid(cluster)
+
+
+def test_cluster(case_spec: Spec, objects: list[dict[str, Any]]) -> None:
+    cluster = _one(objects, "Cluster")
+    db = case_spec.database
+    initdb = cluster["spec"]["bootstrap"]["initdb"]
+    assert cluster["metadata"]["name"] == db.cluster.name
+    assert cluster["spec"]["imageName"] == db.cluster.image
+    assert "-standard-" in cluster["spec"]["imageName"]
+    assert initdb["database"] == db.name
+    assert initdb["owner"] == db.owner
+    assert initdb["postInitApplicationSQL"] == ["CREATE EXTENSION IF NOT EXISTS vector"]
+    assert ("secret" in initdb) == db.credentials_declared
+    assert "enableSuperuserAccess" not in cluster["spec"]
+    parameters = cluster["spec"].get("postgresql", {}).get("parameters", {})
+    assert all(isinstance(value, str) for value in parameters.values())
+    databases = _by_kind(objects, "Database")
+    assert len(databases) == (1 if db.cluster.database_resource else 0)
+    for database in databases:
+        assert database["spec"]["extensions"] == [{"name": "vector", "ensure": "present"}]
+        assert database["spec"]["cluster"] == {"name": db.cluster.name}
+
+
+def test_secret_sources(case_spec: Spec, objects: list[dict[str, Any]]) -> None:
+    kinds = {"onepassword": "OnePasswordItem", "external-secrets": "ExternalSecret"}
+    expected = {(kinds[item.provider], item.name) for item in case_spec.secrets if item.provider in kinds}
+    found = {(obj["kind"], obj["metadata"]["name"]) for obj in objects if obj["kind"] in kinds.values()}
+    assert found == expected
+    for obj in objects:
+        assert obj["kind"] != "Secret", "a secret value must never be rendered"
+        is_db = obj["metadata"]["name"] == case_spec.database.credentials_secret
+        if obj["kind"] == "OnePasswordItem":
+            assert obj.get("type") == ("kubernetes.io/basic-auth" if is_db else None)
+        if obj["kind"] == "ExternalSecret":
+            template = obj["spec"]["target"].get("template", {})
+            assert template.get("type") == ("kubernetes.io/basic-auth" if is_db else None)
+            wanted = sorted({ref.key for ref in case_spec.secret_refs() if ref.secret == obj["metadata"]["name"]})
+            assert [item["secretKey"] for item in obj["spec"].get("data", [])] == wanted
+
+
+def test_deployment_wiring(case_spec: Spec, objects: list[dict[str, Any]]) -> None:
+    deployment = _one(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert len(env) == len(container["env"]), "an env var appears twice"
+    assert env["PGHOST"]["value"] == f"{case_spec.database.cluster.name}-rw"
+    assert env["PGPORT"]["value"] == "5432"
+    assert env["PGDATABASE"]["value"] == case_spec.database.name
+    refs = case_spec.secret_refs()
+    assert set(env) == {"PGHOST", "PGPORT", "PGDATABASE"} | {ref.env for ref in refs}
+    for ref in refs:
+        assert env[ref.env]["valueFrom"] == {"secretKeyRef": {"name": ref.secret, "key": ref.key}}
+    assert container["command"] == ["vectorstore", "serve", "--spec", names.SPEC_MOUNT_PATH, "--host", "0.0.0.0"]  # noqa: S104
+    assert container["ports"][0]["containerPort"] == case_spec.server.port
+    assert container["livenessProbe"]["httpGet"]["path"] == names.HEALTH_PATH
+    assert container["readinessProbe"]["httpGet"]["path"] == names.READY_PATH
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def test_deployment_hardening(objects: list[dict[str, Any]]) -> None:
+    pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    context = container["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] >= 10001
+    assert pod["securityContext"]["runAsGroup"] >= 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_spec_reaches_the_server_unchanged(case_spec_path: Any, case_spec: Spec, objects: list[dict[str, Any]]) -> None:
+    """The ConfigMap holds the spec file byte for byte, the server reads it back as the same spec, and the
+    pod template's checksum is that of the ConfigMap data, so editing the spec rolls the pods."""
+    config_map = _one(objects, "ConfigMap")
+    text = config_map["data"][names.SPEC_FILE_NAME]
+    assert text == case_spec_path.read_bytes().decode("utf-8")
+    reread = check_bytes(text.encode("utf-8"), "configmap")
+    assert reread.problems == [] and reread.spec == case_spec
+    deployment = _one(objects, "Deployment")
+    canonical = json.dumps(config_map["data"], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    annotation = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert annotation == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    pod = deployment["spec"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "spec")
+    assert mount["mountPath"] == names.SPEC_MOUNT_DIR
+    volume = next(v for v in pod["volumes"] if v["name"] == "spec")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+
+
+def test_selectors_use_only_immutable_labels(objects: list[dict[str, Any]]) -> None:
+    deployment = _one(objects, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert set(selector) == {"app.kubernetes.io/name", "app.kubernetes.io/instance"}
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    for obj in objects:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "vectorstore-render"
+    assert _one(objects, "Service")["spec"]["selector"] == selector
+    assert _one(objects, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"] == selector
+    for kind in ("PodDisruptionBudget", "PodMonitor"):
+        for obj in _by_kind(objects, kind):
+            assert obj["spec"]["selector"]["matchLabels"] == selector
+
+
+def test_network_policy_admits_only_litellm(case_spec: Spec, objects: list[dict[str, Any]]) -> None:
+    policy = _one(objects, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"] == case_spec.litellm.pod_selector
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": case_spec.litellm.namespace}
+    assert rule["ports"] == [{"protocol": "TCP", "port": case_spec.server.port}]
+
+
+def test_optional_objects(case_spec: Spec, objects: list[dict[str, Any]]) -> None:
+    assert len(_by_kind(objects, "PodDisruptionBudget")) == (1 if case_spec.server.replicas > 1 else 0)
+    monitors = _by_kind(objects, "PodMonitor")
+    assert len(monitors) == (1 if case_spec.server.pod_monitor else 0)
+    for monitor in monitors:
+        # Checked by hand: no PodMonitor CRD is available offline. Port by the container's port name.
+        assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+        assert set(monitor["spec"]) == {"selector", "podMetricsEndpoints"}
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        container = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        assert endpoint == {"port": container["ports"][0]["name"], "path": names.METRICS_PATH}
+
+
+def test_litellm_snippet(case_spec: Spec, rendered: dict[str, str]) -> None:
+    snippet = yaml.safe_load(rendered["litellm.yml"])
+    entries = snippet["vector_store_registry"]
+    registered = [store for store in case_spec.stores if store.registry is not None]
+    assert len(entries) == len(registered)
+    for entry, store in zip(entries, registered, strict=True):
+        assert store.registry is not None
+        assert entry["vector_store_name"] == store.registry.name
+        params = entry["litellm_params"]
+        assert params["vector_store_id"] == store.id
+        assert params["custom_llm_provider"] == "pg_vector"
+        assert params["api_base"] == case_spec.service_url
+        assert not params["api_base"].endswith("/v1")
+        assert params["api_key"] == f"os.environ/{case_spec.litellm.api_key_env}"
+        assert params.get("vector_store_description") == store.registry.description
+        for key, value in store.registry.search_defaults.items():
+            assert params[key] == value
+
+
+def test_kustomization_lists_every_object(rendered: dict[str, str]) -> None:
+    kustomization = yaml.safe_load(rendered["kustomization.yaml"])
+    assert kustomization["resources"] == sorted(set(rendered) - {"kustomization.yaml", "litellm.yml"})
