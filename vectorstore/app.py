@@ -32,6 +32,8 @@ API_PREFIX = "/v1"
 # Resource modules: each has `routes: web.RouteTableDef` (paths without /v1) and may have
 # `setup(app) -> None` to add its own cleanup contexts or app keys. See docs/server.md.
 ROUTE_MODULES: tuple[str, ...] = (
+    # First: its setup() puts the access-log and metrics middlewares outside all others; serves /metrics, /openapi.json.
+    "vectorstore.observability",
     "vectorstore.api.vector_stores",
     "vectorstore.api.search",
     "vectorstore.api.embeddings",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from config import Spec, SpecError, load_spec
-from vectorstore import db, reconcile
+from vectorstore import db, logs, reconcile
 from vectorstore.migrations import schema_ready
 from vectorstore.settings import Settings, StartupError, resolve_secrets
 
@@ -27,9 +27,9 @@ EXIT_CHANGES = 3
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # aiohttp's access log at INFO would drown the one-line reconcile summary.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # One JSON object per line with request ids, secrets redacted (vectorstore.logs); it also quiets aiohttp's
+    # own access log, which the JSON access line replaces.
+    logs.configure(logging.INFO, stream=sys.stderr)
     # pgserver logs every initdb/pg_ctl command line at INFO; the one line we print says where the data is.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
 
@@ -48,6 +48,7 @@ def serve(options: ServeOptions) -> int:
     try:
         spec = _load(options.spec)
         api_keys, embedding_key = resolve_secrets(spec, os.environ)
+        logs.add_secrets([*api_keys.values(), embedding_key or "", os.environ.get("PGPASSWORD", "")])
         location = db.locate_database(options.data_dir)
     except StartupError as exc:
         print(f"vectorstore serve: {exc}", file=sys.stderr)

@@ -63,7 +63,8 @@ def make_pool(dsn: str, spec: Spec) -> AsyncConnectionPool[psycopg.AsyncConnecti
         max_size=spec.database.pool_max_size,
         open=False,
         configure=register_vector_async,
-        # Fail a request with 503 rather than queue it for long when every connection is busy or the DB is gone.
-        timeout=10.0,
+        # Fail a request with 503 rather than queue it for long when every connection is busy or the DB is gone:
+        # a few seconds, well under any client's timeout (tests/robustness/test_faults_database.py).
+        timeout=3.0,
         name="vectorstore",
     )

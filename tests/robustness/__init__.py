@@ -1,0 +1,1 @@
+"""Fault, load-shape, hostile-input and contract tests of the running server (issue 6)."""
