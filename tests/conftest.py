@@ -16,7 +16,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from fakeembed import FakeEmbedder
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,10 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from fakeembed import FakeEmbedder
 from openai import AsyncOpenAI
 
 from config import Spec, load_spec
-from fakeembed import FakeEmbedder
 from vectorstore.app import create_app
 from vectorstore.settings import Settings
 from vectorstore.state import READINESS
