@@ -32,3 +32,17 @@ def test_render_is_deterministic(case_spec: Spec, rendered: dict[str, str]) -> N
     from render.manifests import render_files
 
     assert render_files(case_spec) == rendered
+
+
+def test_output_does_not_depend_on_libyaml(case_spec: Spec, rendered: dict[str, str]) -> None:
+    """render uses libyaml's emitter when PyYAML has it; the pure-Python emitter must give the same bytes."""
+    from render import litellm, manifests, yamlout
+
+    python = yamlout.PythonDumper
+    objects = manifests.documents(case_spec)
+    files = {manifests.file_name(obj): yamlout.dump(obj, dumper=python) for obj in objects}
+    files[manifests.KUSTOMIZATION] = yamlout.dump(manifests.kustomization(sorted(files)), dumper=python)
+    files[manifests.LITELLM_FILE] = yamlout.dump(
+        litellm.document(case_spec), header=litellm.LITELLM_HEADER, dumper=python
+    )
+    assert dict(sorted(files.items())) == rendered

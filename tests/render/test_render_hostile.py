@@ -8,6 +8,7 @@ loader (`0o17` and `1e3` are numbers there), and each value must come back as th
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -75,6 +76,9 @@ HOSTILE = [
     "\u2028line separator",
     "---",
     "...",
+    "emoji 🚀 and \U0001f600",
+    "byte order mark \ufeff inside",
+    "next line \x85 char",
 ]
 
 
@@ -157,3 +161,32 @@ def test_spec_text_survives_byte_for_byte() -> None:
     files = render_files(result.spec)
     config_map = yaml.safe_load(files["configmap-vector-store-spec.yaml"])
     assert config_map["data"]["stack.yaml"] == source
+
+
+def test_hostile_values_emit_the_same_bytes_with_or_without_libyaml() -> None:
+    from render import yamlout
+    from render.manifests import documents
+
+    result = check_bytes(_hostile_spec_text().encode("utf-8"), "hostile.yaml")
+    assert result.spec is not None
+    for obj in [*documents(result.spec), {"all": HOSTILE}]:
+        assert dump(obj) == dump(obj, dumper=yamlout.PythonDumper)
+
+
+def test_random_strings_emit_the_same_bytes_with_or_without_libyaml() -> None:
+    """Seeded fuzz over the characters where emitters tend to disagree: controls, quotes, YAML indicators,
+    breaks (NEL, LS, PS), BOM, non-BMP. Each string must dump identically and load back unchanged."""
+    from render import yamlout
+
+    alphabet = [
+        *"abc XYZ019 \t\n\r-?:,[]{}#&*!|>'\"%@`~._=+",
+        "\x00", "\x07", "\x0b", "\x0c", "\x1b", "\x7f", "\x85", "\x9f", "\xa0", "\u200b", "\u2028",
+        "\u2029", "\ue000", "\ufeff", "\ufffd", "é", "運", "🚀", "\U0001f600",
+    ]  # fmt: skip
+    rng = random.Random(20261125)
+    for _ in range(5000):
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        document = {"key": value, value or "empty": [value]}
+        text = dump(document, header="")
+        assert text == dump(document, header="", dumper=yamlout.PythonDumper), repr(value)
+        assert yaml.safe_load(text) == document, repr(value)
