@@ -78,7 +78,10 @@ def write(directory: Path, files: dict[str, str]) -> None:
             f"{directory}: not empty and not an earlier render (no kustomization.yaml written by vectorstore "
             "render); choose an empty or new directory"
         )
-    parent = directory.absolute().parent
+    shown = directory
+    # Absolute, so that `-o .` names the directory itself rather than an empty last component.
+    directory = Path(os.path.abspath(directory))
+    parent = directory.parent
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     staging = parent / f".{directory.name}.render-{token}"
     retired = parent / f".{directory.name}.old-{token}"
@@ -95,5 +98,5 @@ def write(directory: Path, files: dict[str, str]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         if retired.exists() and not directory.exists():
             retired.rename(directory)
-        raise OutputError(f"{directory}: cannot write: {exc.strerror or exc}") from exc
+        raise OutputError(f"{shown}: cannot write: {exc.strerror or exc}") from exc
     shutil.rmtree(retired, ignore_errors=True)

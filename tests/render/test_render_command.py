@@ -173,3 +173,16 @@ def test_console_scripts_render_the_same_bytes_in_any_process(tmp_path: Path) ->
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_render_into_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-o .` from inside an earlier render replaces it; from inside anything else it is refused."""
+    output = tmp_path / "out"
+    assert render_command(ONEPASSWORD, output, check=False) == 0
+    monkeypatch.chdir(output)
+    assert render_command(MULTI, Path("."), check=False) == 0
+    assert render_command(MULTI, output, check=True) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    monkeypatch.chdir(tmp_path)
+    assert render_command(MULTI, Path("."), check=False) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
