@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -220,3 +221,25 @@ def test_litellm_snippet(case_spec: Spec, rendered: dict[str, str]) -> None:
 def test_kustomization_lists_every_object(rendered: dict[str, str]) -> None:
     kustomization = yaml.safe_load(rendered["kustomization.yaml"])
     assert kustomization["resources"] == sorted(set(rendered) - {"kustomization.yaml", "litellm.yml"})
+
+
+def test_the_cases_cover_every_kind_render_can_emit() -> None:
+    """So every check above runs at least once on each kind, including the optional ones."""
+    root = Path(__file__).resolve().parent
+    kinds = set()
+    for path in [*(root.parent.parent / "manifests").glob("*.yaml"), *(root / "golden").glob("*/*.yaml")]:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.name != "kustomization.yaml":
+            kinds.add(document["kind"])
+    assert kinds == {
+        "Cluster",
+        "Database",
+        "OnePasswordItem",
+        "ExternalSecret",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "PodMonitor",
+    }
