@@ -20,7 +20,15 @@ from config import Spec
 from config.names import HEALTH_PATH, READY_PATH
 from vectorstore import auth, db, reconcile
 from vectorstore.embeddings import EmbeddingClient, EmbeddingSettings
-from vectorstore.errors import ApiError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge, ServiceUnavailable
+from vectorstore.errors import (
+    ApiError,
+    BadRequest,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 from vectorstore.migrations import MigrationError, migrate
 from vectorstore.settings import Settings
 from vectorstore.state import EMBEDDER, FILE_COUNTS, POOL, READINESS, SETTINGS, SPEC, Readiness
@@ -37,6 +45,8 @@ ROUTE_MODULES: tuple[str, ...] = (
     "vectorstore.api.vector_stores",
     "vectorstore.api.search",
     "vectorstore.api.embeddings",
+    "vectorstore.api.files",
+    "vectorstore.api.vector_store_files",
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -79,6 +89,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except psycopg.OperationalError as exc:
         log.warning("database error: %s", exc)
         return error_response(ServiceUnavailable("The database is not available; retry later."))
+    except (psycopg.DataError, UnicodeEncodeError) as exc:
+        # Input PostgreSQL can't store (a NUL character, an unpaired surrogate from a JSON escape, an
+        # out-of-range value) is the client's mistake, found by schemathesis; never a 500.
+        log.info("rejected a value the database can't store on %s %s: %s", request.method, request.path, exc)
+        return error_response(
+            BadRequest(
+                "A parameter holds a value that can't be stored (a NUL character, an unpaired surrogate "
+                "or an out-of-range number)."
+            )
+        )
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -111,7 +131,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    pool = db.make_pool(app[SETTINGS].dsn, app[SPEC])
+    pool = db.make_pool(app[SETTINGS].dsn, app[SPEC], timeout=app[SETTINGS].pool_timeout)
     app[POOL] = pool
     yield
     await pool.close()

@@ -1,0 +1,237 @@
+"""`/vector_stores/{id}/files` and `/vector_stores/{id}/file_batches` (OpenAI, REFERENCE §4).
+
+Attaching queues the file for the ingestion worker and answers at once with status `in_progress`; the
+SDK's `create_and_poll` / `upload_and_poll` then poll the retrieve routes, which send `openai-poll-after-ms`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from aiohttp import web
+
+from vectorstore import auth, files, state, stores
+from vectorstore.api import common
+from vectorstore.api.files import POLL_AFTER_MS, WORKER, visible_file
+from vectorstore.chunking import AUTO, ChunkingError, Strategy, parse_strategy, validate_static
+from vectorstore.errors import BadRequest, NotFound
+
+routes = web.RouteTableDef()
+
+_ATTACH_FIELDS = {"file_id", "attributes", "chunking_strategy"}
+_BATCH_FIELDS = {"file_ids", "files", "attributes", "chunking_strategy"}
+_MAX_BATCH_FILES = 2000
+
+
+def default_strategy(
+    request: web.Request, store: stores.StoreRecord, value: object, param: str = "chunking_strategy"
+) -> Strategy:
+    """The request's strategy; without one, the store's declared chunking (spec), else `auto`."""
+    default = AUTO
+    declared = next((s for s in state.spec(request).stores if s.id == store.id), None)
+    if declared is not None:
+        default = validate_static(declared.max_chunk_size_tokens, declared.chunk_overlap_tokens)
+    return parse_strategy(value, default, param)
+
+
+def _strategy(request: web.Request, store: stores.StoreRecord, value: object, param: str) -> Strategy:
+    try:
+        return default_strategy(request, store, value, param)
+    except ChunkingError as exc:
+        raise BadRequest(exc.message, param=exc.param) from None
+
+
+def _file_not_in_store(store_id: str, file_id: str) -> NotFound:
+    return NotFound(f"No file '{file_id}' in vector store '{store_id}'.", param="file_id")
+
+
+def _page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": items,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+        "has_more": has_more,
+    }
+
+
+async def _list(request: web.Request, batch_id: str | None) -> web.Response:
+    limit = common.query_int(request, "limit", default=20, lo=1, hi=100)
+    order = common.query_choice(request, "order", default="desc", choices=("asc", "desc"))
+    status = request.query.get("filter") or None
+    if status is not None and status not in files.STATUSES:
+        raise BadRequest(f"'filter' must be one of {', '.join(files.STATUSES)}; got '{status[:40]}'.", param="filter")
+    async with state.pool(request).connection() as conn:
+        store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+        if batch_id is not None and await files.get_batch(conn, store.id, batch_id) is None:
+            raise NotFound(f"No file batch '{batch_id}' in vector store '{store.id}'.", param="batch_id")
+        rows, has_more = await files.list_store_files(
+            conn,
+            store.id,
+            status=status,
+            batch_id=batch_id,
+            limit=limit,
+            descending=order == "desc",
+            after=request.query.get("after") or None,
+            before=request.query.get("before") or None,
+        )
+    return web.json_response(_page([row.to_json() for row in rows], has_more))
+
+
+@routes.post("/vector_stores/{vector_store_id}/files")
+async def attach_file(request: web.Request) -> web.Response:
+    body = await common.json_body(request)
+    common.reject_unknown(body, _ATTACH_FIELDS)
+    file_id = common.req_str(body, "file_id")
+    attributes = files.validate_attributes(body.get("attributes"))
+    async with state.pool(request).connection() as conn, conn.transaction():
+        store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+        strategy = _strategy(request, store, body.get("chunking_strategy"), "chunking_strategy")
+        await visible_file(request, conn, file_id, "file_id")
+        attached = await files.attach(conn, store, file_id, attributes=attributes, strategy=strategy)
+    request.app[WORKER].wake()
+    return web.json_response(attached.to_json())
+
+
+@routes.get("/vector_stores/{vector_store_id}/files")
+@auth.read_only
+async def list_store_files(request: web.Request) -> web.Response:
+    return await _list(request, None)
+
+
+@routes.get("/vector_stores/{vector_store_id}/files/{file_id}")
+@auth.read_only
+async def retrieve_store_file(request: web.Request) -> web.Response:
+    file_id = request.match_info["file_id"]
+    async with state.pool(request).connection() as conn:
+        store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+        attached = await files.get_store_file(conn, store.id, file_id)
+    if attached is None:
+        raise _file_not_in_store(store.id, file_id)
+    return web.json_response(attached.to_json(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
+
+
+@routes.post("/vector_stores/{vector_store_id}/files/{file_id}")
+async def update_store_file(request: web.Request) -> web.Response:
+    body = await common.json_body(request)
+    common.reject_unknown(body, {"attributes"})
+    if "attributes" not in body:
+        raise BadRequest("Missing required parameter: 'attributes'.", param="attributes")
+    attributes = files.validate_attributes(body["attributes"]) or {}
+    file_id = request.match_info["file_id"]
+    async with state.pool(request).connection() as conn, conn.transaction():
+        store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+        updated = await files.update_attributes(conn, store, file_id, attributes)
+    if updated is None:
+        raise _file_not_in_store(store.id, file_id)
+    return web.json_response(updated.to_json())
+
+
+@routes.delete("/vector_stores/{vector_store_id}/files/{file_id}")
+async def detach_file(request: web.Request) -> web.Response:
+    file_id = request.match_info["file_id"]
+    async with state.pool(request).connection() as conn, conn.transaction():
+        store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+        if not await files.detach(conn, store, file_id):
+            raise _file_not_in_store(store.id, file_id)
+    return web.json_response({"id": file_id, "object": "vector_store.file.deleted", "deleted": True})
+
+
+@routes.get("/vector_stores/{vector_store_id}/files/{file_id}/content")
+@auth.read_only
+async def store_file_content(request: web.Request) -> web.Response:
+    file_id = request.match_info["file_id"]
+    async with state.pool(request).connection() as conn:
+        store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+        if await files.get_store_file(conn, store.id, file_id) is None:
+            raise _file_not_in_store(store.id, file_id)
+        texts = await files.chunk_texts(conn, store, file_id)
+    return web.json_response(
+        {
+            "object": "vector_store.file_content.page",
+            "data": [{"type": "text", "text": text} for text in texts],
+            "has_more": False,
+            "next_page": None,
+        }
+    )
+
+
+# --- batches -------------------------------------------------------------------------------------------
+
+
+@routes.post("/vector_stores/{vector_store_id}/file_batches")
+async def create_batch(request: web.Request) -> web.Response:
+    body = await common.json_body(request)
+    common.reject_unknown(body, _BATCH_FIELDS)
+    file_ids, entries = body.get("file_ids"), body.get("files")
+    if (file_ids is None) == (entries is None):
+        raise BadRequest("Give exactly one of 'file_ids' or 'files'.", param="file_ids")
+    shared_attributes = files.validate_attributes(body.get("attributes"))
+    items: list[tuple[str, dict[str, Any] | None, object, str]] = []
+    if file_ids is not None:
+        if not isinstance(file_ids, list) or not all(isinstance(f, str) for f in file_ids):
+            raise BadRequest("'file_ids' must be an array of file id strings.", param="file_ids")
+        items = [(f, shared_attributes, body.get("chunking_strategy"), "chunking_strategy") for f in file_ids]
+    else:
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise BadRequest("'files' must be an array of objects with 'file_id'.", param="files")
+        for index, entry in enumerate(entries):
+            common.reject_unknown(entry, {"file_id", "attributes", "chunking_strategy"})
+            file_id = common.req_str(entry, "file_id", param=f"files[{index}].file_id")
+            attributes = files.validate_attributes(entry.get("attributes"), f"files[{index}].attributes")
+            strategy_value = entry.get("chunking_strategy", body.get("chunking_strategy"))
+            items.append((file_id, attributes, strategy_value, f"files[{index}].chunking_strategy"))
+    if not items:
+        raise BadRequest("A file batch needs at least one file.", param="file_ids")
+    if len(items) > _MAX_BATCH_FILES:
+        raise BadRequest(f"A file batch holds at most {_MAX_BATCH_FILES} files; got {len(items)}.", param="file_ids")
+    if len({item[0] for item in items}) != len(items):
+        raise BadRequest("A file batch lists the same file twice.", param="file_ids")
+    async with state.pool(request).connection() as conn, conn.transaction():
+        store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+        strategies = [_strategy(request, store, value, param) for _, _, value, param in items]
+        for index, (file_id, *_rest) in enumerate(items):
+            await visible_file(
+                request, conn, file_id, f"file_ids[{index}]" if file_ids is not None else f"files[{index}].file_id"
+            )
+        batch_id = await files.create_batch(conn, store.id)
+        for (file_id, attributes, _, _), strategy in zip(items, strategies, strict=True):
+            await files.attach(conn, store, file_id, attributes=attributes, strategy=strategy, batch_id=batch_id)
+        batch = await files.get_batch(conn, store.id, batch_id)
+    request.app[WORKER].wake()
+    assert batch is not None
+    return web.json_response(batch.to_json())
+
+
+async def _batch(conn: psycopg.AsyncConnection[Any], request: web.Request) -> files.Batch:
+    store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+    batch_id = request.match_info["batch_id"]
+    batch = await files.get_batch(conn, store.id, batch_id)
+    if batch is None:
+        raise NotFound(f"No file batch '{batch_id}' in vector store '{store.id}'.", param="batch_id")
+    return batch
+
+
+@routes.get("/vector_stores/{vector_store_id}/file_batches/{batch_id}")
+@auth.read_only
+async def retrieve_batch(request: web.Request) -> web.Response:
+    async with state.pool(request).connection() as conn:
+        batch = await _batch(conn, request)
+    return web.json_response(batch.to_json(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
+
+
+@routes.post("/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel")
+async def cancel_batch(request: web.Request) -> web.Response:
+    async with state.pool(request).connection() as conn:
+        async with conn.transaction():
+            batch = await _batch(conn, request)
+            await files.cancel_batch(conn, batch.vector_store_id, batch.id)
+        batch = await _batch(conn, request)
+    return web.json_response(batch.to_json())
+
+
+@routes.get("/vector_stores/{vector_store_id}/file_batches/{batch_id}/files")
+@auth.read_only
+async def list_batch_files(request: web.Request) -> web.Response:
+    return await _list(request, request.match_info["batch_id"])

@@ -1,0 +1,377 @@
+"""The ingestion worker: takes jobs from the `ingest_jobs` queue in PostgreSQL and makes files searchable.
+
+How a job runs (docs/ingestion.md):
+1. Claim: one committed statement bumps `attempts` on the oldest ready job no one holds
+   (`FOR UPDATE SKIP LOCKED`), so replicas share the queue and a file that crashes its worker every time
+   fails after MAX_ATTEMPTS instead of looping.
+2. In one transaction: lock that job row again, extract the text, chunk it, embed the chunks in batches and
+   write them with binary COPY, mark the file `completed` (or `failed`) and delete the job, then commit.
+   The row lock lives exactly as long as that transaction: if the process dies (kill -9, OOM, node loss)
+   PostgreSQL drops the connection, rolls back the partial chunks and frees the job for the next claim.
+   A file is therefore searchable entirely or not at all.
+3. On SIGTERM (aiohttp's graceful exit runs the cleanup context) workers take no new jobs, the current one
+   gets `grace_seconds` to finish, and past that it is cancelled: its transaction rolls back and the job
+   returns to the queue for another replica.
+
+Each worker has its own connection, not one from the API pool: a long ingestion must not starve searches.
+Extraction and chunking run in a thread, so the event loop keeps serving requests while a big file is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector_async
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from vectorstore import files, storage, stores
+from vectorstore.chunking import Chunk, chunk_text
+from vectorstore.errors import ApiError
+from vectorstore.extract import ExtractError, extract_text
+
+log = logging.getLogger("vectorstore")
+
+MAX_ATTEMPTS = 3
+EMBED_BATCH = 256
+"""Chunks per embedding call and per COPY; the embedding client splits further by its own batch size."""
+RETRY_DELAYS = (5.0, 30.0)
+"""Seconds before a job whose embedding upstream failed is tried again."""
+
+Embed = Callable[[stores.StoreRecord, list[str]], Awaitable[list[list[float]]]]
+"""One vector per text, with the store's model and dimensions."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    vector_store_id: str
+    file_id: str
+    attempts: int
+
+
+class _Retry(Exception):
+    """The file is fine but a dependency failed (embedding upstream): try the job again later."""
+
+
+class Worker:
+    """`concurrency` loops, each with its own connection, taking jobs until stopped."""
+
+    def __init__(
+        self,
+        dsn: str,
+        embed: Embed,
+        *,
+        concurrency: int = 2,
+        poll_seconds: float = 0.5,
+        grace_seconds: float = 20.0,
+        name: str = "ingest",
+    ) -> None:
+        self.dsn = dsn
+        self.embed = embed
+        self.concurrency = concurrency
+        self.poll_seconds = poll_seconds
+        self.grace_seconds = grace_seconds
+        self.name = name
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy: set[int] = set()
+        self.completed = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._loop(index), name=f"{self.name}-{index}") for index in range(self.concurrency)
+        ]
+
+    def wake(self) -> None:
+        """New work was queued on this replica: skip the poll wait (other replicas find it by polling)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Take no new jobs; give running ones `grace_seconds`, then roll them back into the queue."""
+        self._stopping.set()
+        self._wake.set()
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(self._tasks, timeout=self.grace_seconds)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if pending:
+            log.warning("ingestion: %d file(s) returned to the queue at shutdown", len(pending))
+        self._tasks = []
+
+    async def _loop(self, index: int) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                async with await connect(self.dsn) as conn:
+                    delay = 0.5
+                    while not self._stopping.is_set():
+                        if not await run_one(conn, self.embed, self):
+                            await self._idle()
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.OperationalError, OSError) as exc:
+                log.warning("ingestion worker %d: database unavailable (%s); retrying in %.1fs", index, exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception:
+                log.exception("ingestion worker %d: unexpected error; restarting", index)
+                await self._sleep(delay)
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+        self._wake.clear()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+
+async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, application_name="vectorstore-ingest")
+    await register_vector_async(conn)
+    return conn
+
+
+async def claim(conn: psycopg.AsyncConnection[Any]) -> Job | None:
+    """Count one more attempt on the oldest ready job nobody holds, and commit that (see the module doc)."""
+    cur = await conn.execute(
+        "UPDATE ingest_jobs SET attempts = attempts + 1 WHERE id = (SELECT id FROM ingest_jobs"
+        " WHERE run_after <= now() ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)"
+        " RETURNING id, vector_store_id, file_id, attempts"
+    )
+    row = await cur.fetchone()
+    return Job(int(row[0]), str(row[1]), str(row[2]), int(row[3])) if row else None
+
+
+async def run_one(conn: psycopg.AsyncConnection[Any], embed: Embed, worker: Worker | None = None) -> bool:
+    """Claim and process one job on `conn` (autocommit). False when the queue had nothing ready."""
+    job = await claim(conn)
+    if job is None:
+        return False
+    started = time.monotonic()
+    try:
+        outcome = await _process(conn, job, embed)
+    except _Abandon:
+        await _delete_job(conn, job)
+        outcome = "dropped (detached or cancelled while ingesting)"
+    except _Retry as exc:
+        outcome = await _retry_or_fail(conn, job, str(exc))
+    except pg_errors.UndefinedTable:
+        # The store was deleted (its table dropped) while the file was being ingested.
+        await _delete_job(conn, job)
+        outcome = "dropped (store deleted)"
+    except psycopg.OperationalError:
+        raise
+    except asyncio.CancelledError:
+        # Shutdown: the transaction is rolled back; this claim should not count against the file.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(
+                conn.execute("UPDATE ingest_jobs SET attempts = greatest(attempts - 1, 0) WHERE id = %s", [job.id])
+            )
+        raise
+    except Exception as exc:
+        if conn.closed or conn.broken:
+            raise
+        log.exception("ingestion: file %s failed unexpectedly", job.file_id)
+        outcome = await _retry_or_fail(conn, job, f"internal error while ingesting ({type(exc).__name__})")
+    if worker is not None:
+        if outcome == "completed":
+            worker.completed += 1
+        elif outcome == "failed":
+            worker.failed += 1
+    log.info(
+        "ingestion: file %s in store %s %s (%.2fs)",
+        job.file_id,
+        job.vector_store_id,
+        outcome,
+        time.monotonic() - started,
+    )
+    return True
+
+
+async def _process(conn: psycopg.AsyncConnection[Any], job: Job, embed: Embed) -> str:
+    async with conn.transaction():
+        cur = await conn.execute("SELECT id FROM ingest_jobs WHERE id = %s FOR UPDATE SKIP LOCKED", [job.id])
+        if await cur.fetchone() is None:
+            return "taken by another worker"
+        store = await stores.get(conn, job.vector_store_id)
+        attached = await files.get_store_file(conn, job.vector_store_id, job.file_id)
+        if store is None or attached is None or attached.generation != job.id or attached.status != "in_progress":
+            await _delete_job(conn, job)
+            return "dropped (detached, cancelled or store deleted)"
+        if job.attempts > MAX_ATTEMPTS:
+            await _finish(
+                conn, job, "failed", error=("server_error", f"ingestion was interrupted {job.attempts - 1} times")
+            )
+            return "failed"
+        record = await files.get_file(conn, job.file_id)
+        content = await files.file_content(conn, job.file_id)
+        if record is None or content is None:
+            await _delete_job(conn, job)
+            return "dropped (file deleted)"
+        try:
+            text = await asyncio.to_thread(extract_text, content, record.filename, record.content_type)
+        except ExtractError as exc:
+            await _finish(conn, job, "failed", error=(exc.code, exc.message))
+            return "failed"
+        del content
+        written = await _write_chunks(conn, store, record, attached, text, embed)
+        if written is None:
+            return "cancelled while ingesting"
+        chunk_count, usage = written
+        if chunk_count == 0:
+            await _finish(conn, job, "failed", error=("invalid_file", f"{record.filename!r} contains no text"))
+            return "failed"
+        if not await _finish(conn, job, "completed", usage_bytes=usage, chunk_count=chunk_count):
+            # Detached or cancelled while we worked: roll back the chunks, then drop the job.
+            raise _Abandon
+        current = await files.get_store_file(conn, job.vector_store_id, job.file_id)
+        if current is not None and current.attributes != attached.attributes:
+            # Attributes changed during ingestion; the chunks must carry the new ones too.
+            await conn.execute(
+                sql.SQL("UPDATE {t} SET attributes = %s WHERE file_id = %s").format(t=store.layout.ident),
+                [Jsonb(current.attributes), job.file_id],
+            )
+        return "completed"
+
+
+class _Abandon(Exception):
+    """The attachment changed under the worker: roll back what was written and drop the job."""
+
+
+async def _write_chunks(
+    conn: psycopg.AsyncConnection[Any],
+    store: stores.StoreRecord,
+    record: files.FileRecord,
+    attached: files.StoreFile,
+    text: str,
+    embed: Embed,
+) -> tuple[int, int] | None:
+    """Chunk, embed and COPY, overlapping the next batch's embedding with this batch's COPY."""
+    layout = store.layout
+    vector_bytes = (4 if layout.vector_type == "vector" else 2) * layout.dimensions
+    chunks = chunk_text(text, attached.strategy)
+    count = 0
+    usage = 0
+
+    async def produce() -> tuple[list[Chunk], list[list[float]]]:
+        batch = await asyncio.to_thread(_take, chunks, EMBED_BATCH)
+        if not batch:
+            return batch, []
+        try:
+            vectors = await embed(store, [chunk.text for chunk in batch])
+        except ApiError as exc:  # UpstreamError after the client's own retries
+            raise _Retry(exc.message) from None
+        return batch, vectors
+
+    pending: asyncio.Task[tuple[list[Chunk], list[list[float]]]] = asyncio.create_task(produce())
+    try:
+        while True:
+            batch, vectors = await pending
+            if not batch:
+                break
+            pending = asyncio.create_task(produce())
+            rows = (
+                storage.ChunkRow(
+                    id=f"{record.id}:{chunk.index}",
+                    content=chunk.text,
+                    embedding=vector,
+                    file_id=record.id,
+                    chunk_index=chunk.index,
+                    filename=record.filename,
+                    attributes=attached.attributes,
+                )
+                for chunk, vector in zip(batch, vectors, strict=True)
+            )
+            count += await storage.copy_chunks(conn, layout, rows)
+            usage += sum(len(chunk.text.encode()) for chunk in batch) + vector_bytes * len(batch)
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
+    return count, usage
+
+
+def _take(chunks: Iterator[Chunk], size: int) -> list[Chunk]:
+    batch: list[Chunk] = []
+    for chunk in chunks:
+        batch.append(chunk)
+        if len(batch) >= size:
+            break
+    return batch
+
+
+async def _finish(
+    conn: psycopg.AsyncConnection[Any],
+    job: Job,
+    status: files.Status,
+    *,
+    error: tuple[str, str] | None = None,
+    usage_bytes: int = 0,
+    chunk_count: int = 0,
+) -> bool:
+    """Set the final status (only on the attachment this job belongs to) and delete the job."""
+    cur = await conn.execute(
+        "UPDATE vector_store_files SET status = %s, last_error = %s, usage_bytes = %s, chunk_count = %s"
+        " WHERE vector_store_id = %s AND file_id = %s AND generation = %s AND status = 'in_progress'",
+        [
+            status,
+            Jsonb({"code": error[0], "message": error[1]}) if error else None,
+            usage_bytes,
+            chunk_count,
+            job.vector_store_id,
+            job.file_id,
+            job.id,
+        ],
+    )
+    await _delete_job(conn, job)
+    return cur.rowcount > 0
+
+
+async def _delete_job(conn: psycopg.AsyncConnection[Any], job: Job) -> None:
+    await conn.execute("DELETE FROM ingest_jobs WHERE id = %s", [job.id])
+
+
+async def _retry_or_fail(conn: psycopg.AsyncConnection[Any], job: Job, reason: str) -> str:
+    if job.attempts >= MAX_ATTEMPTS:
+        async with conn.transaction():
+            cur = await conn.execute("SELECT id FROM ingest_jobs WHERE id = %s FOR UPDATE SKIP LOCKED", [job.id])
+            if await cur.fetchone() is not None:
+                await _finish(conn, job, "failed", error=("server_error", reason))
+        return "failed"
+    delay = RETRY_DELAYS[min(job.attempts - 1, len(RETRY_DELAYS) - 1)]
+    await conn.execute(
+        "UPDATE ingest_jobs SET run_after = now() + make_interval(secs => %s) WHERE id = %s", [delay, job.id]
+    )
+    log.warning("ingestion: file %s: %s; retrying in %.0fs", job.file_id, reason, delay)
+    return f"retry in {delay:.0f}s"
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
