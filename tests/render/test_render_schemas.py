@@ -95,6 +95,8 @@ def test_secret_sources(case_spec: Spec, objects: list[dict[str, Any]]) -> None:
     assert found == expected
     for obj in objects:
         assert obj["kind"] != "Secret", "a secret value must never be rendered"
+        assert "stringData" not in obj
+        assert "data" not in obj or obj["kind"] == "ConfigMap", "only the ConfigMap (the spec) carries data"
         is_db = obj["metadata"]["name"] == case_spec.database.credentials_secret
         if obj["kind"] == "OnePasswordItem":
             assert obj.get("type") == ("kubernetes.io/basic-auth" if is_db else None)
