@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import psycopg
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from config import Spec
@@ -99,6 +100,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 "or an out-of-range number)."
             )
         )
+    except HttpProcessingError as exc:
+        # A malformed body part (e.g. a multipart header with control characters): aiohttp parses those lazily,
+        # inside the handler, so its 400 arrives here as an exception.
+        return error_response(BadRequest(f"The request body is malformed: {exc.message}", param="body"))
     except asyncio.CancelledError:
         raise
     except Exception:
