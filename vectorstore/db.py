@@ -56,7 +56,7 @@ def locate_database(data_dir: Path | None, environ: Mapping[str, str] | None = N
     return DatabaseLocation(str(server.get_uri()), f"embedded PostgreSQL in {path}", embedded=server)
 
 
-def make_pool(dsn: str, spec: Spec) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+def make_pool(dsn: str, spec: Spec, *, timeout: float = 3.0) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
     """An unopened pool: it is opened after migrations, once the `vector` type exists to be registered."""
     return AsyncConnectionPool(
         dsn,
@@ -66,6 +66,6 @@ def make_pool(dsn: str, spec: Spec) -> AsyncConnectionPool[psycopg.AsyncConnecti
         configure=register_vector_async,
         # Fail a request with 503 rather than queue it for long when every connection is busy or the DB is gone:
         # a few seconds, well under any client's timeout (tests/robustness/test_faults_database.py).
-        timeout=3.0,
+        timeout=timeout,
         name="vectorstore",
     )

@@ -29,6 +29,8 @@ class Settings:
     port: int = 8000
     reconcile: bool = True
     """Reconcile the declared stores at startup; tests turn it off to exercise an unreconciled database."""
+    pool_timeout: float = 3.0
+    """Seconds a request waits for a pooled connection before 503 (all busy, or the database gone)."""
 
 
 def resolve_secrets(spec: Spec, environ: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
