@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from config.model import Embedding
+from vectorstore import metrics
 from vectorstore.errors import UpstreamError
 
 log = logging.getLogger("vectorstore")
@@ -131,6 +132,7 @@ class EmbeddingClient:
                 await asyncio.sleep(delay)
                 attempt += 1
 
+    @metrics.timed_embedding
     async def _attempt(
         self, body: dict[str, Any], headers: dict[str, str], count: int, dimensions: int
     ) -> list[list[float]]:

@@ -14,9 +14,10 @@ labels would make a series per store and per file, which is how Prometheus serve
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Final
+from typing import Final, ParamSpec, TypeVar
 
 from aiohttp import web
 from prometheus_client import (
@@ -64,7 +65,8 @@ SEARCH_LATENCY: Final = Histogram(
 )
 EMBEDDING_LATENCY: Final = Histogram(
     "vectorstore_embedding_request_duration_seconds",
-    "Latency of one HTTP request to the embedding upstream, by purpose (query or ingest).",
+    "Latency of one HTTP request to the embedding upstream, by purpose: `request` (a search or prototype call "
+    "waiting for it) or `ingest` (the background worker).",
     ["purpose"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
@@ -73,12 +75,6 @@ EMBEDDING_ERRORS: Final = Counter(
     "vectorstore_embedding_errors_total",
     "Failed requests to the embedding upstream, by purpose and reason (timeout, connect, status_429, status_5xx, ...).",
     ["purpose", "reason"],
-    registry=REGISTRY,
-)
-EMBEDDING_CACHE: Final = Counter(
-    "vectorstore_embedding_cache_total",
-    "Query-embedding cache lookups by result (hit or miss).",
-    ["result"],
     registry=REGISTRY,
 )
 INGEST_OUTCOMES: Final = Counter(
@@ -170,6 +166,59 @@ def observe_search(seconds: float) -> None:
     SEARCH_LATENCY.observe(seconds)
 
 
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def timed_search(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Decorator: the call's duration goes to the search-latency histogram, whether it returns or raises."""
+
+    @functools.wraps(function)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        started = time.perf_counter()
+        try:
+            return await function(*args, **kwargs)
+        finally:
+            SEARCH_LATENCY.observe(time.perf_counter() - started)
+
+    return wrapper
+
+
+def timed_embedding(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Decorator for one upstream request: latency, and on failure a bounded reason label.
+
+    The purpose is `request` while serving an HTTP request (the access-log middleware has set a request id)
+    and `ingest` otherwise, so the client needs no extra parameter. Failures are classified by the exception's
+    `status` or `upstream_status` attribute (the embedding client's errors carry one) or its kind.
+    """
+
+    @functools.wraps(function)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        from vectorstore.logs import request_id_var
+
+        purpose = "request" if request_id_var.get() is not None else "ingest"
+        started = time.perf_counter()
+        try:
+            result = await function(*args, **kwargs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            status = getattr(exc, "status", None) or getattr(exc, "upstream_status", None)
+            reason = embedding_error_reason(status if isinstance(status, int) else None, exc)
+            if reason == "other" and "timed out" in str(exc):
+                reason = "timeout"
+            elif reason == "other" and "unreachable" in str(exc):
+                reason = "connect"
+            elif reason == "status_2xx":
+                reason = "bad_answer"  # 200 with the wrong dimensions or shape
+            observe_embedding(purpose, time.perf_counter() - started, reason)
+            raise
+        observe_embedding(purpose, time.perf_counter() - started)
+        return result
+
+    return wrapper
+
+
 def observe_embedding(purpose: str, seconds: float, error: str | None = None) -> None:
     """Record one upstream call; `error` is a short reason such as `timeout` or `status_429`, None on success."""
     EMBEDDING_LATENCY.labels(purpose).observe(seconds)
@@ -186,10 +235,6 @@ def embedding_error_reason(status: int | None = None, exc: BaseException | None 
     if exc is not None and type(exc).__name__.startswith(("ClientConnector", "ServerDisconnected")):
         return "connect"
     return "other"
-
-
-def count_cache(hit: bool) -> None:
-    EMBEDDING_CACHE.labels("hit" if hit else "miss").inc()
 
 
 def observe_ingest(outcome: str, seconds: float | None = None, chunks: int = 0) -> None:

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from vectorstore import metrics
 from vectorstore.storage import Layout
 
 # Index scans stop after this many tuples even when the filter keeps rejecting rows (pgvector's default is
@@ -62,6 +63,7 @@ def search_statement(layout: Layout, where: sql.Composable) -> sql.Composed:
     ).format(op=layout.operator, t=layout.ident, where=where)
 
 
+@metrics.timed_search
 async def run_search(
     conn: psycopg.AsyncConnection[Any],
     layout: Layout,

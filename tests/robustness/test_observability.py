@@ -123,10 +123,9 @@ async def test_errors_and_unmatched_routes_are_counted_and_carry_request_id(
 
 async def test_metrics_endpoint_exposes_every_family(client: TestClient[web.Request, web.Application]) -> None:
     metrics.observe_search(0.004)
-    metrics.observe_embedding("query", 0.02)
+    metrics.observe_embedding("request", 0.02)
     metrics.observe_embedding("ingest", 5.0, metrics.embedding_error_reason(exc=TimeoutError()))
     metrics.observe_ingest("completed", 1.5, chunks=7)
-    metrics.count_cache(True)
     stats = {"pool_size": 4, "pool_available": 1, "requests_waiting": 2, "pool_max": 10}
     metrics.add_gauge_source("pool", metrics.pool_gauges(lambda: stats))
     metrics.add_gauge_source("queue", metrics.queue_gauge(lambda: {"queued": 3, "running": 1}))
@@ -148,11 +147,10 @@ async def test_metrics_endpoint_exposes_every_family(client: TestClient[web.Requ
         'vectorstore_http_requests_total{method="GET",route="/v1/items/{item_id}",status="200"}',
         'vectorstore_http_request_duration_seconds_bucket{le="0.001",method="GET",route="/v1/items/{item_id}"}',
         "vectorstore_search_duration_seconds_count",
-        'vectorstore_embedding_request_duration_seconds_count{purpose="query"}',
+        'vectorstore_embedding_request_duration_seconds_count{purpose="request"}',
         'vectorstore_embedding_errors_total{purpose="ingest",reason="timeout"}',
         'vectorstore_ingest_files_total{outcome="completed"}',
         "vectorstore_ingest_chunks_total",
-        'vectorstore_embedding_cache_total{result="hit"}',
         "vectorstore_db_pool_in_use 3.0",
         "vectorstore_db_pool_waiting 2.0",
         "vectorstore_db_pool_max 10.0",
@@ -205,3 +203,60 @@ async def test_openapi_route_serves_the_committed_document(client: TestClient[we
     served = await response.json()
     assert served == observability.openapi_document()
     assert served["openapi"].startswith("3.1")
+
+
+class _Failure(Exception):
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _errors(purpose: str, reason: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "vectorstore_embedding_errors_total", {"purpose": purpose, "reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_timed_decorators_record_latency_and_classify_failures() -> None:
+    @metrics.timed_embedding
+    async def attempt(error: Exception | None) -> int:
+        if error is not None:
+            raise error
+        return 1
+
+    @metrics.timed_search
+    async def search() -> str:
+        return "hits"
+
+    def count(name: str, labels: dict[str, str] | None = None) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    searches = count("vectorstore_search_duration_seconds_count")
+    assert await search() == "hits"
+    assert count("vectorstore_search_duration_seconds_count") == searches + 1
+
+    calls = count("vectorstore_embedding_request_duration_seconds_count", {"purpose": "ingest"})
+    before = {
+        reason: _errors("ingest", reason) for reason in ("status_429", "status_5xx", "timeout", "connect", "bad_answer")
+    }
+    assert await attempt(None) == 1
+    for error in (
+        _Failure("status 429", 429),
+        _Failure("status 503", 503),
+        _Failure("timed out", None),
+        _Failure("unreachable (ClientConnectorError)", None),
+        _Failure("returned 11 dimensions; the store expects 8", 200),
+    ):
+        with pytest.raises(_Failure):
+            await attempt(error)
+    after = {reason: _errors("ingest", reason) for reason in before}
+    assert all(after[reason] == before[reason] + 1 for reason in before), (before, after)
+    assert count("vectorstore_embedding_request_duration_seconds_count", {"purpose": "ingest"}) == calls + 6
+    # Inside a request (a request id is set) the purpose is `request`.
+    token = logs.request_id_var.set("rid")
+    try:
+        await attempt(None)
+    finally:
+        logs.request_id_var.reset(token)
+    assert count("vectorstore_embedding_request_duration_seconds_count", {"purpose": "request"}) >= 1
