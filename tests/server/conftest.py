@@ -45,20 +45,22 @@ def spec_data(
     dims: int = DIMS,
     keys: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    stores = STANDARD_STORES if stores is None else stores
+    if keys is None:
+        keys = [
+            {"name": "writer", "api_key": {"secret": "s", "key": "w"}, "scope": "write"},
+            {"name": "reader", "api_key": {"secret": "s", "key": "r"}, "scope": "read"},
+        ]
+        if any(store["name"] == "docs" for store in stores):
+            keys.append(
+                {"name": "limited", "api_key": {"secret": "s", "key": "l"}, "scope": "write", "stores": ["docs"]}
+            )
     return {
         "version": 1,
         "name": "vs-test",
         "namespace": "test",
         "database": {"cluster": {"name": "pg"}},
-        "auth": {
-            "keys": keys
-            if keys is not None
-            else [
-                {"name": "writer", "api_key": {"secret": "s", "key": "w"}, "scope": "write"},
-                {"name": "reader", "api_key": {"secret": "s", "key": "r"}, "scope": "read"},
-                {"name": "limited", "api_key": {"secret": "s", "key": "l"}, "scope": "write", "stores": ["docs"]},
-            ]
-        },
+        "auth": {"keys": keys},
         "embedding": {
             "base_url": embed_url,
             "model": "fake-model",
@@ -67,7 +69,7 @@ def spec_data(
             "max_retries": 2,
             "timeout_seconds": 5,
         },
-        "stores": STANDARD_STORES if stores is None else stores,
+        "stores": stores,
         "reconcile": {"prune": prune},
     }
 
@@ -108,9 +110,9 @@ async def start_server(
     embedding_api_key: str | None = "upstream-key",
 ) -> RunningServer:
     keys = dict(api_keys) if api_keys is not None else {key.name: KEY_VALUES[key.name] for key in spec.api_keys}
-    settings = Settings(dsn=dsn, api_keys=keys, embedding_api_key=embedding_api_key)
+    settings = Settings(dsn=dsn, api_keys=keys, embedding_api_key=embedding_api_key, pool_timeout=2.0)
     app = create_app(spec, settings=settings)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
