@@ -105,6 +105,10 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
                 upstream.inputs += len(texts)
                 upstream.authorizations.append(self.headers.get("Authorization", ""))
             mode = upstream.mode
+            if mode == "down":
+                # Hang up without an answer: what a client sees when LiteLLM's pod is gone mid-request.
+                self.close_connection = True
+                return
             if mode == "slow" or upstream.delay:
                 time.sleep(upstream.delay or 30.0)
             if mode == "500":
@@ -280,3 +284,57 @@ def declared_store_ids(spec_path: Path) -> dict[str, str]:
 
     spec = load_spec(spec_path)
     return {store.name: store.id for store in spec.stores}
+
+
+async def upload(http: aiohttp.ClientSession, filename: str, content: bytes, purpose: str = "assistants") -> str:
+    """POST /v1/files; the new File's id."""
+    form = aiohttp.FormData()
+    form.add_field("purpose", purpose)
+    form.add_field("file", content, filename=filename)
+    response = await http.post("/v1/files", data=form)
+    assert response.status == 200, await response.text()
+    file_id: str = (await response.json())["id"]
+    return file_id
+
+
+async def attach(
+    http: aiohttp.ClientSession, store_id: str, file_id: str, attributes: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"file_id": file_id}
+    if attributes is not None:
+        body["attributes"] = attributes
+    response = await http.post(f"/v1/vector_stores/{store_id}/files", json=body)
+    assert response.status == 200, await response.text()
+    result: dict[str, Any] = await response.json()
+    return result
+
+
+async def wait_file(
+    http: aiohttp.ClientSession, store_id: str, file_id: str, statuses: set[str], within: float = 30.0
+) -> dict[str, Any]:
+    """Poll a vector store file until its status is one of `statuses`."""
+    import asyncio
+
+    deadline = time.monotonic() + within
+    while True:
+        response = await http.get(f"/v1/vector_stores/{store_id}/files/{file_id}")
+        assert response.status == 200, await response.text()
+        body: dict[str, Any] = await response.json()
+        if body["status"] in statuses:
+            return body
+        assert time.monotonic() < deadline, f"file {file_id} still {body['status']} after {within}s: {body}"
+        await asyncio.sleep(0.2)
+
+
+def chunk_rows(dsn: str, store_id: str, file_id: str | None = None) -> list[tuple[str, int, int]]:
+    """(file_id, chunk_index, vector dimensions) of a store's stored chunks, straight from its table."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT table_name FROM vector_stores WHERE id = %s", [store_id]).fetchone()
+        assert row is not None, store_id
+        query = sql.SQL("SELECT file_id, chunk_index, vector_dims(embedding) FROM {} {} ORDER BY 1, 2").format(
+            sql.Identifier(row[0]), sql.SQL("WHERE file_id = %s" if file_id else "")
+        )
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in conn.execute(query, [file_id] if file_id else [])]
