@@ -15,6 +15,7 @@ CONTAINER_NAME = "server"
 RUN_AS_UID = 10001
 RUN_AS_GID = 10001
 CHECKSUM_ANNOTATION = "checksum/config"
+TMP_SIZE_LIMIT = "256Mi"
 
 # checkov skips, each for a reason that holds for every spec. Added only when the check would fail.
 SKIP_SECRETS_AS_ENV = (
@@ -121,7 +122,9 @@ def deployment(spec: Spec) -> Document:
         "containers": [container],
         "volumes": [
             {"name": "spec", "configMap": {"name": names.config_map_name(spec.name)}},
-            {"name": "tmp", "emptyDir": {}},
+            # The only writable path (HOME and caches point here); the server spools nothing to disk, so a
+            # small bound keeps a runaway writer from filling the node.
+            {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
         ],
     }
     return {
