@@ -293,8 +293,9 @@ async def detach(conn: psycopg.AsyncConnection[Any], store: stores.StoreRecord, 
     await storage.delete_file_chunks(conn, store.layout, file_id)
     # A job a worker holds is left to it: the worker finds its attachment gone and drops the job.
     await conn.execute(
-        "DELETE FROM ingest_jobs WHERE id IN (SELECT id FROM ingest_jobs WHERE vector_store_id = %s AND file_id = %s"
-        " FOR UPDATE SKIP LOCKED)",
+        "WITH gone AS (DELETE FROM ingest_jobs WHERE id IN (SELECT id FROM ingest_jobs WHERE vector_store_id = %s"
+        " AND file_id = %s FOR UPDATE SKIP LOCKED) RETURNING id)"
+        " DELETE FROM ingest_attempts WHERE job_id IN (SELECT id FROM gone)",
         [store.id, file_id],
     )
     return removed
@@ -452,8 +453,9 @@ async def cancel_batch(conn: psycopg.AsyncConnection[Any], store_id: str, batch_
         [batch_id],
     )
     await conn.execute(
-        "DELETE FROM ingest_jobs j USING vector_store_files f WHERE j.vector_store_id = f.vector_store_id"
+        "WITH gone AS (DELETE FROM ingest_jobs j USING vector_store_files f WHERE j.vector_store_id = f.vector_store_id"
         " AND j.file_id = f.file_id AND f.batch_id = %s AND j.id IN (SELECT id FROM ingest_jobs"
-        " WHERE vector_store_id = %s FOR UPDATE SKIP LOCKED)",
+        " WHERE vector_store_id = %s FOR UPDATE SKIP LOCKED) RETURNING j.id)"
+        " DELETE FROM ingest_attempts WHERE job_id IN (SELECT id FROM gone)",
         [batch_id, store_id],
     )

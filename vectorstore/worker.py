@@ -1,11 +1,11 @@
 """The ingestion worker: takes jobs from the `ingest_jobs` queue in PostgreSQL and makes files searchable.
 
 How a job runs (docs/ingestion.md):
-1. Claim: one committed statement bumps `attempts` on the oldest ready job no one holds
-   (`FOR UPDATE SKIP LOCKED`), so replicas share the queue and a file that crashes its worker every time
-   fails after MAX_ATTEMPTS instead of looping.
-2. In one transaction: lock that job row again, extract the text, chunk it, embed the chunks in batches and
-   write them with binary COPY, mark the file `completed` (or `failed`) and delete the job, then commit.
+1. Claim: lock the oldest ready job no one holds (`FOR UPDATE SKIP LOCKED`), so replicas share the queue.
+   A second connection counts the claim in `ingest_attempts` and commits that at once, so a file that
+   crashes its worker every time fails after MAX_ATTEMPTS instead of looping.
+2. In that same transaction: extract the text, chunk it, embed the chunks in batches and write them with
+   binary COPY (in a savepoint), mark the file `completed` (or `failed`) and delete the job, then commit.
    The row lock lives exactly as long as that transaction: if the process dies (kill -9, OOM, node loss)
    PostgreSQL drops the connection, rolls back the partial chunks and frees the job for the next claim.
    A file is therefore searchable entirely or not at all.
@@ -13,7 +13,7 @@ How a job runs (docs/ingestion.md):
    gets `grace_seconds` to finish, and past that it is cancelled: its transaction rolls back and the job
    returns to the queue for another replica.
 
-Each worker has its own connection, not one from the API pool: a long ingestion must not starve searches.
+Each worker has its own two connections, not ones from the API pool: a long ingestion must not starve searches.
 Extraction and chunking run in a thread, so the event loop keeps serving requests while a big file is read.
 """
 
@@ -41,8 +41,8 @@ from vectorstore.extract import ExtractError, extract_text
 log = logging.getLogger("vectorstore")
 
 MAX_ATTEMPTS = 3
-EMBED_BATCH = 256
-"""Chunks per embedding call and per COPY; the embedding client splits further by its own batch size."""
+BATCHES_PER_COPY = 4
+"""Embedding requests' worth of chunks per COPY: small enough to overlap embedding with writing."""
 RETRY_DELAYS = (5.0, 30.0)
 """Seconds before a job whose embedding upstream failed is tried again."""
 
@@ -73,6 +73,7 @@ class Worker:
         concurrency: int = 2,
         poll_seconds: float = 0.5,
         grace_seconds: float = 20.0,
+        batch_chunks: int = 256,
         name: str = "ingest",
     ) -> None:
         self.dsn = dsn
@@ -80,6 +81,7 @@ class Worker:
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
         self.grace_seconds = grace_seconds
+        self.batch_chunks = batch_chunks
         self.name = name
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -117,10 +119,10 @@ class Worker:
         delay = 0.5
         while not self._stopping.is_set():
             try:
-                async with await connect(self.dsn) as conn:
+                async with await connect(self.dsn) as conn, await connect(self.dsn) as meta:
                     delay = 0.5
                     while not self._stopping.is_set():
-                        if not await run_one(conn, self.embed, self):
+                        if not await run_one(conn, meta, self.embed, self, batch_chunks=self.batch_chunks):
                             await self._idle()
             except asyncio.CancelledError:
                 raise
@@ -152,48 +154,75 @@ async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
     return conn
 
 
-async def claim(conn: psycopg.AsyncConnection[Any]) -> Job | None:
-    """Count one more attempt on the oldest ready job nobody holds, and commit that (see the module doc)."""
+async def lock_next(conn: psycopg.AsyncConnection[Any]) -> Job | None:
+    """Lock the oldest ready job nobody holds, in the caller's transaction (attempts filled in later)."""
     cur = await conn.execute(
-        "UPDATE ingest_jobs SET attempts = attempts + 1 WHERE id = (SELECT id FROM ingest_jobs"
-        " WHERE run_after <= now() ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)"
-        " RETURNING id, vector_store_id, file_id, attempts"
+        "SELECT id, vector_store_id, file_id FROM ingest_jobs WHERE run_after <= now()"
+        " ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"
     )
     row = await cur.fetchone()
-    return Job(int(row[0]), str(row[1]), str(row[2]), int(row[3])) if row else None
+    return Job(int(row[0]), str(row[1]), str(row[2]), 0) if row else None
 
 
-async def run_one(conn: psycopg.AsyncConnection[Any], embed: Embed, worker: Worker | None = None) -> bool:
-    """Claim and process one job on `conn` (autocommit). False when the queue had nothing ready."""
-    job = await claim(conn)
-    if job is None:
-        return False
+async def count_attempt(meta: psycopg.AsyncConnection[Any], job_id: int) -> int:
+    """One more claim of `job_id`, committed at once on the separate autocommit connection `meta`."""
+    cur = await meta.execute(
+        "INSERT INTO ingest_attempts (job_id, attempts) VALUES (%s, 1) ON CONFLICT (job_id)"
+        " DO UPDATE SET attempts = ingest_attempts.attempts + 1 RETURNING attempts",
+        [job_id],
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def run_one(
+    conn: psycopg.AsyncConnection[Any],
+    meta: psycopg.AsyncConnection[Any],
+    embed: Embed,
+    worker: Worker | None = None,
+    *,
+    batch_chunks: int = 256,
+) -> bool:
+    """Take and process one job; False when the queue had nothing ready. Both connections are autocommit.
+
+    The job row stays locked by `conn`'s transaction from the moment it is picked until its outcome is
+    committed; the file's chunks are written in a savepoint inside it, so every outcome (done, failed,
+    retry later, dropped) is recorded while the lock is still held and no other worker can race for it.
+    """
     started = time.monotonic()
-    try:
-        outcome = await _process(conn, job, embed)
-    except _Abandon:
-        await _delete_job(conn, job)
-        outcome = "dropped (detached or cancelled while ingesting)"
-    except _Retry as exc:
-        outcome = await _retry_or_fail(conn, job, str(exc))
-    except pg_errors.UndefinedTable:
-        # The store was deleted (its table dropped) while the file was being ingested.
-        await _delete_job(conn, job)
-        outcome = "dropped (store deleted)"
-    except psycopg.OperationalError:
-        raise
-    except asyncio.CancelledError:
-        # Shutdown: the transaction is rolled back; this claim should not count against the file.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(
-                conn.execute("UPDATE ingest_jobs SET attempts = greatest(attempts - 1, 0) WHERE id = %s", [job.id])
-            )
-        raise
-    except Exception as exc:
-        if conn.closed or conn.broken:
+    async with conn.transaction():
+        found = await lock_next(conn)
+        if found is None:
+            return False
+        job = Job(found.id, found.vector_store_id, found.file_id, await count_attempt(meta, found.id))
+        try:
+            try:
+                async with conn.transaction():  # savepoint: the chunks, all or nothing
+                    outcome = await _process(conn, job, embed, batch_chunks)
+            except _Abandon:
+                await _delete_job(conn, job)
+                outcome = "dropped (detached or cancelled while ingesting)"
+            except _Retry as exc:
+                outcome = await _retry_or_fail(conn, job, str(exc))
+            except pg_errors.UndefinedTable:
+                # The store was deleted (its table dropped) while the file was being ingested.
+                await _delete_job(conn, job)
+                outcome = "dropped (store deleted)"
+            except (psycopg.OperationalError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                if conn.closed or conn.broken:
+                    raise
+                log.exception("ingestion: file %s failed unexpectedly", job.file_id)
+                outcome = await _retry_or_fail(conn, job, f"internal error while ingesting ({type(exc).__name__})")
+        except asyncio.CancelledError:
+            # Shutdown: the transaction rolls back and the job returns to the queue; this claim doesn't count.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    meta.execute("UPDATE ingest_attempts SET attempts = attempts - 1 WHERE job_id = %s", [job.id])
+                )
             raise
-        log.exception("ingestion: file %s failed unexpectedly", job.file_id)
-        outcome = await _retry_or_fail(conn, job, f"internal error while ingesting ({type(exc).__name__})")
     if worker is not None:
         if outcome == "completed":
             worker.completed += 1
@@ -209,50 +238,46 @@ async def run_one(conn: psycopg.AsyncConnection[Any], embed: Embed, worker: Work
     return True
 
 
-async def _process(conn: psycopg.AsyncConnection[Any], job: Job, embed: Embed) -> str:
-    async with conn.transaction():
-        cur = await conn.execute("SELECT id FROM ingest_jobs WHERE id = %s FOR UPDATE SKIP LOCKED", [job.id])
-        if await cur.fetchone() is None:
-            return "taken by another worker"
-        store = await stores.get(conn, job.vector_store_id)
-        attached = await files.get_store_file(conn, job.vector_store_id, job.file_id)
-        if store is None or attached is None or attached.generation != job.id or attached.status != "in_progress":
-            await _delete_job(conn, job)
-            return "dropped (detached, cancelled or store deleted)"
-        if job.attempts > MAX_ATTEMPTS:
-            await _finish(
-                conn, job, "failed", error=("server_error", f"ingestion was interrupted {job.attempts - 1} times")
-            )
-            return "failed"
-        record = await files.get_file(conn, job.file_id)
-        content = await files.file_content(conn, job.file_id)
-        if record is None or content is None:
-            await _delete_job(conn, job)
-            return "dropped (file deleted)"
-        try:
-            text = await asyncio.to_thread(extract_text, content, record.filename, record.content_type)
-        except ExtractError as exc:
-            await _finish(conn, job, "failed", error=(exc.code, exc.message))
-            return "failed"
-        del content
-        written = await _write_chunks(conn, store, record, attached, text, embed)
-        if written is None:
-            return "cancelled while ingesting"
-        chunk_count, usage = written
-        if chunk_count == 0:
-            await _finish(conn, job, "failed", error=("invalid_file", f"{record.filename!r} contains no text"))
-            return "failed"
-        if not await _finish(conn, job, "completed", usage_bytes=usage, chunk_count=chunk_count):
-            # Detached or cancelled while we worked: roll back the chunks, then drop the job.
-            raise _Abandon
-        current = await files.get_store_file(conn, job.vector_store_id, job.file_id)
-        if current is not None and current.attributes != attached.attributes:
-            # Attributes changed during ingestion; the chunks must carry the new ones too.
-            await conn.execute(
-                sql.SQL("UPDATE {t} SET attributes = %s WHERE file_id = %s").format(t=store.layout.ident),
-                [Jsonb(current.attributes), job.file_id],
-            )
-        return "completed"
+async def _process(conn: psycopg.AsyncConnection[Any], job: Job, embed: Embed, batch_chunks: int) -> str:
+    store = await stores.get(conn, job.vector_store_id)
+    attached = await files.get_store_file(conn, job.vector_store_id, job.file_id)
+    if store is None or attached is None or attached.generation != job.id or attached.status != "in_progress":
+        await _delete_job(conn, job)
+        return "dropped (detached, cancelled or store deleted)"
+    if job.attempts > MAX_ATTEMPTS:
+        await _finish(
+            conn, job, "failed", error=("server_error", f"ingestion was interrupted {job.attempts - 1} times")
+        )
+        return "failed"
+    record = await files.get_file(conn, job.file_id)
+    content = await files.file_content(conn, job.file_id)
+    if record is None or content is None:
+        await _delete_job(conn, job)
+        return "dropped (file deleted)"
+    try:
+        text = await asyncio.to_thread(extract_text, content, record.filename, record.content_type)
+    except ExtractError as exc:
+        await _finish(conn, job, "failed", error=(exc.code, exc.message))
+        return "failed"
+    del content
+    written = await _write_chunks(conn, store, record, attached, text, embed, batch_chunks)
+    if written is None:
+        return "cancelled while ingesting"
+    chunk_count, usage = written
+    if chunk_count == 0:
+        await _finish(conn, job, "failed", error=("invalid_file", f"{record.filename!r} contains no text"))
+        return "failed"
+    if not await _finish(conn, job, "completed", usage_bytes=usage, chunk_count=chunk_count):
+        # Detached or cancelled while we worked: roll back the chunks, then drop the job.
+        raise _Abandon
+    current = await files.get_store_file(conn, job.vector_store_id, job.file_id)
+    if current is not None and current.attributes != attached.attributes:
+        # Attributes changed during ingestion; the chunks must carry the new ones too.
+        await conn.execute(
+            sql.SQL("UPDATE {t} SET attributes = %s WHERE file_id = %s").format(t=store.layout.ident),
+            [Jsonb(current.attributes), job.file_id],
+        )
+    return "completed"
 
 
 class _Abandon(Exception):
@@ -266,6 +291,7 @@ async def _write_chunks(
     attached: files.StoreFile,
     text: str,
     embed: Embed,
+    batch_chunks: int,
 ) -> tuple[int, int] | None:
     """Chunk, embed and COPY, overlapping the next batch's embedding with this batch's COPY."""
     layout = store.layout
@@ -275,7 +301,7 @@ async def _write_chunks(
     usage = 0
 
     async def produce() -> tuple[list[Chunk], list[list[float]]]:
-        batch = await asyncio.to_thread(_take, chunks, EMBED_BATCH)
+        batch = await asyncio.to_thread(_take, chunks, batch_chunks)
         if not batch:
             return batch, []
         try:
@@ -351,14 +377,13 @@ async def _finish(
 
 async def _delete_job(conn: psycopg.AsyncConnection[Any], job: Job) -> None:
     await conn.execute("DELETE FROM ingest_jobs WHERE id = %s", [job.id])
+    await conn.execute("DELETE FROM ingest_attempts WHERE job_id = %s", [job.id])
 
 
 async def _retry_or_fail(conn: psycopg.AsyncConnection[Any], job: Job, reason: str) -> str:
+    """In the job's locked transaction: fail the file after MAX_ATTEMPTS, else try again after a delay."""
     if job.attempts >= MAX_ATTEMPTS:
-        async with conn.transaction():
-            cur = await conn.execute("SELECT id FROM ingest_jobs WHERE id = %s FOR UPDATE SKIP LOCKED", [job.id])
-            if await cur.fetchone() is not None:
-                await _finish(conn, job, "failed", error=("server_error", reason))
+        await _finish(conn, job, "failed", error=("server_error", reason))
         return "failed"
     delay = RETRY_DELAYS[min(job.attempts - 1, len(RETRY_DELAYS) - 1)]
     await conn.execute(

@@ -206,7 +206,7 @@ async def test_list_filter_by_status(oai: AsyncOpenAI) -> None:
     await oai.vector_stores.files.create_and_poll(bad.id, vector_store_id=STORE_ID)
     completed = [f.id async for f in oai.vector_stores.files.list(STORE_ID, filter="completed")]
     failed = [f.id async for f in oai.vector_stores.files.list(STORE_ID, filter="failed")]
-    assert completed == [good.id] and failed == [bad.id]
+    assert completed == [good.id] and failed == [bad.id], [f.last_error async for f in oai.vector_stores.files.list(STORE_ID)]
     everything = [f.id async for f in oai.vector_stores.files.list(STORE_ID, order="asc", limit=1)]
     assert everything == [good.id, bad.id]
 

@@ -22,7 +22,7 @@ from vectorstore.api import common
 from vectorstore.api.vector_stores import STORE_CREATED_HOOK
 from vectorstore.chunking import ChunkingError
 from vectorstore.errors import BadRequest, NotFound, PayloadTooLarge
-from vectorstore.worker import Worker
+from vectorstore.worker import BATCHES_PER_COPY, Worker
 
 routes = web.RouteTableDef()
 
@@ -206,7 +206,13 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     async def embed(store: stores.StoreRecord, texts: list[str]) -> list[list[float]]:
         return await _embed(app, store, texts)
 
-    worker = Worker(app[state.SETTINGS].dsn, embed, concurrency=app[state.SPEC].server.ingest_concurrency)
+    spec = app[state.SPEC]
+    worker = Worker(
+        app[state.SETTINGS].dsn,
+        embed,
+        concurrency=spec.server.ingest_concurrency,
+        batch_chunks=spec.embedding.batch_size * BATCHES_PER_COPY,
+    )
     app[WORKER] = worker
     readiness = app[state.READINESS]
 
