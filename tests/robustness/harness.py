@@ -156,6 +156,7 @@ def write_spec(
     timeout_seconds: float = 2.0,
     max_retries: int = 1,
     pool_max: int = 10,
+    batch_size: int = 64,
 ) -> Path:
     """A spec for these tests: three keys (write, read, write limited to `alpha`), small vectors, small uploads."""
     store_lines = "\n".join(f"  - name: {name}\n    description: robustness store {name}" for name in stores)
@@ -178,6 +179,7 @@ embedding:
   api_key: {{secret: s, key: embedding}}
   timeout_seconds: {timeout_seconds}
   max_retries: {max_retries}
+  batch_size: {batch_size}
 server:
   max_upload_bytes: {max_upload_bytes}
   ingest_concurrency: 2
