@@ -18,7 +18,7 @@ import pytest
 from config import check_file, load_spec, names
 from config import checks as semantic
 from config.spec import apply_defaults, check_bytes
-from config.yamlsafe import load_yaml
+from config.yamlsafe import YamlProblem, load_yaml
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
@@ -232,3 +232,15 @@ def test_field_reference_is_current() -> None:
 
     text = DOC.read_text(encoding="utf-8")
     assert updated_doc(text) == text, "docs/spec.md is stale: run `python -m config.docs --write`"
+
+
+@pytest.mark.parametrize("path", [*VALID, *INVALID, REPO / "config" / "stack.yaml"], ids=lambda p: p.name)
+def test_fast_and_detailed_schema_validators_agree(path: Path) -> None:
+    from config.spec import _validator, schema_valid
+
+    try:
+        data = apply_defaults(load_yaml(path.read_bytes()).data)
+    except YamlProblem:  # YAML-level cases never reach the schema
+        return
+    detailed_valid = not any(True for _ in _validator().iter_errors(data))
+    assert schema_valid(data) == detailed_valid
