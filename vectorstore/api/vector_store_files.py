@@ -109,7 +109,9 @@ async def retrieve_store_file(request: web.Request) -> web.Response:
         attached = await files.get_store_file(conn, store.id, file_id)
     if attached is None:
         raise _file_not_in_store(store.id, file_id)
-    return web.json_response(attached.to_json(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
+    # The chunk count is no field of OpenAI's object; `vectorstore ingest` reads it from this header.
+    headers = {"openai-poll-after-ms": POLL_AFTER_MS, "x-vectorstore-chunks": str(attached.chunk_count)}
+    return web.json_response(attached.to_json(), headers=headers)
 
 
 @routes.post("/vector_stores/{vector_store_id}/files/{file_id}")

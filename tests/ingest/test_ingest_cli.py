@@ -1,0 +1,80 @@
+"""`vectorstore ingest` against a running server: progress, skip by content hash, failure summary, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import pytest
+from openai import AsyncOpenAI
+from server.conftest import WRITE_KEY, RunningServer
+
+from cli import IngestOptions, parse
+from ingest.conftest import STORE_ID
+from vectorstore.ingest_cli import ingest, run
+
+
+def _folder(root: Path) -> Path:
+    docs = root / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "a.md").write_text("# Alpha\n\nAlpha is the first letter.\n")
+    (docs / "b.txt").write_text("Beta is the second letter.\n")
+    (docs / "sub" / "c.html").write_text("<p>Gamma is the third letter.</p><script>x()</script>")
+    (docs / "empty.txt").write_bytes(b"")
+    (docs / "photo.png").write_bytes(b"\x89PNG\r\n")
+    (docs / ".hidden.txt").write_text("not sent")
+    return docs
+
+
+def _options(server: RunningServer, *paths: Path, store: str = "docs") -> IngestOptions:
+    options = parse(["ingest", "--store", store, "--base-url", server.base_url, *map(str, paths)])
+    assert isinstance(options, IngestOptions)
+    return options
+
+
+async def _run(server: RunningServer, *paths: Path, store: str = "docs") -> tuple[int, str]:
+    out = io.StringIO()
+    code = await asyncio.to_thread(lambda: asyncio.run(run(_options(server, *paths, store=store), WRITE_KEY, out)))
+    return code, out.getvalue()
+
+
+async def test_ingest_folder_skips_known_files_and_reports_failures(
+    ingest_server: RunningServer, oai: AsyncOpenAI, tmp_path: Path
+) -> None:
+    docs = _folder(tmp_path)
+    code, output = await _run(ingest_server, docs)
+    assert code == 1, output
+    assert "skipping" in output and "photo.png" in output
+    assert "3 ingested (3 chunks), 0 already there, 1 failed" in output
+    assert "FAILED" in output and "empty.txt" in output and "invalid_file" in output
+    assert ".hidden" not in output
+    files = [f async for f in oai.vector_stores.files.list(STORE_ID)]
+    assert sorted(f.status for f in files) == ["completed", "completed", "completed", "failed"]
+    [hit] = (await oai.vector_stores.search(STORE_ID, query="Beta is the second letter.", max_num_results=1)).data
+    assert hit.filename == "b.txt" and hit.attributes is not None
+    assert str(hit.attributes["path"]).endswith("docs/b.txt") and len(str(hit.attributes["sha256"])) == 64
+
+    # Second run: unchanged files are skipped (by content hash), a changed one is sent again.
+    (docs / "empty.txt").unlink()
+    (docs / "b.txt").write_text("Beta, changed.\n")
+    code, output = await _run(ingest_server, docs)
+    assert code == 0, output
+    assert "1 ingested (1 chunks), 2 already there, 0 failed" in output
+
+
+async def test_ingest_by_store_id_and_bad_arguments(
+    ingest_server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    note = tmp_path / "note.txt"
+    note.write_text("A single note.")
+    code, output = await _run(ingest_server, note, store=STORE_ID)
+    assert code == 0 and "1 ingested" in output
+    with pytest.raises(Exception, match="no vector store with id or name 'nope'"):
+        await _run(ingest_server, note, store="nope")
+    monkeypatch.delenv("VECTORSTORE_API_KEY", raising=False)
+    assert await asyncio.to_thread(ingest, _options(ingest_server, note)) == 2
+    monkeypatch.setenv("VECTORSTORE_API_KEY", WRITE_KEY)
+    assert await asyncio.to_thread(ingest, _options(ingest_server, tmp_path / "missing.txt")) == 2
+    assert await asyncio.to_thread(ingest, _options(ingest_server, note, store="nope")) == 2
+    assert await asyncio.to_thread(ingest, _options(ingest_server, note)) == 0
