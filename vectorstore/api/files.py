@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,6 +52,14 @@ async def visible_file(
     return record
 
 
+def _base_name(name: str | None) -> str:
+    """The last path component, without control characters: a name like `../../etc/passwd` must never reach a
+    client (or `vectorstore ingest`) that joins it to a directory. Empty, `.` and `..` become `upload`."""
+    base = re.split(r"[/\\]", name or "")[-1]
+    base = "".join(char for char in base if char.isprintable()).strip()
+    return base if base not in ("", ".", "..") else "upload"
+
+
 @routes.post("/files")
 async def upload(request: web.Request) -> web.Response:
     limit = state.spec(request).server.max_upload_bytes
@@ -70,7 +79,7 @@ async def upload(request: web.Request) -> web.Response:
         if part.name == "purpose":
             purpose = (await part.text()).strip()
         elif part.name == "file":
-            filename = part.filename or "upload"
+            filename = _base_name(part.filename)
             content_type = part.headers.get("Content-Type")
             content = await _read_limited(request, part, limit)
         else:
