@@ -3,12 +3,17 @@
 A WHERE filter is applied after the index scan, so plain HNSW returns too few rows for selective filters.
 pgvector 0.8's iterative scan keeps scanning until LIMIT rows pass the filter; `relaxed_order` may return
 rows slightly out of order, so the outer query sorts the (small) result again. `ef_search` is raised to at
-least the number of results wanted. Settings are `SET LOCAL` (set_config(..., true)) inside one transaction,
-sent in a single pipeline round trip.
+least the number of results wanted.
+
+The settings are session-level on the pooled connection and sent only when they differ from what that
+connection already has (remembered per connection), so a typical search is one statement, one round trip, in
+autocommit: measured in bench/search_http.py, a transaction with SET LOCAL cost 3-4 round trips per search.
+The hnsw.* settings only affect HNSW scans, so other users of the connection are unaffected.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +28,9 @@ from vectorstore.storage import Layout
 # Index scans stop after this many tuples even when the filter keeps rejecting rows (pgvector's default is
 # 20,000); beyond it a filter so selective is better served by the GIN index the planner can choose.
 MAX_SCAN_TUPLES = 20000
+
+# (ef_search, iterative_scan, max_scan_tuples) last set on each pooled connection.
+_applied: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], tuple[str, str, str]] = weakref.WeakKeyDictionary()
 
 
 NO_FILTER = sql.SQL("TRUE")
@@ -54,7 +62,23 @@ def score_of(distance: str, value: float) -> float:
     return min(1.0, max(0.0, score))
 
 
+_UNFILTERED: dict[tuple[str, str], sql.Composed] = {}
+
+
 def search_statement(layout: Layout, where: sql.Composable) -> sql.Composed:
+    if where is NO_FILTER:
+        # Composing costs ~0.15 ms a search; the unfiltered statement only depends on table and operator.
+        key = (layout.table, layout.distance)
+        cached = _UNFILTERED.get(key)
+        if cached is None:
+            if len(_UNFILTERED) > 10000:
+                _UNFILTERED.clear()
+            cached = _UNFILTERED[key] = _compose(layout, where)
+        return cached
+    return _compose(layout, where)
+
+
+def _compose(layout: Layout, where: sql.Composable) -> sql.Composed:
     return sql.SQL(
         "SELECT id, file_id, filename, content, attributes, distance FROM ("
         " SELECT id, file_id, filename, content, attributes, embedding {op} %s AS distance"
@@ -75,18 +99,25 @@ async def run_search(
     where_params: Sequence[Any] = (),
     iterative: str = "relaxed_order",
 ) -> list[Hit]:
-    """Run the search in its own transaction on `conn` (not already in one) and return hits, closest first."""
+    """Run the search on `conn` (idle, not in a transaction) and return hits, closest first."""
     query = layout.to_db(embedding)
     params = [query, *where_params, query, limit]
     statement = search_statement(layout, where)
-    ef = str(max(ef_search, limit))
-    async with conn.transaction():
-        async with conn.pipeline():
+    wanted = (str(max(ef_search, limit)), iterative, str(MAX_SCAN_TUPLES))
+    autocommit = conn.autocommit
+    if not autocommit:
+        await conn.set_autocommit(True)
+    try:
+        if _applied.get(conn) != wanted:
             await conn.execute(
-                "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true),"
-                " set_config('hnsw.max_scan_tuples', %s, true)",
-                [ef, iterative, str(MAX_SCAN_TUPLES)],
+                "SELECT set_config('hnsw.ef_search', %s, false), set_config('hnsw.iterative_scan', %s, false),"
+                " set_config('hnsw.max_scan_tuples', %s, false)",
+                list(wanted),
             )
-            cur: psycopg.AsyncCursor[TupleRow] = await conn.execute(statement, params)
+            _applied[conn] = wanted
+        cur: psycopg.AsyncCursor[TupleRow] = await conn.execute(statement, params)
         rows = await cur.fetchall()
+    finally:
+        if not autocommit:
+            await conn.set_autocommit(False)
     return [Hit(str(r[0]), r[1], r[2], r[3], r[4], float(r[5]), score_of(layout.distance, float(r[5]))) for r in rows]

@@ -90,10 +90,18 @@ async def search(request: web.Request) -> web.Response:
     embedding = await state.embedder(request).embed_query(text, model=record.model, dimensions=record.dimensions)
     try:
         async with state.pool(request).connection() as conn:
-            kwargs: dict[str, Any] = {"limit": limit, "ef_search": record.ef_search}
-            if where is not None:
-                kwargs |= {"where": where, "where_params": params}
-            hits = await run_search(conn, record.layout, embedding, **kwargs)
+            if where is None:
+                hits = await run_search(conn, record.layout, embedding, limit=limit, ef_search=record.ef_search)
+            else:
+                hits = await run_search(
+                    conn,
+                    record.layout,
+                    embedding,
+                    limit=limit,
+                    ef_search=record.ef_search,
+                    where=where,
+                    where_params=params,
+                )
     except pg_errors.UndefinedTable:
         request.app[_CACHE].pop(store_id, None)
         raise store_not_found(store_id) from None

