@@ -14,6 +14,7 @@ file never becomes one 12-million-token list in memory.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -171,13 +172,13 @@ def _token_info(token: int, enc: tiktoken.Encoding) -> tuple[int, bool]:
 
 def _token_ends(tokens: list[int], enc: tiktoken.Encoding) -> list[int | None]:
     """Character offset (in the window) where each token ends, or None when it ends inside a character."""
-    ends: list[int | None] = []
-    chars = 0
-    infos = [_TOKEN_INFO.get(token) or _token_info(token, enc) for token in tokens]
-    for i, (count, _) in enumerate(infos):
-        chars += count
-        # A token followed by one that starts with a continuation byte ends mid-character: no place to cut.
-        ends.append(None if i + 1 < len(infos) and infos[i + 1][1] else chars)
+    get = _TOKEN_INFO.get
+    infos = [get(token) or _token_info(token, enc) for token in tokens]
+    ends: list[int | None] = list(itertools.accumulate(info[0] for info in infos))
+    # A token followed by one that starts with a continuation byte ends mid-character: no place to cut.
+    for i in range(1, len(infos)):
+        if infos[i][1]:
+            ends[i - 1] = None
     return ends
 
 
@@ -206,23 +207,24 @@ def _choose_end(text: str, start: int, ends: list[int | None], limit: int, overl
     high = min(limit, usable)
     low = max(overlap + 1, limit - limit // 4, 1)
     low = min(low, high)
-    best_end, best_score = -1, -1
-    for count in range(high, low - 1, -1):
+    candidates = [start + offset for offset in reversed(ends[low - 1 : high]) if offset]
+    if candidates:
+        # Cheap first: only score positions when the region holds the kind of break being looked for.
+        region = text[candidates[-1] - 2 : candidates[0] + 2]
+        wanted = 4 if "\n\n" in region else 3 if "\n" in region else 2
+        best_end, best_score = candidates[0], -1
+        for position in candidates:
+            score = _score(text, position)
+            if score > best_score:
+                best_end, best_score = position, score
+                if score >= wanted:
+                    break
+        return best_end
+    for count in range(high, 0, -1):  # no character boundary at all in range: the longest valid prefix
         offset = ends[count - 1]
-        if offset is None or offset == 0:
-            continue
-        score = _score(text, start + offset)
-        if score > best_score:
-            best_end, best_score = start + offset, score
-            if score == 4:
-                break
-    if best_end < 0:  # no character boundary at all in range: take the longest valid prefix
-        for count in range(high, 0, -1):
-            offset = ends[count - 1]
-            if offset:
-                return start + offset
-        raise AssertionError("a token window with no character boundary")
-    return best_end
+        if offset:
+            return start + offset
+    raise AssertionError("a token window with no character boundary")
 
 
 def _shrink(text: str, start: int, end: int) -> int:
