@@ -79,13 +79,10 @@ EMBEDDING_ERRORS: Final = Counter(
 )
 INGEST_OUTCOMES: Final = Counter(
     "vectorstore_ingest_files_total",
-    "Files the ingestion worker finished, by outcome (completed, failed, cancelled, requeued).",
+    "Ingestion jobs the worker ended, by outcome: completed, failed, retry (upstream down, tried again later), "
+    "dropped (detached or store deleted meanwhile), taken (by another worker first), requeued (interrupted by "
+    "shutdown), other.",
     ["outcome"],
-    registry=REGISTRY,
-)
-INGEST_CHUNKS: Final = Counter(
-    "vectorstore_ingest_chunks_total",
-    "Chunks written by the ingestion worker.",
     registry=REGISTRY,
 )
 INGEST_LATENCY: Final = Histogram(
@@ -203,7 +200,9 @@ def timed_embedding(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitabl
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            status = getattr(exc, "status", None) or getattr(exc, "upstream_status", None)
+            # `upstream_status` first: the client's UpstreamError also has `status`, its own 502.
+            status = getattr(exc, "upstream_status", None) if hasattr(exc, "upstream_status") else None
+            status = status if status is not None else getattr(exc, "status", None)
             reason = embedding_error_reason(status if isinstance(status, int) else None, exc)
             if reason == "other" and "timed out" in str(exc):
                 reason = "timeout"
@@ -237,10 +236,14 @@ def embedding_error_reason(status: int | None = None, exc: BaseException | None 
     return "other"
 
 
-def observe_ingest(outcome: str, seconds: float | None = None, chunks: int = 0) -> None:
-    INGEST_OUTCOMES.labels(outcome).inc()
-    if chunks:
-        INGEST_CHUNKS.inc(chunks)
+INGEST_OUTCOME_LABELS: Final = frozenset({"completed", "failed", "retry", "dropped", "taken", "requeued"})
+
+
+def observe_ingest(outcome: str, seconds: float | None = None) -> None:
+    """One job's end. `outcome` may be the worker's log phrase ("retry in 5s", "dropped (store deleted)"): its
+    first word is the label, and anything unexpected is `other`, so the label set stays bounded."""
+    word = outcome.split(" ", 1)[0] if outcome else "other"
+    INGEST_OUTCOMES.labels(word if word in INGEST_OUTCOME_LABELS else "other").inc()
     if seconds is not None:
         INGEST_LATENCY.observe(seconds)
 

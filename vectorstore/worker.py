@@ -33,7 +33,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from vectorstore import files, storage, stores
+from vectorstore import files, metrics, storage, stores
 from vectorstore.chunking import Chunk, chunk_text
 from vectorstore.errors import ApiError
 from vectorstore.extract import ExtractError, extract_text
@@ -113,6 +113,8 @@ class Worker:
                 await task
         if pending:
             log.warning("ingestion: %d file(s) returned to the queue at shutdown", len(pending))
+            for _ in pending:
+                metrics.observe_ingest("requeued")
         self._tasks = []
 
     async def _loop(self, index: int) -> None:
@@ -223,6 +225,7 @@ async def run_one(
                     meta.execute("UPDATE ingest_attempts SET attempts = attempts - 1 WHERE job_id = %s", [job.id])
                 )
             raise
+    metrics.observe_ingest(outcome, time.monotonic() - started)
     if worker is not None:
         if outcome == "completed":
             worker.completed += 1

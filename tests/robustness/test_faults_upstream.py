@@ -104,3 +104,26 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+async def test_metrics_show_the_faults(shared_server: ServerProcess) -> None:
+    """After the tests above, the server's own /metrics tells an operator what happened (runs last here)."""
+    async with shared_server.session(key=None) as http:
+        response = await http.get("/metrics")
+        assert response.status == 200
+        text = await response.text()
+    for needle in (
+        'vectorstore_embedding_errors_total{purpose="request",reason="status_5xx"}',
+        'vectorstore_embedding_errors_total{purpose="request",reason="status_429"}',
+        'vectorstore_embedding_errors_total{purpose="request",reason="timeout"}',
+        'vectorstore_embedding_errors_total{purpose="request",reason="bad_answer"}',
+        'vectorstore_embedding_errors_total{purpose="ingest",reason="bad_answer"}',
+        'vectorstore_ingest_files_total{outcome="retry"}',
+        'vectorstore_ingest_files_total{outcome="completed"}',
+        'vectorstore_http_requests_total{method="POST",route="/v1/vector_stores/{vector_store_id}/search",status="502"}',
+        "vectorstore_search_duration_seconds_count",
+        "vectorstore_db_pool_size",
+        "vectorstore_db_pool_in_use",
+        'vectorstore_ingest_queue_depth{state="ready"}',
+    ):
+        assert needle in text, (needle, [line for line in text.splitlines() if "errors_total{" in line])

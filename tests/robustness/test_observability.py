@@ -125,7 +125,9 @@ async def test_metrics_endpoint_exposes_every_family(client: TestClient[web.Requ
     metrics.observe_search(0.004)
     metrics.observe_embedding("request", 0.02)
     metrics.observe_embedding("ingest", 5.0, metrics.embedding_error_reason(exc=TimeoutError()))
-    metrics.observe_ingest("completed", 1.5, chunks=7)
+    metrics.observe_ingest("completed", 1.5)
+    metrics.observe_ingest("retry in 5s")
+    metrics.observe_ingest("something unexpected happened")
     stats = {"pool_size": 4, "pool_available": 1, "requests_waiting": 2, "pool_max": 10}
     metrics.add_gauge_source("pool", metrics.pool_gauges(lambda: stats))
     metrics.add_gauge_source("queue", metrics.queue_gauge(lambda: {"queued": 3, "running": 1}))
@@ -150,7 +152,9 @@ async def test_metrics_endpoint_exposes_every_family(client: TestClient[web.Requ
         'vectorstore_embedding_request_duration_seconds_count{purpose="request"}',
         'vectorstore_embedding_errors_total{purpose="ingest",reason="timeout"}',
         'vectorstore_ingest_files_total{outcome="completed"}',
-        "vectorstore_ingest_chunks_total",
+        'vectorstore_ingest_files_total{outcome="retry"}',
+        'vectorstore_ingest_files_total{outcome="other"}',
+        "vectorstore_ingest_file_duration_seconds_count",
         "vectorstore_db_pool_in_use 3.0",
         "vectorstore_db_pool_waiting 2.0",
         "vectorstore_db_pool_max 10.0",
@@ -211,6 +215,14 @@ class _Failure(Exception):
         self.status = status
 
 
+class _UpstreamFailure(_Failure):
+    """Like the client's UpstreamError: its own `status` is 502, the upstream's is separate."""
+
+    def __init__(self, message: str, upstream_status: int | None) -> None:
+        super().__init__(message, 502)
+        self.upstream_status = upstream_status
+
+
 def _errors(purpose: str, reason: str) -> float:
     value = metrics.REGISTRY.get_sample_value(
         "vectorstore_embedding_errors_total", {"purpose": purpose, "reason": reason}
@@ -246,7 +258,7 @@ async def test_timed_decorators_record_latency_and_classify_failures() -> None:
         _Failure("status 503", 503),
         _Failure("timed out", None),
         _Failure("unreachable (ClientConnectorError)", None),
-        _Failure("returned 11 dimensions; the store expects 8", 200),
+        _UpstreamFailure("returned 11 dimensions; the store expects 8", 200),
     ):
         with pytest.raises(_Failure):
             await attempt(error)
