@@ -206,7 +206,9 @@ async def test_list_filter_by_status(oai: AsyncOpenAI) -> None:
     await oai.vector_stores.files.create_and_poll(bad.id, vector_store_id=STORE_ID)
     completed = [f.id async for f in oai.vector_stores.files.list(STORE_ID, filter="completed")]
     failed = [f.id async for f in oai.vector_stores.files.list(STORE_ID, filter="failed")]
-    assert completed == [good.id] and failed == [bad.id], [f.last_error async for f in oai.vector_stores.files.list(STORE_ID)]
+    assert completed == [good.id] and failed == [bad.id], [
+        f.last_error async for f in oai.vector_stores.files.list(STORE_ID)
+    ]
     everything = [f.id async for f in oai.vector_stores.files.list(STORE_ID, order="asc", limit=1)]
     assert everything == [good.id, bad.id]
 
@@ -368,3 +370,26 @@ async def test_concurrent_attach_counts_always_add_up(oai: AsyncOpenAI) -> None:
             break
         await asyncio.sleep(0.05)
     assert counts.completed == 6
+
+
+async def test_deleting_a_store_during_ingestion(oai: AsyncOpenAI, fake_embedder: FakeEmbedder) -> None:
+    store = await oai.vector_stores.create(name="short-lived")
+    text = "\n\n".join(f"Paragraph {i} of a file that takes a while to embed." for i in range(200))
+    uploaded = await oai.files.create(file=("slow.md", text.encode(), "text/markdown"), purpose="assistants")
+    fake_embedder.delay_seconds = 0.2
+    await oai.vector_stores.files.create(vector_store_id=store.id, file_id=uploaded.id)
+    for _ in range(100):
+        if fake_embedder.calls:
+            break
+        await asyncio.sleep(0.05)
+    deleted = await oai.vector_stores.delete(store.id)
+    assert deleted.deleted
+    with pytest.raises(openai.NotFoundError):
+        await oai.vector_stores.retrieve(store.id)
+    # The worker gets over it: the next file in another store is ingested normally.
+    fake_embedder.delay_seconds = 0.0
+    done = await oai.vector_stores.files.upload_and_poll(
+        vector_store_id=STORE_ID, file=("after.txt", ALPHA.encode(), "text/plain")
+    )
+    assert done.status == "completed"
+    assert (await oai.files.retrieve(uploaded.id)).id == uploaded.id

@@ -182,6 +182,8 @@ async def create_batch(request: web.Request) -> web.Response:
             common.reject_unknown(entry, {"file_id", "attributes", "chunking_strategy"})
             file_id = common.req_str(entry, "file_id", param=f"files[{index}].file_id")
             attributes = files.validate_attributes(entry.get("attributes"), f"files[{index}].attributes")
+            if attributes is None:
+                attributes = shared_attributes
             strategy_value = entry.get("chunking_strategy", body.get("chunking_strategy"))
             items.append((file_id, attributes, strategy_value, f"files[{index}].chunking_strategy"))
     if not items:
