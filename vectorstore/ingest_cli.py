@@ -115,6 +115,11 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
+def _path_attribute(path: Path) -> str:
+    """The file's absolute path (at most 512 characters, OpenAI's limit): the same file from any cwd."""
+    return str(path.resolve())[-512:]
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -195,16 +200,22 @@ async def run(options: IngestOptions, key: str, stream: TextIO) -> int:
     async with aiohttp.ClientSession(timeout=timeout) as session:
         api = Api(session, options.base_url, key)
         store_id = await resolve_store(api, options.store)
+        attached = await api.pages(f"/vector_stores/{store_id}/files")
         existing = {
-            str(item.get("attributes", {}).get(HASH_ATTRIBUTE))
-            for item in await api.pages(f"/vector_stores/{store_id}/files")
+            str((item.get("attributes") or {}).get(HASH_ATTRIBUTE))
+            for item in attached
             if item.get("status") == "completed"
         }
+        by_path: dict[str, list[str]] = {}
+        for item in attached:
+            path_attribute = (item.get("attributes") or {}).get(PATH_ATTRIBUTE)
+            if isinstance(path_attribute, str):
+                by_path.setdefault(path_attribute, []).append(str(item["id"]))
         stream.write(f"ingesting {len(files)} file(s) into {store_id} at {options.base_url}\n")
         progress = Progress(len(files), stream)
         limit = asyncio.Semaphore(UPLOAD_CONCURRENCY)
         outcomes = await asyncio.gather(
-            *(_one(api, store_id, path, existing, strategy, limit, progress) for path in files)
+            *(_one(api, store_id, path, existing, by_path, strategy, limit, progress) for path in files)
         )
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     completed = sum(outcome.status == "completed" for outcome in outcomes)
@@ -222,6 +233,7 @@ async def _one(
     store_id: str,
     path: Path,
     existing: set[str],
+    by_path: dict[str, list[str]],
     strategy: dict[str, Any] | None,
     limit: asyncio.Semaphore,
     progress: Progress,
@@ -239,7 +251,7 @@ async def _one(
             uploaded, _ = await api.call("POST", "/files", data=form)
             body: dict[str, Any] = {
                 "file_id": uploaded["id"],
-                "attributes": {HASH_ATTRIBUTE: digest, PATH_ATTRIBUTE: str(path)[-512:]},
+                "attributes": {HASH_ATTRIBUTE: digest, PATH_ATTRIBUTE: _path_attribute(path)},
             }
             if strategy is not None:
                 body["chunking_strategy"] = strategy
@@ -255,6 +267,15 @@ async def _one(
         if outcome.status != "completed":
             outcome.status = "failed"
             outcome.error = f"{error.get('code')}: {error.get('message')}" if error else "cancelled"
+        else:
+            # The new version is in: earlier versions of this path (changed since, or failed) leave the store.
+            for old_id in by_path.get(_path_attribute(path), []):
+                if old_id != uploaded["id"]:
+                    try:
+                        await api.call("DELETE", f"/vector_stores/{store_id}/files/{old_id}")
+                    except ApiFailure as exc:
+                        if exc.status != 404:
+                            raise
     except ApiFailure as exc:
         outcome.status = "failed"
         outcome.error = str(exc)

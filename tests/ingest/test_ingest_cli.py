@@ -39,6 +39,11 @@ async def _run(server: RunningServer, *paths: Path, store: str = "docs") -> tupl
     return code, out.getvalue()
 
 
+async def _search_texts(oai: AsyncOpenAI, query: str) -> list[str]:
+    page = await oai.vector_stores.search(STORE_ID, query=query, max_num_results=1)
+    return [str(hit.content[0].text) for hit in page.data]
+
+
 async def test_ingest_folder_skips_known_files_and_reports_failures(
     ingest_server: RunningServer, oai: AsyncOpenAI, tmp_path: Path
 ) -> None:
@@ -61,6 +66,11 @@ async def test_ingest_folder_skips_known_files_and_reports_failures(
     code, output = await _run(ingest_server, docs)
     assert code == 0, output
     assert "1 ingested (1 chunks), 2 already there, 0 failed" in output
+    # The old version of b.txt left the store (empty.txt, gone from the folder, stays as it was).
+    files = [f async for f in oai.vector_stores.files.list(STORE_ID)]
+    assert sorted(f.status for f in files) == ["completed", "completed", "completed", "failed"]
+    assert await _search_texts(oai, "Beta is the second letter.") != ["Beta is the second letter."]
+    assert await _search_texts(oai, "Beta, changed.") == ["Beta, changed."]
 
 
 async def test_ingest_by_store_id_and_bad_arguments(
