@@ -31,7 +31,7 @@ CHECKS = [
     schemathesis.checks.response_schema_conformance,
 ]
 # Per operation (27 of them): valid and invalid requests with a key, a few without; about a minute on 2 cores.
-POSITIVE_EXAMPLES = 40
+POSITIVE_EXAMPLES = 30
 NEGATIVE_EXAMPLES = 20
 ANONYMOUS_EXAMPLES = 4
 MISSING = "does-not-exist-0000"
