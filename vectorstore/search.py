@@ -29,7 +29,8 @@ from vectorstore.storage import Layout
 # 20,000); beyond it a filter so selective is better served by the GIN index the planner can choose.
 MAX_SCAN_TUPLES = 20000
 
-# (ef_search, iterative_scan, max_scan_tuples) last set on each pooled connection.
+# (ef_search, iterative_scan, max_scan_tuples) last set on each pooled connection. Valid while nothing resets
+# sessions: if the pool ever gets a `reset=` running RESET ALL / DISCARD ALL, clear the entry there too.
 _applied: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], tuple[str, str, str]] = weakref.WeakKeyDictionary()
 
 

@@ -151,6 +151,7 @@ async def test_litellm_search_body_with_explicit_nulls(server: RunningServer, ht
         first = data["data"][0]
         assert set(first) == {"file_id", "filename", "score", "attributes", "content"}
         assert first["content"] == [{"type": "text", "text": "red apple"}]
+        assert first["file_id"] == "" and first["filename"] == ""  # strings, as OpenAI's schema says: no file
 
 
 async def test_filtered_search_fills_max_num_results(

@@ -107,8 +107,9 @@ async def search(request: web.Request) -> web.Response:
         raise store_not_found(store_id) from None
     data = [
         {
-            "file_id": hit.file_id,
-            "filename": hit.filename,
+            # OpenAI's schema has both as strings; rows added through the prototype's /embeddings have no file.
+            "file_id": hit.file_id or "",
+            "filename": hit.filename or "",
             "score": hit.score,
             "attributes": hit.attributes if return_metadata is not False else {},
             "content": [{"type": "text", "text": hit.content}],
