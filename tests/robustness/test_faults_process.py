@@ -20,6 +20,7 @@ from robustness.harness import (
     upload,
     wait_file,
 )
+from vectorstore.reconcile import RECONCILE_LOCK_KEY
 
 # Paragraphs that chunk into a few hundred chunks at the store's default chunking: several upstream batches.
 DOCUMENT = "\n\n".join(f"Paragraph {i} talks about crash safety, queues and vectors number {i}." for i in range(3000))
@@ -88,15 +89,25 @@ async def test_kill_9_during_reconcile_leaves_no_half_created_store(
     # `alpha` stays: the limited key of the test spec names it.
     many = ("alpha", *(f"store-{i:03d}" for i in range(120)))
     server = launch(fresh_dsn, upstream.base_url, stores=many, ready=False)
+    # Kill while reconcile holds its lock, i.e. inside its transaction, after it has created some tables.
     deadline = time.monotonic() + 30.0
-    while "migrations applied" not in server.logs():
-        assert time.monotonic() < deadline, server.logs()
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.3)
-    server.kill()
+    with psycopg.connect(fresh_dsn, autocommit=True) as watcher:
+        while True:
+            assert time.monotonic() < deadline, server.logs()
+            assert server.process is not None and server.process.poll() is None, server.logs()
+            busy = watcher.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND ((classid::bigint << 32) | objid::bigint) = %s",
+                [RECONCILE_LOCK_KEY],
+            ).fetchone()
+            if busy and busy[0]:
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)
+        server.kill()
     ids, referenced, tables = _store_state(fresh_dsn)
-    assert len(ids) < len(many), "the kill landed after reconcile finished: the test proves nothing"
     assert tables == referenced, f"store tables without a store row: {tables - referenced}"
+    assert ids == [], "reconcile is one transaction: killed inside it, it left nothing"
 
     restarted = launch(fresh_dsn, upstream.base_url, stores=many)
     ids, referenced, tables = _store_state(fresh_dsn)
@@ -129,8 +140,11 @@ async def test_sigterm_finishes_in_flight_requests_and_requeues_ingestion(
         await asyncio.sleep(0.3)
         server.signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
-        # No new connections once stopping.
-        assert http_get(server.base_url + "/health", timeout=2.0)[0] == 0
+        # No new connections once stopping (polled: the signal is handled asynchronously).
+        refused_by = time.monotonic() + 3.0
+        while http_get(server.base_url + "/health", timeout=1.0)[0] != 0:
+            assert time.monotonic() < refused_by, "still accepting connections after SIGTERM"
+            await asyncio.sleep(0.05)
         responses = await asyncio.gather(*searches)
         assert [response.status for response in responses] == [200, 200, 200]
     assert server.process is not None
