@@ -204,7 +204,7 @@ async def memory(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     spec = {
         "version": 1, "name": "bench", "namespace": "bench", "database": {"cluster": {"name": "pg"}},
         "auth": {"keys": [{"name": "bench", "api_key": {"secret": "s", "key": "k"}, "scope": "write"}]},
-        "embedding": {"base_url": upstream.base_url, "model": "fake", "dimensions": args.dims, "batch_size": 256},
+        "embedding": {"base_url": upstream.base_url, "model": "fake", "dimensions": args.dims, "batch_size": 64},
         "server": {"max_upload_bytes": 64 << 20, "ingest_concurrency": 2},
         "stores": [{"name": "big", "id": "vs_big"}],
     }  # fmt: skip
