@@ -393,3 +393,17 @@ async def test_deleting_a_store_during_ingestion(oai: AsyncOpenAI, fake_embedder
     )
     assert done.status == "completed"
     assert (await oai.files.retrieve(uploaded.id)).id == uploaded.id
+
+
+async def test_same_file_attached_concurrently(oai: AsyncOpenAI) -> None:
+    uploaded = await oai.files.create(file=("a.txt", ALPHA.encode(), "text/plain"), purpose="assistants")
+    results = await asyncio.gather(
+        *(oai.vector_stores.files.create(vector_store_id=STORE_ID, file_id=uploaded.id) for _ in range(6)),
+        return_exceptions=True,
+    )
+    assert all(not isinstance(r, BaseException) or isinstance(r, openai.ConflictError) for r in results), results
+    assert any(not isinstance(r, BaseException) for r in results)
+    done = await oai.vector_stores.files.poll(uploaded.id, vector_store_id=STORE_ID)
+    assert done.status == "completed"
+    assert [f.id async for f in oai.vector_stores.files.list(STORE_ID)] == [uploaded.id]
+    assert len(await _top(oai, ALPHA)) == 1

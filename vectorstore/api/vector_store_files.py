@@ -6,16 +6,19 @@ SDK's `create_and_poll` / `upload_and_poll` then poll the retrieve routes, which
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 from aiohttp import web
+from psycopg import errors as pg_errors
 
 from vectorstore import auth, files, state, stores
 from vectorstore.api import common
 from vectorstore.api.files import POLL_AFTER_MS, WORKER, visible_file
 from vectorstore.chunking import AUTO, ChunkingError, Strategy, parse_strategy, validate_static
-from vectorstore.errors import BadRequest, NotFound
+from vectorstore.errors import BadRequest, Conflict, NotFound
 
 routes = web.RouteTableDef()
 
@@ -40,6 +43,15 @@ def _strategy(request: web.Request, store: stores.StoreRecord, value: object, pa
         return default_strategy(request, store, value, param)
     except ChunkingError as exc:
         raise BadRequest(exc.message, param=exc.param) from None
+
+
+@contextlib.asynccontextmanager
+async def _attaching() -> AsyncIterator[None]:
+    """Two requests attaching the same file to the same store at once: the loser gets a retryable 409."""
+    try:
+        yield
+    except (pg_errors.UniqueViolation, pg_errors.DeadlockDetected):
+        raise Conflict("The file is being attached to this vector store by another request; retry.") from None
 
 
 def _file_not_in_store(store_id: str, file_id: str) -> NotFound:
@@ -85,7 +97,7 @@ async def attach_file(request: web.Request) -> web.Response:
     common.reject_unknown(body, _ATTACH_FIELDS)
     file_id = common.req_str(body, "file_id")
     attributes = files.validate_attributes(body.get("attributes"))
-    async with state.pool(request).connection() as conn, conn.transaction():
+    async with _attaching(), state.pool(request).connection() as conn, conn.transaction():
         store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
         strategy = _strategy(request, store, body.get("chunking_strategy"), "chunking_strategy")
         await visible_file(request, conn, file_id, "file_id")
@@ -192,7 +204,7 @@ async def create_batch(request: web.Request) -> web.Response:
         raise BadRequest(f"A file batch holds at most {_MAX_BATCH_FILES} files; got {len(items)}.", param="file_ids")
     if len({item[0] for item in items}) != len(items):
         raise BadRequest("A file batch lists the same file twice.", param="file_ids")
-    async with state.pool(request).connection() as conn, conn.transaction():
+    async with _attaching(), state.pool(request).connection() as conn, conn.transaction():
         store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
         strategies = [_strategy(request, store, value, param) for _, _, value, param in items]
         for index, (file_id, *_rest) in enumerate(items):
