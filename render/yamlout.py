@@ -72,7 +72,7 @@ if getattr(yaml, "__with_libyaml__", False):
     LibyamlDumper.add_representer(str, _str)
     DUMPERS["libyaml"] = LibyamlDumper
 
-# Where the two emitters differ (found by the fuzz test in tests/render): libyaml escapes characters outside
+# Where the two emitters differ (found by the fuzz test in tests/rendering): libyaml escapes characters outside
 # the BMP (emoji) and the BOM, which PyYAML writes as they are. A document holding any of them goes through
 # the pure-Python emitter.
 _EMITTERS_DIFFER = re.compile("[\U00010000-\U0010ffff\ufeff]")

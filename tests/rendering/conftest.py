@@ -1,7 +1,7 @@
 """Render test cases: each spec and the directory its committed render lives in.
 
-A case is a name: `stack` is config/stack.yaml rendered into manifests/; every tests/render/specs/<name>.yaml
-is rendered into tests/render/golden/<name>/. `UPDATE_GOLDEN=1 pytest tests/render` rewrites them all.
+A case is a name: `stack` is config/stack.yaml rendered into manifests/; every tests/rendering/specs/<name>.yaml
+is rendered into tests/rendering/golden/<name>/. `UPDATE_GOLDEN=1 pytest tests/rendering` rewrites them all.
 """
 
 from __future__ import annotations
