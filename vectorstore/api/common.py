@@ -171,3 +171,14 @@ async def visible_store(
     if record is None:
         raise store_not_found(store_id)
     return record
+
+
+def list_page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """OpenAI's list envelope; the SDK's auto-pagination reads `has_more` and continues after `last_id`."""
+    return {
+        "object": "list",
+        "data": items,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+        "has_more": has_more,
+    }

@@ -142,15 +142,7 @@ async def list_files(request: web.Request) -> web.Response:
             owner=file_owner(request),
         )
     data = [record.to_json() for record in records]
-    return web.json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return web.json_response(common.list_page(data, has_more))
 
 
 @routes.get("/files/{file_id}")

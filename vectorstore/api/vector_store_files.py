@@ -58,16 +58,6 @@ def _file_not_in_store(store_id: str, file_id: str) -> NotFound:
     return NotFound(f"No file '{file_id}' in vector store '{store_id}'.", param="file_id")
 
 
-def _page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": items,
-        "first_id": items[0]["id"] if items else None,
-        "last_id": items[-1]["id"] if items else None,
-        "has_more": has_more,
-    }
-
-
 async def _list(request: web.Request, batch_id: str | None) -> web.Response:
     limit = common.query_int(request, "limit", default=20, lo=1, hi=100)
     order = common.query_choice(request, "order", default="desc", choices=("asc", "desc"))
@@ -88,7 +78,7 @@ async def _list(request: web.Request, batch_id: str | None) -> web.Response:
             after=request.query.get("after") or None,
             before=request.query.get("before") or None,
         )
-    return web.json_response(_page([row.to_json() for row in rows], has_more))
+    return web.json_response(common.list_page([row.to_json() for row in rows], has_more))
 
 
 @routes.post("/vector_stores/{vector_store_id}/files")

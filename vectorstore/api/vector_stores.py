@@ -118,15 +118,7 @@ async def list_stores(request: web.Request) -> web.Response:
             visible_ids=principal.store_ids,
         )
         data = await _render(request, conn, records)
-    return web.json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return web.json_response(common.list_page(data, has_more))
 
 
 @routes.get("/vector_stores/{vector_store_id}")
