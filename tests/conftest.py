@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from fakeembed import FakeEmbedder
+from pgdb import new_database
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,23 +39,10 @@ def pg_dsn() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _with_database(dsn: str, database: str) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(dsn)
-    info["dbname"] = database
-    return psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in info.items() if v is not None})
-
-
 @pytest.fixture
 def fresh_dsn(pg_dsn: str) -> Iterator[str]:
     """A new, empty database for one test, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_database(pg_dsn, name)
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from new_database(pg_dsn, "t")
 
 
 @pytest.fixture

@@ -6,38 +6,20 @@ close, databases are dropped. Traffic goes to 127.0.0.1 only.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
+from pgdb import new_database
 
 from robustness.harness import ServerProcess, Upstream, run_upstream, write_spec
-
-
-def _with_database(dsn: str, database: str) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(dsn)
-    info["dbname"] = database
-    return psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in info.items() if v is not None})
-
-
-def _new_database(pg_dsn: str) -> Iterator[str]:
-    name = f"r_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_database(pg_dsn, name)
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
 def module_dsn(pg_dsn: str) -> Iterator[str]:
     """An empty database shared by one module's tests (one server start per module, not per test)."""
-    yield from _new_database(pg_dsn)
+    yield from new_database(pg_dsn, "r")
 
 
 @pytest.fixture
