@@ -21,6 +21,7 @@ import psycopg
 from _db import bench_server, fresh_database
 
 from config import Spec, load_spec
+from config.model import vector_type_for
 from vectorstore import reconcile, storage
 from vectorstore.migrations import migrate
 
@@ -63,7 +64,7 @@ async def floor_cold(dsn: str, spec: Spec) -> float:
                     storage.table_name(store.id),
                     store.dimensions,
                     store.distance,
-                    storage.vector_type_for(store.dimensions),
+                    vector_type_for(store.dimensions),
                 )
                 for statement in storage.create_table_statements(layout):
                     await conn.execute(statement)

@@ -19,6 +19,13 @@ SecretProvider = Literal["existing", "onepassword", "external-secrets"]
 VECTOR_MAX_INDEXED_DIMENSIONS = 2000
 HALFVEC_MAX_INDEXED_DIMENSIONS = 4000
 
+VectorType = Literal["vector", "halfvec"]
+
+
+def vector_type_for(dimensions: int) -> VectorType:
+    """`halfvec` above 2,000 dimensions, where pgvector can no longer index `vector`."""
+    return "vector" if dimensions <= VECTOR_MAX_INDEXED_DIMENSIONS else "halfvec"
+
 
 @dataclass(frozen=True)
 class SecretRef:
@@ -141,9 +148,8 @@ class Store:
     chunk_overlap_tokens: int
 
     @property
-    def vector_type(self) -> Literal["vector", "halfvec"]:
-        """`halfvec` above 2,000 dimensions, where pgvector can no longer index `vector`."""
-        return "vector" if self.dimensions <= VECTOR_MAX_INDEXED_DIMENSIONS else "halfvec"
+    def vector_type(self) -> VectorType:
+        return vector_type_for(self.dimensions)
 
 
 @dataclass(frozen=True)

@@ -12,27 +12,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from pgvector import HalfVector, Vector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from config.model import VECTOR_MAX_INDEXED_DIMENSIONS, Distance
-
-VectorType = Literal["vector", "halfvec"]
+from config.model import Distance, VectorType
 
 # pgvector operator per distance; the same operator must appear in the index opclass and in ORDER BY.
 OPERATORS: dict[str, str] = {"cosine": "<=>", "l2": "<->", "inner_product": "<#>"}
 _OPCLASS_SUFFIX: dict[str, str] = {"cosine": "cosine_ops", "l2": "l2_ops", "inner_product": "ip_ops"}
 
 CHUNK_COLUMNS = ("id", "file_id", "chunk_index", "filename", "content", "attributes", "embedding")
-
-
-def vector_type_for(dimensions: int) -> VectorType:
-    """`halfvec` above 2,000 dimensions: pgvector's HNSW indexes `vector` only up to there."""
-    return "vector" if dimensions <= VECTOR_MAX_INDEXED_DIMENSIONS else "halfvec"
 
 
 def table_name(store_id: str) -> str:

@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from config.model import Distance
+from config.model import Distance, VectorType, vector_type_for
 from vectorstore import storage
 
 _COLUMNS = (
@@ -35,7 +35,7 @@ class StoreRecord:
     model: str
     dimensions: int
     distance: Distance
-    vector_type: storage.VectorType
+    vector_type: VectorType
     hnsw_m: int
     hnsw_ef_construction: int
     ef_search: int
@@ -139,7 +139,7 @@ class NewStore:
 
 async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreRecord:
     """Create the registry row and the store's table in the caller's transaction."""
-    vtype = storage.vector_type_for(new.dimensions)
+    vtype = vector_type_for(new.dimensions)
     table = storage.table_name(new.id)
     layout = storage.Layout(new.id, table, new.dimensions, new.distance, vtype, new.hnsw_m, new.hnsw_ef_construction)
     for statement in storage.create_table_statements(layout):
