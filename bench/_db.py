@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -9,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import psycopg
 
 
@@ -37,3 +39,14 @@ def fresh_database(server_dsn: str, name: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(server_dsn)
     info["dbname"] = name
     return psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in info.items() if v is not None})
+
+
+async def wait_ready(http: aiohttp.ClientSession, url: str, *, seconds: float = 30.0) -> bool:
+    """Poll the server's /ready (url) until it answers 200; False if it never does within `seconds`."""
+    for _ in range(int(seconds * 10)):
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(url) as response:
+                if response.status == 200:
+                    return True
+        await asyncio.sleep(0.1)
+    return False

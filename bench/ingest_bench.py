@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 import psycopg
-from _db import bench_server, fresh_database
+from _db import bench_server, fresh_database, wait_ready
 from pgvector import Vector
 from pgvector.psycopg import register_vector_async
 from psycopg import sql
@@ -223,15 +223,7 @@ async def memory(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     del text
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800)) as http:
-            for _ in range(300):
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/ready") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
+            if not await wait_ready(http, f"http://127.0.0.1:{port}/ready"):
                 raise SystemExit("server did not become ready")
             idle, _ = rss_kib(server.pid)
             form = aiohttp.FormData()

@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 import psycopg
-from _db import bench_server, fresh_database
+from _db import bench_server, fresh_database, wait_ready
 from pgvector.psycopg import register_vector_async
 from psycopg_pool import AsyncConnectionPool
 
@@ -117,15 +117,7 @@ async def bench(args: argparse.Namespace, dsn: str) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
-            for _ in range(300):
-                try:
-                    async with http.get(base + "/ready") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
+            if not await wait_ready(http, base + "/ready"):
                 raise SystemExit("server did not become ready")
             store_id = spec.stores[0].id
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:

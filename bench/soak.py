@@ -39,7 +39,7 @@ from typing import Any
 
 import aiohttp
 import psycopg
-from _db import bench_server, fresh_database
+from _db import bench_server, fresh_database, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the deterministic fake upstream the tests use
@@ -252,13 +252,7 @@ async def soak(args: argparse.Namespace, dsn: str) -> int:
         timeout = aiohttp.ClientTimeout(total=60)
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession(base, connector=connector, headers=headers, timeout=timeout) as http:
-            for _ in range(300):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get("/ready") as response:
-                        if response.status == 200:
-                            break
-                await asyncio.sleep(0.1)
-            else:
+            if not await wait_ready(http, "/ready"):
                 raise SystemExit(f"server not ready:\n{log_path.read_text()[-2000:]}")
             async with http.get("/v1/vector_stores") as response:
                 store_id = next(s["id"] for s in (await response.json())["data"] if s["name"] == STORE)
