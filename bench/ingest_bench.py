@@ -44,11 +44,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the deterministic fake upstream the tests use
 FakeEmbedder: Any = importlib.import_module("fakeembed").FakeEmbedder
 
-from vectorstore import files, storage, stores  # noqa: E402
-from vectorstore.chunking import Strategy, chunk_text  # noqa: E402
-from vectorstore.extract import extract_text  # noqa: E402
-from vectorstore.migrations import migrate  # noqa: E402
-from vectorstore.worker import Worker  # noqa: E402
+from vectorstore.ingest.chunking import Strategy, chunk_text  # noqa: E402
+from vectorstore.ingest.extract import extract_text  # noqa: E402
+from vectorstore.ingest.worker import Worker  # noqa: E402
+from vectorstore.storage import files, stores, tables  # noqa: E402
+from vectorstore.storage.migrations import migrate  # noqa: E402
 
 KEY = "bench-key-0123456789"
 WORDS = [
@@ -88,7 +88,7 @@ async def new_store(conn: psycopg.AsyncConnection[Any], store_id: str, dims: int
             ),
         )  # fmt: skip
         if not index:
-            await conn.execute(storage.drop_index_statement(record.layout))
+            await conn.execute(tables.drop_index_statement(record.layout))
     return record
 
 
@@ -170,7 +170,7 @@ async def throughput(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
 async def copy_floor(dsn: str, store: stores.StoreRecord, rows: list[tuple[Any, ...]], streams: int) -> float:
     """Seconds to COPY `rows` in `streams` concurrent binary COPYs (one connection and transaction each)."""
     statement = sql.SQL("COPY {t} ({cols}) FROM STDIN (FORMAT BINARY)").format(
-        t=store.layout.ident, cols=sql.SQL(", ").join(sql.Identifier(c) for c in storage.CHUNK_COLUMNS)
+        t=store.layout.ident, cols=sql.SQL(", ").join(sql.Identifier(c) for c in tables.CHUNK_COLUMNS)
     )
     conns = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(streams)]
     for conn in conns:

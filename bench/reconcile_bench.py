@@ -22,8 +22,8 @@ from _db import bench_server, fresh_database
 
 from config import Spec, load_spec
 from config.model import vector_type_for
-from vectorstore import reconcile, storage
-from vectorstore.migrations import migrate
+from vectorstore.storage import reconcile, tables
+from vectorstore.storage.migrations import migrate
 
 
 def make_spec(count: int) -> Spec:
@@ -59,14 +59,14 @@ async def floor_cold(dsn: str, spec: Spec) -> float:
         start = time.perf_counter()
         async with conn.transaction():
             for store in spec.stores:
-                layout = storage.Layout(
+                layout = tables.Layout(
                     store.id,
-                    storage.table_name(store.id),
+                    tables.table_name(store.id),
                     store.dimensions,
                     store.distance,
                     vector_type_for(store.dimensions),
                 )
-                for statement in storage.create_table_statements(layout):
+                for statement in tables.create_table_statements(layout):
                     await conn.execute(statement)
                 await conn.execute(
                     "INSERT INTO reg VALUES (%s, %s, %s, %s)",

@@ -43,8 +43,8 @@ FakeEmbedder = _fake.FakeEmbedder
 fake_vector = _fake.fake_vector
 
 from config import load_spec  # noqa: E402
-from vectorstore import storage, stores  # noqa: E402
-from vectorstore.search import run_search  # noqa: E402
+from vectorstore.search.vector import run_search  # noqa: E402
+from vectorstore.storage import stores, tables  # noqa: E402
 
 KEY = "bench-key"
 STORE = "bench-store"
@@ -130,12 +130,12 @@ async def bench(args: argparse.Namespace, dsn: str) -> None:
                 for i in range(args.rows):
                     center = centers[rng.randrange(len(centers))]
                     rows.append(
-                        storage.ChunkRow(
+                        tables.ChunkRow(
                             f"r{i}", f"chunk {i}", [x + rng.gauss(0, 0.02) for x in center], attributes={"n": i % 10}
                         )
                     )
                 async with conn.transaction():
-                    await storage.copy_chunks(conn, record.layout, rows)
+                    await tables.copy_chunks(conn, record.layout, rows)
                 await conn.execute(f"VACUUM ANALYZE {record.table_name}")
             texts = [f"question {i}" for i in range(200)]
             vectors = [fake_vector(t, args.dims) for t in texts]

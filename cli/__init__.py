@@ -2,7 +2,8 @@
 
 This package is the only place that sees all three of config, render and vectorstore; it keeps
 `render -> config <- vectorstore` intact by importing each command lazily, so `validate` in a
-pre-commit hook never pays for aiohttp or psycopg.
+pre-commit hook never pays for aiohttp or psycopg. The server's option types come from
+`vectorstore.options` (a module with no heavy imports): nothing under vectorstore/ imports cli.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from vectorstore.options import IngestOptions, PlanOptions, ServeOptions
 
 DEFAULT_SPEC = "config/stack.yaml"
 
@@ -31,29 +34,6 @@ class RenderOptions:
     spec: Path
     output: Path
     check: bool
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    spec: Path
-    host: str
-    port: int | None
-    data_dir: Path | None
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    spec: Path
-    data_dir: Path | None
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    store: str
-    paths: tuple[Path, ...]
-    base_url: str
-    api_key_env: str
-    chunk_size: int | None
 
 
 Options = ValidateOptions | SchemaOptions | RenderOptions | ServeOptions | PlanOptions | IngestOptions
@@ -182,7 +162,7 @@ def run(options: Options) -> int:
 
             return plan(options)
         case IngestOptions():
-            from vectorstore.ingest_cli import ingest
+            from vectorstore.ingest.cli import ingest
 
             return ingest(options)
     raise AssertionError(options)

@@ -9,17 +9,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
 from config import Spec, SpecError, load_spec
-from vectorstore import db, logs, reconcile
-from vectorstore.migrations import schema_ready
+from vectorstore.observability import logs
+from vectorstore.options import PlanOptions, ServeOptions
 from vectorstore.settings import Settings, StartupError, resolve_secrets
-
-if TYPE_CHECKING:
-    from cli import PlanOptions, ServeOptions
+from vectorstore.storage import database, reconcile
+from vectorstore.storage.migrations import schema_ready
 
 log = logging.getLogger("vectorstore")
 
@@ -49,7 +48,7 @@ def serve(options: ServeOptions) -> int:
         spec = _load(options.spec)
         api_keys, embedding_key = resolve_secrets(spec, os.environ)
         logs.add_secrets([*api_keys.values(), embedding_key or "", os.environ.get("PGPASSWORD", "")])
-        location = db.locate_database(options.data_dir)
+        location = database.locate_database(options.data_dir)
     except StartupError as exc:
         print(f"vectorstore serve: {exc}", file=sys.stderr)
         return 2
@@ -114,7 +113,7 @@ def plan(options: PlanOptions) -> int:
     _configure_logging()
     try:
         spec = _load(options.spec)
-        location = db.locate_database(options.data_dir)
+        location = database.locate_database(options.data_dir)
     except StartupError as exc:
         print(f"vectorstore plan: {exc}", file=sys.stderr)
         return 2

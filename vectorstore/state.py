@@ -14,9 +14,9 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from config import Spec
-from vectorstore.embeddings import EmbeddingClient
+from vectorstore.embeddings.client import EmbeddingClient
 from vectorstore.settings import Settings
-from vectorstore.stores import FileCountsProvider
+from vectorstore.storage.stores import FileCountsProvider
 
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from vectorstore.chunking import (
+from vectorstore.ingest.chunking import (
     AUTO,
     Chunk,
     ChunkingError,

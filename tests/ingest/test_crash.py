@@ -24,8 +24,8 @@ from openai import AsyncOpenAI
 from server.conftest import WRITE_KEY, free_port, write_spec
 
 from ingest.conftest import STORE_ID, ingest_spec
-from vectorstore import storage
-from vectorstore.chunking import Strategy, chunk_text
+from vectorstore.ingest.chunking import Strategy, chunk_text
+from vectorstore.storage import tables
 
 # 100-token chunks without overlap, two per embedding request, 0.4 s per request: ~8 s for 40 chunks.
 PARAGRAPH = "This sentence is about the crash test and what survives a crash of the server process. "
@@ -116,7 +116,7 @@ async def crash_client(crash_server: ServerProcess) -> AsyncIterator[AsyncOpenAI
 
 
 def _visible_chunks(dsn: str, file_id: str) -> int:
-    table = storage.table_name(STORE_ID)
+    table = tables.table_name(STORE_ID)
     with psycopg.connect(dsn) as conn:
         row = conn.execute(f'SELECT count(*) FROM "{table}" WHERE file_id = %s', [file_id]).fetchone()
     assert row is not None
@@ -125,7 +125,7 @@ def _visible_chunks(dsn: str, file_id: str) -> int:
 
 def _table_bytes(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT pg_relation_size(%s::regclass)", [storage.table_name(STORE_ID)]).fetchone()
+        row = conn.execute("SELECT pg_relation_size(%s::regclass)", [tables.table_name(STORE_ID)]).fetchone()
     assert row is not None
     return int(row[0])
 

@@ -8,7 +8,14 @@ import os
 import pytest
 
 from ingest.pdfs import make_pdf
-from vectorstore.extract import ExtractError, InvalidFile, UnsupportedFile, detect_kind, extract_text, html_to_text
+from vectorstore.ingest.extract import (
+    ExtractError,
+    InvalidFile,
+    UnsupportedFile,
+    detect_kind,
+    extract_text,
+    html_to_text,
+)
 
 
 def test_plain_markdown_code_csv_keep_text() -> None:

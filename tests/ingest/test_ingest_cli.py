@@ -10,9 +10,10 @@ import pytest
 from openai import AsyncOpenAI
 from server.conftest import WRITE_KEY, RunningServer
 
-from cli import IngestOptions, parse
+from cli import parse
 from ingest.conftest import STORE_ID
-from vectorstore.ingest_cli import ingest, run
+from vectorstore.ingest.cli import ingest, run
+from vectorstore.options import IngestOptions
 
 
 def _folder(root: Path) -> Path:

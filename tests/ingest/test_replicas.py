@@ -11,8 +11,8 @@ from openai import AsyncOpenAI
 from server.conftest import WRITE_KEY, start_server, write_spec
 
 from ingest.conftest import STORE_ID, ingest_spec
-from vectorstore import storage
-from vectorstore.api.files import WORKER
+from vectorstore.ingest.service import WORKER
+from vectorstore.storage import tables
 
 
 async def test_two_replicas_share_the_queue(fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path) -> None:
@@ -31,7 +31,7 @@ async def test_two_replicas_share_the_queue(fresh_dsn: str, fake_embedder: FakeE
         assert sum(done) == 8 and min(done) >= 1, done
         with psycopg.connect(fresh_dsn) as conn:
             rows = conn.execute(
-                f'SELECT file_id, count(*) FROM "{storage.table_name(STORE_ID)}" GROUP BY file_id'
+                f'SELECT file_id, count(*) FROM "{tables.table_name(STORE_ID)}" GROUP BY file_id'
             ).fetchall()
         assert sorted(rows) == sorted((f.id, 1) for f in uploaded)
     finally:

@@ -126,7 +126,8 @@ def test_build_context_holds_every_package_file(tmp_path: Path) -> None:
     ]
     sources = _copied_sources()
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = setuptools["packages"]
+    # `packages.find` includes: the top-level packages and their subpackages (`vectorstore.*`).
+    packages = [pattern.removesuffix(".*") for pattern in setuptools["packages"]["find"]["include"]]
     data_patterns = [
         f"{package.replace('.', '/')}/{pattern}"
         for package, patterns in setuptools.get("package-data", {}).items()

@@ -11,8 +11,8 @@ import pytest
 from config.names import HEALTH_PATH, METRICS_PATH, READY_PATH
 from config.spec import load_spec
 from robustness.harness import KEYS, ServerProcess, write_spec
+from vectorstore.api.observability import OPENAPI_PATH, openapi_document
 from vectorstore.app import API_PREFIX, create_app
-from vectorstore.observability import OPENAPI_PATH, openapi_document
 from vectorstore.settings import Settings
 
 PUBLIC = {HEALTH_PATH, READY_PATH, METRICS_PATH}
@@ -48,7 +48,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(tmp_path: P
     for method, path in documented:
         if path.startswith(API_PREFIX + "/"):
             expected.add((method, path[len(API_PREFIX) :]))
-    assert sorted(routes - expected) == [], "routes missing from vectorstore/openapi.json"
+    assert sorted(routes - expected) == [], "routes missing from vectorstore/api/openapi.json"
     assert sorted(expected - routes) == [], "documented routes the server does not have"
     assert "without the `/v1` prefix" in openapi_document()["info"]["description"]
 
@@ -57,7 +57,7 @@ def test_document_is_valid_openapi_31_with_security_where_needed() -> None:
     document = openapi_document()
     assert document["openapi"] == "3.1.0"
     # Every $ref resolves.
-    text = (Path(__file__).parents[2] / "vectorstore" / "openapi.json").read_text()
+    text = (Path(__file__).parents[2] / "vectorstore" / "api" / "openapi.json").read_text()
     refs = set(re.findall(r'"\$ref": "#/components/(\w+)/(\w+)"', text))
     for section, name in refs:
         assert name in document["components"][section], f"dangling $ref {section}/{name}"

@@ -20,7 +20,7 @@ from robustness.harness import (
     upload,
     wait_file,
 )
-from vectorstore.reconcile import RECONCILE_LOCK_KEY
+from vectorstore.storage.reconcile import RECONCILE_LOCK_KEY
 
 # Paragraphs that chunk into a few hundred chunks at the store's default chunking: several upstream batches.
 DOCUMENT = "\n\n".join(f"Paragraph {i} talks about crash safety, queues and vectors number {i}." for i in range(3000))

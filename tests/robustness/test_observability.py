@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from vectorstore import logs, metrics, observability
+from vectorstore.api import observability
+from vectorstore.observability import logs, metrics
 
 SECRET = "sk-very-secret-key-123"
 

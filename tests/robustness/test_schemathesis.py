@@ -1,4 +1,4 @@
-"""Schemathesis holds the running server (real PostgreSQL, fake upstream over HTTP) to vectorstore/openapi.json.
+"""Schemathesis holds the running server (real PostgreSQL, fake upstream over HTTP) to vectorstore/api/openapi.json.
 
 Every operation gets generated requests, valid and invalid, with a write key and with no key. Each answer
 must be: no 5xx, a documented status code, a body that matches the documented schema and content type.
@@ -21,7 +21,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 
 from robustness.harness import KEYS, ServerProcess, declared_store_ids
-from vectorstore.observability import openapi_document
+from vectorstore.api.observability import openapi_document
 
 CHECKS = [
     schemathesis.checks.not_a_server_error,

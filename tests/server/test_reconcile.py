@@ -16,9 +16,9 @@ from fakeembed import FakeEmbedder
 from config import Spec
 from config.names import derived_store_id
 from server.conftest import DOCS_ID, STANDARD_STORES, spec_data, start_server, write_spec
-from vectorstore import reconcile, storage, stores
-from vectorstore.migrations import MigrationError, migrate
 from vectorstore.state import READINESS
+from vectorstore.storage import reconcile, stores, tables
+from vectorstore.storage.migrations import MigrationError, migrate
 
 NOTES_ID = derived_store_id("notes")
 
@@ -85,7 +85,7 @@ async def test_removed_store_is_kept_or_pruned(fresh_dsn: str, tmp_path: Path) -
     assert [c.store_id for c in plan.of("prune")] == [NOTES_ID]
     assert set(await records(fresh_dsn)) == {DOCS_ID}
     async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
-        cur = await conn.execute("SELECT to_regclass(%s)", [storage.table_name(NOTES_ID)])
+        cur = await conn.execute("SELECT to_regclass(%s)", [tables.table_name(NOTES_ID)])
         assert (await cur.fetchone()) == (None,)  # its table went with it
 
 
@@ -97,7 +97,7 @@ async def test_vector_changes_refused_on_a_store_with_data(fresh_dsn: str, tmp_p
         await register_vector_async(conn)
         docs = (await records(fresh_dsn))[DOCS_ID]
         async with conn.transaction():
-            await storage.copy_chunks(conn, docs.layout, [storage.ChunkRow("r1", "text", [1.0] + [0.0] * 7)])
+            await tables.copy_chunks(conn, docs.layout, [tables.ChunkRow("r1", "text", [1.0] + [0.0] * 7)])
     for change, field in (
         ({"embedding": {"dimensions": 16}}, "dimensions"),
         ({"distance": "l2"}, "distance"),
@@ -192,7 +192,7 @@ async def test_plan_exit_codes(fresh_dsn: str, tmp_path: Path) -> None:
     assert (await records(fresh_dsn))[DOCS_ID].description == "Product docs"  # plan wrote nothing
     async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as conn:
         await conn.execute(
-            f"INSERT INTO {storage.table_name(DOCS_ID)} (id, content, embedding) VALUES ('x', 'x', '[1,0,0,0,0,0,0,0]')"
+            f"INSERT INTO {tables.table_name(DOCS_ID)} (id, content, embedding) VALUES ('x', 'x', '[1,0,0,0,0,0,0,0]')"
         )
     write_spec(path, spec_data("http://127.0.0.1:9", stores=[{**STANDARD_STORES[0], "distance": "l2"}]))
     refused = plan_cli(path, fresh_dsn)

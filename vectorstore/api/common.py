@@ -13,12 +13,15 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
-from vectorstore import auth, stores
-from vectorstore.errors import BadRequest, PayloadTooLarge, store_not_found
+from vectorstore.api import auth
+from vectorstore.errors import BadRequest, NotFound, PayloadTooLarge, store_not_found
+from vectorstore.storage import files, stores
 
 # JSON bodies are parsed in memory: cap them below the upload limit (files are multipart, not JSON).
 # 16 MiB fits a prototype batch of 2,048 embeddings of 768 floats.
 MAX_JSON_BYTES = 16 * 1024 * 1024
+POLL_AFTER_MS = "250"
+"""`openai-poll-after-ms` on retrieves: the SDK's pollers would otherwise wait a whole second per poll."""
 
 
 async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
@@ -182,3 +185,24 @@ def list_page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
         "last_id": items[-1]["id"] if items else None,
         "has_more": has_more,
     }
+
+
+def file_owner(request: web.Request) -> str | None:
+    """The owner filter for this caller: None for keys that see every store (and so every file).
+
+    A key limited to some stores (`auth.keys[].stores`) sees only the files it uploaded: file ids are not
+    secrets, and such a key must not read what was uploaded for stores it can't see.
+    """
+    principal = auth.principal(request)
+    return None if principal.store_ids is None else principal.name
+
+
+async def visible_file(
+    request: web.Request, conn: psycopg.AsyncConnection[Any], file_id: str, param: str
+) -> files.FileRecord:
+    """The file, or 404 if it does not exist or the caller's key may not see it."""
+    record = await files.get_file(conn, file_id)
+    owner = file_owner(request)
+    if record is None or (owner is not None and record.owner != owner):
+        raise NotFound(f"No file found with id '{file_id}'.", param=param)
+    return record

@@ -13,9 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from vectorstore import state, storage, stores
+from vectorstore import state
 from vectorstore.api import common
 from vectorstore.errors import BadRequest
+from vectorstore.storage import stores, tables
 
 routes = web.RouteTableDef()
 
@@ -72,14 +73,14 @@ async def _insert(request: web.Request, items: list[_Item]) -> tuple[stores.Stor
             item.embedding = vector
     now = int(time.time())
     rows = [
-        storage.ChunkRow(
+        tables.ChunkRow(
             id="emb_" + uuid.uuid4().hex, content=item.content, embedding=item.embedding or [], attributes=item.metadata
         )
         for item in items
     ]
     async with state.pool(request).connection() as conn, conn.transaction():
         record = await common.visible_store(request, conn, store_id, for_update=True)
-        await storage.copy_chunks(conn, record.layout, rows)
+        await tables.copy_chunks(conn, record.layout, rows)
         await stores.update_fields(conn, record.id, {})
     out = [
         {

@@ -1,7 +1,4 @@
-"""`/files`: upload (multipart), list, retrieve, delete, content. Also wires ingestion into the app.
-
-`setup(app)` starts the ingestion worker once the database is ready, counts files for the stores API
-(`FILE_COUNTS`) and lets store creation attach `file_ids` (`STORE_CREATED_HOOK`).
+"""`/files`: upload (multipart), list, retrieve, delete, content.
 
 A key limited to some stores (`auth.keys[].stores`) sees only the files it uploaded: file ids are not
 secrets, and such a key must not read what was uploaded for stores it can't see.
@@ -9,47 +6,22 @@ secrets, and such a key must not read what was uploaded for stores it can't see.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
-from typing import Any
 
-import psycopg
 from aiohttp import BodyPartReader, web
 
-from vectorstore import auth, files, state, stores
-from vectorstore.api import common
-from vectorstore.api.vector_stores import STORE_CREATED_HOOK
-from vectorstore.chunking import ChunkingError
+from vectorstore import state
+from vectorstore.api import auth, common
 from vectorstore.errors import BadRequest, NotFound, PayloadTooLarge
-from vectorstore.worker import BATCHES_PER_COPY, Worker
+from vectorstore.storage import files
 
 routes = web.RouteTableDef()
 
-WORKER = web.AppKey("ingest_worker", Worker)
-POLL_AFTER_MS = "250"
-"""`openai-poll-after-ms` on retrieves: the SDK's pollers would otherwise wait a whole second per poll."""
 _READ_SIZE = 1 << 16
 # Past the limit the rest of the body is read and dropped (up to this much) so the client, still sending,
 # gets the 413 rather than a reset connection.
 _DRAIN_LIMIT = 256 << 20
-
-
-def file_owner(request: web.Request) -> str | None:
-    """The owner filter for this caller: None for keys that see every store (and so every file)."""
-    principal = auth.principal(request)
-    return None if principal.store_ids is None else principal.name
-
-
-async def visible_file(
-    request: web.Request, conn: psycopg.AsyncConnection[Any], file_id: str, param: str
-) -> files.FileRecord:
-    record = await files.get_file(conn, file_id)
-    owner = file_owner(request)
-    if record is None or (owner is not None and record.owner != owner):
-        raise NotFound(f"No file found with id '{file_id}'.", param=param)
-    return record
 
 
 def _base_name(name: str | None) -> str:
@@ -139,7 +111,7 @@ async def list_files(request: web.Request) -> web.Response:
             limit=limit,
             descending=order == "desc",
             after=request.query.get("after") or None,
-            owner=file_owner(request),
+            owner=common.file_owner(request),
         )
     data = [record.to_json() for record in records]
     return web.json_response(common.list_page(data, has_more))
@@ -149,15 +121,15 @@ async def list_files(request: web.Request) -> web.Response:
 @auth.read_only
 async def retrieve_file(request: web.Request) -> web.Response:
     async with state.pool(request).connection() as conn:
-        record = await visible_file(request, conn, request.match_info["file_id"], "file_id")
-    return web.json_response(record.to_json(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
+        record = await common.visible_file(request, conn, request.match_info["file_id"], "file_id")
+    return web.json_response(record.to_json(), headers={"openai-poll-after-ms": common.POLL_AFTER_MS})
 
 
 @routes.get("/files/{file_id}/content")
 @auth.read_only
 async def file_content(request: web.Request) -> web.Response:
     async with state.pool(request).connection() as conn:
-        record = await visible_file(request, conn, request.match_info["file_id"], "file_id")
+        record = await common.visible_file(request, conn, request.match_info["file_id"], "file_id")
         content = await files.file_content(conn, record.id)
     if content is None:
         raise NotFound(f"No file found with id '{record.id}'.", param="file_id")
@@ -175,63 +147,6 @@ def _header_safe(name: str) -> str:
 @routes.delete("/files/{file_id}")
 async def delete_file(request: web.Request) -> web.Response:
     async with state.pool(request).connection() as conn, conn.transaction():
-        record = await visible_file(request, conn, request.match_info["file_id"], "file_id")
+        record = await common.visible_file(request, conn, request.match_info["file_id"], "file_id")
         await files.delete_file(conn, record.id)
     return web.json_response({"id": record.id, "object": "file", "deleted": True})
-
-
-# --- wiring ---------------------------------------------------------------------------------------------
-
-
-async def _store_created(
-    request: web.Request, conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord, body: dict[str, Any]
-) -> None:
-    """`POST /vector_stores` with `file_ids` (and `chunking_strategy`): attach them in the create transaction."""
-    from vectorstore.api.vector_store_files import default_strategy
-
-    try:
-        strategy = default_strategy(request, record, body.get("chunking_strategy"))
-    except ChunkingError as exc:
-        raise BadRequest(exc.message, param=exc.param) from None
-    for index, file_id in enumerate(body.get("file_ids") or []):
-        await visible_file(request, conn, file_id, f"file_ids[{index}]")
-        await files.attach(conn, record, file_id, attributes=None, strategy=strategy)
-    request.app[WORKER].wake()
-
-
-async def _embed(app: web.Application, store: stores.StoreRecord, texts: list[str]) -> list[list[float]]:
-    return await app[state.EMBEDDER].embed(texts, model=store.model, dimensions=store.dimensions)
-
-
-async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    async def embed(store: stores.StoreRecord, texts: list[str]) -> list[list[float]]:
-        return await _embed(app, store, texts)
-
-    spec = app[state.SPEC]
-    worker = Worker(
-        app[state.SETTINGS].dsn,
-        embed,
-        concurrency=spec.server.ingest_concurrency,
-        batch_chunks=spec.embedding.batch_size * BATCHES_PER_COPY,
-    )
-    app[WORKER] = worker
-    readiness = app[state.READINESS]
-
-    async def start_when_ready() -> None:
-        await readiness.done.wait()
-        if readiness.ready:
-            worker.start()
-
-    starter = asyncio.create_task(start_when_ready())
-    yield
-    starter.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await starter
-    await worker.stop()
-
-
-def setup(app: web.Application) -> None:
-    app[state.FILE_COUNTS] = files.file_counts
-    app[STORE_CREATED_HOOK] = _store_created
-    # Appended after the core's contexts, so it is torn down first: workers stop before the pool closes.
-    app.cleanup_ctx.append(_worker_ctx)

@@ -8,11 +8,12 @@ from typing import Any
 from aiohttp import web
 from psycopg import errors as pg_errors
 
-from vectorstore import auth, state, stores
-from vectorstore.api import common
+from vectorstore import state
+from vectorstore.api import auth, common
 from vectorstore.errors import BadRequest, store_not_found
-from vectorstore.filters import compile_filters
-from vectorstore.search import run_search
+from vectorstore.search.filters import compile_filters
+from vectorstore.search.vector import run_search
+from vectorstore.storage import stores
 
 routes = web.RouteTableDef()
 

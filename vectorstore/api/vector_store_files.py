@@ -14,11 +14,12 @@ import psycopg
 from aiohttp import web
 from psycopg import errors as pg_errors
 
-from vectorstore import auth, files, state, stores
-from vectorstore.api import common
-from vectorstore.api.files import POLL_AFTER_MS, WORKER, visible_file
-from vectorstore.chunking import AUTO, ChunkingError, Strategy, parse_strategy, validate_static
+from vectorstore import state
+from vectorstore.api import auth, common
 from vectorstore.errors import BadRequest, Conflict, NotFound
+from vectorstore.ingest import service
+from vectorstore.ingest.chunking import AUTO, ChunkingError, Strategy, parse_strategy, validate_static
+from vectorstore.storage import files, stores
 
 routes = web.RouteTableDef()
 
@@ -43,6 +44,17 @@ def _strategy(request: web.Request, store: stores.StoreRecord, value: object, pa
         return default_strategy(request, store, value, param)
     except ChunkingError as exc:
         raise BadRequest(exc.message, param=exc.param) from None
+
+
+async def attach_at_creation(
+    request: web.Request, conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord, body: dict[str, Any]
+) -> None:
+    """`POST /vector_stores` with `file_ids` (and `chunking_strategy`): attach them in the create transaction."""
+    strategy = _strategy(request, record, body.get("chunking_strategy"), "chunking_strategy")
+    for index, file_id in enumerate(body.get("file_ids") or []):
+        await common.visible_file(request, conn, file_id, f"file_ids[{index}]")
+        await files.attach(conn, record, file_id, attributes=None, strategy=strategy)
+    service.wake(request.app)
 
 
 @contextlib.asynccontextmanager
@@ -90,9 +102,9 @@ async def attach_file(request: web.Request) -> web.Response:
     async with _attaching(), state.pool(request).connection() as conn, conn.transaction():
         store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
         strategy = _strategy(request, store, body.get("chunking_strategy"), "chunking_strategy")
-        await visible_file(request, conn, file_id, "file_id")
+        await common.visible_file(request, conn, file_id, "file_id")
         attached = await files.attach(conn, store, file_id, attributes=attributes, strategy=strategy)
-    request.app[WORKER].wake()
+    service.wake(request.app)
     return web.json_response(attached.to_json())
 
 
@@ -112,7 +124,7 @@ async def retrieve_store_file(request: web.Request) -> web.Response:
     if attached is None:
         raise _file_not_in_store(store.id, file_id)
     # The chunk count is no field of OpenAI's object; `vectorstore ingest` reads it from this header.
-    headers = {"openai-poll-after-ms": POLL_AFTER_MS, "x-vectorstore-chunks": str(attached.chunk_count)}
+    headers = {"openai-poll-after-ms": common.POLL_AFTER_MS, "x-vectorstore-chunks": str(attached.chunk_count)}
     return web.json_response(attached.to_json(), headers=headers)
 
 
@@ -198,14 +210,14 @@ async def create_batch(request: web.Request) -> web.Response:
         store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
         strategies = [_strategy(request, store, value, param) for _, _, value, param in items]
         for index, (file_id, *_rest) in enumerate(items):
-            await visible_file(
+            await common.visible_file(
                 request, conn, file_id, f"file_ids[{index}]" if file_ids is not None else f"files[{index}].file_id"
             )
         batch_id = await files.create_batch(conn, store.id)
         for (file_id, attributes, _, _), strategy in zip(items, strategies, strict=True):
             await files.attach(conn, store, file_id, attributes=attributes, strategy=strategy, batch_id=batch_id)
         batch = await files.get_batch(conn, store.id, batch_id)
-    request.app[WORKER].wake()
+    service.wake(request.app)
     assert batch is not None
     return web.json_response(batch.to_json())
 
@@ -224,7 +236,7 @@ async def _batch(conn: psycopg.AsyncConnection[Any], request: web.Request) -> fi
 async def retrieve_batch(request: web.Request) -> web.Response:
     async with state.pool(request).connection() as conn:
         batch = await _batch(conn, request)
-    return web.json_response(batch.to_json(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
+    return web.json_response(batch.to_json(), headers={"openai-poll-after-ms": common.POLL_AFTER_MS})
 
 
 @routes.post("/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel")

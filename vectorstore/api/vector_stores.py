@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 from aiohttp import web
 
-from vectorstore import auth, state, stores
-from vectorstore.api import common
+from vectorstore import state
+from vectorstore.api import auth, common, vector_store_files
 from vectorstore.errors import BadRequest, Conflict
+from vectorstore.storage import stores
 
 routes = web.RouteTableDef()
-
-StoreCreatedHook = Callable[
-    [web.Request, psycopg.AsyncConnection[Any], stores.StoreRecord, dict[str, Any]], Awaitable[None]
-]
-"""Called inside the create transaction when the body has `file_ids` or `chunking_strategy`; ingestion sets it."""
-STORE_CREATED_HOOK: web.AppKey[StoreCreatedHook] = web.AppKey("store_created_hook")
 
 _CREATE_FIELDS = {"name", "description", "metadata", "expires_after", "file_ids", "chunking_strategy"}
 _MODIFY_FIELDS = {"name", "metadata", "expires_after"}
@@ -59,12 +53,7 @@ async def create_store(request: web.Request) -> web.Response:
     file_ids = body.get("file_ids")
     if file_ids is not None and (not isinstance(file_ids, list) or not all(isinstance(f, str) for f in file_ids)):
         raise BadRequest("'file_ids' must be an array of file id strings.", param="file_ids")
-    hook = request.app.get(STORE_CREATED_HOOK)
     wants_files = bool(file_ids) or body.get("chunking_strategy") is not None
-    if wants_files and hook is None:
-        raise BadRequest(
-            "This server does not attach files at creation yet; create the store, then add files.", param="file_ids"
-        )
     if auth.principal(request).store_ids is not None:
         # A key limited to declared stores could never see what it creates.
         raise BadRequest("This API key is limited to declared stores and can't create new ones.", param=None)
@@ -87,8 +76,8 @@ async def create_store(request: web.Request) -> web.Response:
                 expires_after=expires_after,
             ),
         )
-        if wants_files and hook is not None:
-            await hook(request, conn, record, body)
+        if wants_files:
+            await vector_store_files.attach_at_creation(request, conn, record, body)
         [data] = await _render(request, conn, [record])
     return web.json_response(data)
 

@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 
 from config.model import Embedding
-from vectorstore import metrics
 from vectorstore.errors import UpstreamError
+from vectorstore.observability import metrics
 
 log = logging.getLogger("vectorstore")
 

@@ -19,9 +19,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from vectorstore import storage, stores
-from vectorstore.chunking import Strategy
 from vectorstore.errors import BadRequest
+from vectorstore.ingest.chunking import Strategy
+from vectorstore.storage import stores, tables
 
 Status = Literal["in_progress", "completed", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("in_progress", "completed", "failed", "cancelled")
@@ -290,7 +290,7 @@ async def detach(conn: psycopg.AsyncConnection[Any], store: stores.StoreRecord, 
         "DELETE FROM vector_store_files WHERE vector_store_id = %s AND file_id = %s", [store.id, file_id]
     )
     removed = cur.rowcount > 0
-    await storage.delete_file_chunks(conn, store.layout, file_id)
+    await tables.delete_file_chunks(conn, store.layout, file_id)
     # A job a worker holds is left to it: the worker finds its attachment gone and drops the job.
     await conn.execute(
         "WITH gone AS (DELETE FROM ingest_jobs WHERE id IN (SELECT id FROM ingest_jobs WHERE vector_store_id = %s"

@@ -22,8 +22,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from vectorstore import metrics
-from vectorstore.storage import Layout
+from vectorstore.observability import metrics
+from vectorstore.storage.tables import Layout
 
 # Index scans stop after this many tuples even when the filter keeps rejecting rows (pgvector's default is
 # 20,000); beyond it a filter so selective is better served by the GIN index the planner can choose.

@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from config.model import Distance, VectorType, vector_type_for
-from vectorstore import storage
+from vectorstore.storage import tables
 
 _COLUMNS = (
     "id, seq, name, description, metadata, declared, model, dimensions, distance, vector_type, hnsw_m,"
@@ -45,8 +45,8 @@ class StoreRecord:
     last_active_at: int
 
     @property
-    def layout(self) -> storage.Layout:
-        return storage.Layout(
+    def layout(self) -> tables.Layout:
+        return tables.Layout(
             store_id=self.id,
             table=self.table_name,
             dimensions=self.dimensions,
@@ -140,9 +140,9 @@ class NewStore:
 async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreRecord:
     """Create the registry row and the store's table in the caller's transaction."""
     vtype = vector_type_for(new.dimensions)
-    table = storage.table_name(new.id)
-    layout = storage.Layout(new.id, table, new.dimensions, new.distance, vtype, new.hnsw_m, new.hnsw_ef_construction)
-    for statement in storage.create_table_statements(layout):
+    table = tables.table_name(new.id)
+    layout = tables.Layout(new.id, table, new.dimensions, new.distance, vtype, new.hnsw_m, new.hnsw_ef_construction)
+    for statement in tables.create_table_statements(layout):
         await conn.execute(statement)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
@@ -172,7 +172,7 @@ async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreReco
 
 
 async def delete(conn: psycopg.AsyncConnection[Any], record: StoreRecord) -> None:
-    await conn.execute(storage.drop_table_statement(record.table_name))
+    await conn.execute(tables.drop_table_statement(record.table_name))
     await conn.execute("DELETE FROM vector_stores WHERE id = %s", [record.id])
 
 

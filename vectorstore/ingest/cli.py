@@ -17,14 +17,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import aiohttp
 
-from vectorstore.extract import ExtractError, detect_kind
-
-if TYPE_CHECKING:
-    from cli import IngestOptions
+from vectorstore.ingest.extract import ExtractError, detect_kind
+from vectorstore.options import IngestOptions
 
 UPLOAD_CONCURRENCY = 4
 POLL_SECONDS = 0.25
@@ -186,7 +184,7 @@ async def run(options: IngestOptions, key: str, stream: TextIO) -> int:
         return 0
     strategy: dict[str, Any] | None = None
     if options.chunk_size is not None:
-        from vectorstore.chunking import ChunkingError, validate_static
+        from vectorstore.ingest.chunking import ChunkingError, validate_static
 
         try:
             validate_static(options.chunk_size, options.chunk_size // 4)

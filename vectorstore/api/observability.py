@@ -23,8 +23,8 @@ from aiohttp import web
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from config.names import METRICS_PATH
-from vectorstore import logs, metrics
-from vectorstore.auth import read_only
+from vectorstore.api.auth import read_only
+from vectorstore.observability import logs, metrics
 from vectorstore.state import POOL
 
 OPENAPI_PATH: Final = "/openapi.json"

@@ -33,10 +33,11 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from vectorstore import files, metrics, storage, stores
-from vectorstore.chunking import Chunk, chunk_text
 from vectorstore.errors import ApiError
-from vectorstore.extract import ExtractError, extract_text
+from vectorstore.ingest.chunking import Chunk, chunk_text
+from vectorstore.ingest.extract import ExtractError, extract_text
+from vectorstore.observability import metrics
+from vectorstore.storage import files, stores, tables
 
 log = logging.getLogger("vectorstore")
 
@@ -321,7 +322,7 @@ async def _write_chunks(
                 break
             pending = asyncio.create_task(produce())
             rows = (
-                storage.ChunkRow(
+                tables.ChunkRow(
                     id=f"{record.id}:{chunk.index}",
                     content=chunk.text,
                     embedding=vector,
@@ -332,7 +333,7 @@ async def _write_chunks(
                 )
                 for chunk, vector in zip(batch, vectors, strict=True)
             )
-            count += await storage.copy_chunks(conn, layout, rows)
+            count += await tables.copy_chunks(conn, layout, rows)
             usage += sum(len(chunk.text.encode()) for chunk in batch) + vector_bytes * len(batch)
     finally:
         if not pending.done():

@@ -191,7 +191,7 @@ def timed_embedding(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitabl
 
     @functools.wraps(function)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        from vectorstore.logs import request_id_var
+        from vectorstore.observability.logs import request_id_var
 
         purpose = "request" if request_id_var.get() is not None else "ingest"
         started = time.perf_counter()

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import psycopg
 
 from config import Spec, Store
-from vectorstore import storage, stores
+from vectorstore.storage import stores, tables
 
 log = logging.getLogger("vectorstore")
 
@@ -98,7 +98,7 @@ async def compute_plan(conn: psycopg.AsyncConnection[Any], spec: Spec) -> Plan:
             if getattr(record, name) != want[name]
         )
         vector_diffs = [diff for diff in diffs if diff.field in _VECTOR_FIELDS]
-        if vector_diffs and await storage.row_count_at_least_one(conn, record.table_name):
+        if vector_diffs and await tables.row_count_at_least_one(conn, record.table_name):
             fields = ", ".join(str(diff) for diff in vector_diffs)
             reason = (
                 f"store '{store.name}' ({store.id}) holds data; refusing to change {fields}. "
@@ -153,7 +153,7 @@ async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> N
         if changed & set(_INDEX_FIELDS):
             assert store is not None
             values |= {"hnsw_m": store.hnsw_m, "hnsw_ef_construction": store.hnsw_ef_construction}
-            layout = storage.Layout(
+            layout = tables.Layout(
                 record.id,
                 record.table_name,
                 record.dimensions,
@@ -162,8 +162,8 @@ async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> N
                 store.hnsw_m,
                 store.hnsw_ef_construction,
             )
-            await conn.execute(storage.drop_index_statement(layout))
-            for statement in storage.index_statements(layout):
+            await conn.execute(tables.drop_index_statement(layout))
+            for statement in tables.index_statements(layout):
                 await conn.execute(statement)
         await stores.update_fields(conn, record.id, values)
     elif change.kind == "prune":

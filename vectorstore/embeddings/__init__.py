@@ -1,0 +1,1 @@
+"""Text in, vectors out: the client of an OpenAI-compatible embedding upstream."""
