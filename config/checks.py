@@ -11,13 +11,22 @@ from collections.abc import Iterator
 from typing import Any
 
 from config import names
-from config.model import HALFVEC_MAX_INDEXED_DIMENSIONS, VECTOR_MAX_INDEXED_DIMENSIONS
+from config.model import (
+    BUILTIN_ALLOWED_DIMENSIONS,
+    BUILTIN_MODEL,
+    HALFVEC_MAX_INDEXED_DIMENSIONS,
+    VECTOR_MAX_INDEXED_DIMENSIONS,
+)
 from config.yamlsafe import JsonPath
 
 Finding = tuple[JsonPath, str]
 
 # Where the spec takes a secret reference. `*` matches any list index.
-SECRET_REF_PATHS: tuple[JsonPath, ...] = (("embedding", "api_key"), ("auth", "keys", "*", "api_key"))
+SECRET_REF_PATHS: tuple[JsonPath, ...] = (
+    ("embedding", "api_key"),
+    ("rerank", "api_key"),
+    ("auth", "keys", "*", "api_key"),
+)
 CREDENTIALS_PATH: JsonPath = ("database", "credentials")
 _REF_HINT = "reference it instead, as {secret: <secret-name>, key: <key-in-secret>}"
 
@@ -214,6 +223,33 @@ def secret_sources(data: Any) -> list[Finding]:
     return findings
 
 
+def builtin_embedding(data: Any) -> list[Finding]:
+    """With the built-in model there is no endpoint to name and one model: say so where a spec says otherwise."""
+    if _get(data, "embedding", "provider") != "builtin":
+        return []
+    findings: list[Finding] = []
+    for field in ("base_url", "api_key", "send_dimensions"):
+        value = _get(data, "embedding", field)
+        # send_dimensions is defaulted to false; only a `true` someone wrote is a mistake.
+        if value is not None and not (field == "send_dimensions" and value is False):
+            findings.append((("embedding", field), f"`{field}` does not apply to provider builtin (no upstream)"))
+    places: list[tuple[JsonPath, Any]] = [(("embedding",), _get(data, "embedding"))]
+    places += [
+        (("stores", i, "embedding"), store.get("embedding")) for i, store in enumerate(_dicts(_get(data, "stores")))
+    ]
+    for path, block in places:
+        if not isinstance(block, dict):
+            continue
+        model = block.get("model")
+        if isinstance(model, str) and model != BUILTIN_MODEL:
+            findings.append(((*path, "model"), f"provider builtin has one model, {BUILTIN_MODEL!r} (got {model!r})"))
+        dims = block.get("dimensions")
+        if isinstance(dims, int) and not isinstance(dims, bool) and dims not in BUILTIN_ALLOWED_DIMENSIONS:
+            allowed = ", ".join(str(d) for d in BUILTIN_ALLOWED_DIMENSIONS)
+            findings.append(((*path, "dimensions"), f"provider builtin gives {allowed} dimensions (got {dims})"))
+    return findings
+
+
 def pool(data: Any) -> list[Finding]:
     low = _get(data, "database", "pool", "min_size")
     high = _get(data, "database", "pool", "max_size")
@@ -222,7 +258,7 @@ def pool(data: Any) -> list[Finding]:
     return []
 
 
-ALL_CHECKS = (uniqueness, key_store_limits, dimensions, chunking, images, secret_sources, pool)
+ALL_CHECKS = (uniqueness, key_store_limits, dimensions, chunking, images, secret_sources, builtin_embedding, pool)
 
 
 def semantic_findings(data: Any) -> list[Finding]:

@@ -20,6 +20,15 @@ VECTOR_MAX_INDEXED_DIMENSIONS = 2000
 HALFVEC_MAX_INDEXED_DIMENSIONS = 4000
 
 VectorType = Literal["vector", "halfvec"]
+EmbeddingProvider = Literal["openai", "builtin"]
+SearchMode = Literal["hybrid", "vector", "keyword"]
+
+# The model built into the server (`embedding.provider: builtin`): wordllama's l2_supercat, whose 256-dimension
+# weights ship inside its wheel. Its shorter Matryoshka prefixes (64, 128) are valid dimensions too. These are
+# the values a builtin spec may omit; they depend on the provider, which the schema's plain defaults can't say.
+BUILTIN_MODEL = "wordllama/l2_supercat"
+BUILTIN_DIMENSIONS = 256
+BUILTIN_ALLOWED_DIMENSIONS = (64, 128, 256)
 
 
 def vector_type_for(dimensions: int) -> VectorType:
@@ -93,7 +102,9 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class Embedding:
+    provider: EmbeddingProvider
     base_url: str
+    """Empty with provider `builtin`."""
     model: str
     dimensions: int
     api_key: SecretRef | None
@@ -102,6 +113,29 @@ class Embedding:
     max_retries: int
     batch_size: int
     query_cache_size: int
+
+
+@dataclass(frozen=True)
+class Search:
+    """How a store is searched when a request does not say: the top-level `search`, per store merged over it."""
+
+    mode: SearchMode
+    language: str
+    """A PostgreSQL text search configuration name (`english`, `simple`, ...)."""
+    default_max_num_results: int
+    embedding_weight: float
+    text_weight: float
+    rerank: bool
+    """Rerank through the top-level `rerank` endpoint, when one is declared."""
+
+
+@dataclass(frozen=True)
+class Rerank:
+    base_url: str
+    model: str
+    api_key: SecretRef | None
+    candidates: int
+    timeout_seconds: float
 
 
 @dataclass(frozen=True)
@@ -146,6 +180,7 @@ class Store:
     hnsw_ef_search: int
     max_chunk_size_tokens: int
     chunk_overlap_tokens: int
+    search: Search
 
     @property
     def vector_type(self) -> VectorType:
@@ -165,6 +200,9 @@ class Spec:
     litellm: LiteLLM
     stores: tuple[Store, ...]
     prune: bool
+    search: Search
+    """The top-level defaults; stores created through the API are searched with these."""
+    rerank: Rerank | None
     source_text: str = field(repr=False, compare=False)
     """The spec file exactly as written; render ships it in the ConfigMap."""
 
@@ -178,6 +216,8 @@ class Spec:
         refs += [self.database.username, self.database.password]
         if self.embedding.api_key is not None:
             refs.append(self.embedding.api_key)
+        if self.rerank is not None and self.rerank.api_key is not None:
+            refs.append(self.rerank.api_key)
         refs += [key.api_key for key in self.api_keys]
         unique: dict[str, SecretRef] = {}
         for ref in refs:
@@ -186,6 +226,14 @@ class Spec:
 
     def store_by_name(self, name: str) -> Store | None:
         return next((store for store in self.stores if store.name == name), None)
+
+    def store_by_id(self, store_id: str) -> Store | None:
+        return next((store for store in self.stores if store.id == store_id), None)
+
+    def search_for(self, store_id: str) -> Search:
+        """A declared store's search settings, or the top-level ones for a store created through the API."""
+        store = self.store_by_id(store_id)
+        return store.search if store is not None else self.search
 
 
 def _resources(data: dict[str, Any]) -> Resources:
@@ -214,7 +262,10 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
     embedding = data["embedding"]
     server = data["server"]
     litellm = data["litellm"]
-    stores = tuple(_store(store, embedding, litellm) for store in data["stores"])
+    search = _search(data["search"], None)
+    builtin = embedding["provider"] == "builtin"
+    stores = tuple(_store(store, embedding, litellm, search) for store in data["stores"])
+    rerank = data.get("rerank")
     return Spec(
         version=data["version"],
         name=data["name"],
@@ -261,9 +312,10 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             for key in data["auth"]["keys"]
         ),
         embedding=Embedding(
-            base_url=embedding["base_url"].rstrip("/"),
-            model=embedding["model"],
-            dimensions=embedding["dimensions"],
+            provider=embedding["provider"],
+            base_url=embedding.get("base_url", "").rstrip("/"),
+            model=embedding.get("model", BUILTIN_MODEL if builtin else ""),
+            dimensions=embedding.get("dimensions", BUILTIN_DIMENSIONS if builtin else 0),
             api_key=_secret_ref(embedding.get("api_key"), names.EMBEDDING_API_KEY_ENV),
             send_dimensions=embedding["send_dimensions"],
             timeout_seconds=float(embedding["timeout_seconds"]),
@@ -288,12 +340,39 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
         ),
         stores=stores,
         prune=data["reconcile"]["prune"],
+        search=search,
+        rerank=Rerank(
+            base_url=rerank["base_url"].rstrip("/"),
+            model=rerank["model"],
+            api_key=_secret_ref(rerank.get("api_key"), names.RERANK_API_KEY_ENV),
+            candidates=rerank["candidates"],
+            timeout_seconds=float(rerank["timeout_seconds"]),
+        )
+        if rerank
+        else None,
         source_text=source_text,
     )
 
 
-def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, Any]) -> Store:
+def _search(data: dict[str, Any], defaults: Search | None) -> Search:
+    """Settings from `data`, each one missing taken from `defaults` (the top-level block has them all)."""
+
+    def pick(key: str) -> Any:
+        return data[key] if key in data or defaults is None else getattr(defaults, key)
+
+    return Search(
+        mode=pick("mode"),
+        language=pick("language"),
+        default_max_num_results=pick("default_max_num_results"),
+        embedding_weight=float(pick("embedding_weight")),
+        text_weight=float(pick("text_weight")),
+        rerank=data.get("rerank", True),
+    )
+
+
+def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, Any], search: Search) -> Store:
     overrides = data.get("embedding", {})
+    builtin = embedding["provider"] == "builtin"
     registry = data.get("registry")
     return Store(
         name=data["name"],
@@ -308,12 +387,13 @@ def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, A
         )
         if registry
         else None,
-        model=overrides.get("model", embedding["model"]),
-        dimensions=overrides.get("dimensions", embedding["dimensions"]),
+        model=overrides.get("model", embedding.get("model", BUILTIN_MODEL if builtin else "")),
+        dimensions=overrides.get("dimensions", embedding.get("dimensions", BUILTIN_DIMENSIONS if builtin else 0)),
         distance=data["distance"],
         hnsw_m=data["index"]["m"],
         hnsw_ef_construction=data["index"]["ef_construction"],
         hnsw_ef_search=data["index"]["ef_search"],
         max_chunk_size_tokens=data["chunking"]["max_chunk_size_tokens"],
         chunk_overlap_tokens=data["chunking"]["chunk_overlap_tokens"],
+        search=_search(data["search"], search),
     )

@@ -88,7 +88,13 @@ def apply_defaults(data: Any, node: dict[str, Any] | None = None) -> Any:
             if key not in data:
                 if "default" in sub_resolved:
                     data[key] = copy.deepcopy(sub_resolved["default"])
-                elif "properties" in sub_resolved and not sub_resolved.get("required"):
+                elif (
+                    "properties" in sub_resolved
+                    and not sub_resolved.get("required")
+                    and key not in node.get("required", [])
+                ):
+                    # An optional section with nothing required becomes {} so its defaults apply; a required
+                    # one stays missing, so the error names it rather than its first field.
                     data[key] = {}
                 else:
                     continue

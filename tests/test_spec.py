@@ -31,7 +31,9 @@ def test_example_folders_are_populated() -> None:
     assert len(VALID) >= 3 and len(INVALID) >= 25
 
 
-@pytest.mark.parametrize("path", [*VALID, REPO / "config" / "stack.yaml"], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [*VALID, REPO / "config" / "stack.yaml", REPO / "config" / "local.yaml"], ids=lambda p: p.name
+)
 def test_valid_specs_pass(path: Path) -> None:
     result = check_file(path)
     assert result.problems == []
