@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from fakeembed import FakeEmbedder
 from pgdb import new_database
@@ -53,3 +54,10 @@ async def fake_embedder() -> AsyncIterator[FakeEmbedder]:
         yield embedder
     finally:
         await embedder.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client, for what the `openai` client can't send (bad bodies, raw headers)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session

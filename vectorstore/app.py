@@ -20,7 +20,7 @@ from psycopg_pool import PoolTimeout
 from config import Spec
 from vectorstore.api import auth
 from vectorstore.api.middleware import error_middleware
-from vectorstore.embeddings.client import EmbeddingClient, EmbeddingSettings
+from vectorstore.embeddings.client import EmbeddingClient
 from vectorstore.settings import Settings
 from vectorstore.state import EMBEDDER, FILE_COUNTS, POOL, READINESS, SETTINGS, SPEC, Readiness
 from vectorstore.storage import database, reconcile
@@ -43,7 +43,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "vectorstore.api.vector_store_files",
 )
 # Background services: each has `setup(app) -> None`, run after the routes, that adds its cleanup contexts.
-SERVICE_MODULES: tuple[str, ...] = ("vectorstore.ingest.service",)
+SERVICE_MODULES: tuple[str, ...] = ("vectorstore.ingest.service", "vectorstore.search.service")
 
 
 def mount(app: web.Application, routes: web.RouteTableDef) -> None:
@@ -62,8 +62,11 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _embedder_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = EmbeddingSettings.from_spec(app[SPEC].embedding, app[SETTINGS].embedding_api_key)
-    client = EmbeddingClient(settings)
+    client = EmbeddingClient.from_spec(app[SPEC].embedding, app[SETTINGS].embedding_api_key)
+    load = getattr(client.backend, "load", None)
+    if load is not None:
+        # The built-in model loads in ~0.2 s; do it before serving so the first search doesn't wait for it.
+        await asyncio.to_thread(load)
     app[EMBEDDER] = client
     yield
     await client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ import psycopg
 from config import Spec, SpecError, load_spec
 from vectorstore.observability import logs
 from vectorstore.options import PlanOptions, ServeOptions
-from vectorstore.settings import Settings, StartupError, resolve_secrets
+from vectorstore.settings import Settings, StartupError, resolve_rerank_key, resolve_secrets
 from vectorstore.storage import database, reconcile
 from vectorstore.storage.migrations import schema_ready
 
@@ -47,7 +48,12 @@ def serve(options: ServeOptions) -> int:
     try:
         spec = _load(options.spec)
         api_keys, embedding_key = resolve_secrets(spec, os.environ)
-        logs.add_secrets([*api_keys.values(), embedding_key or "", os.environ.get("PGPASSWORD", "")])
+        if spec.embedding.provider == "builtin" and importlib.util.find_spec("wordllama") is None:
+            from vectorstore.embeddings.builtin import INSTALL_HINT
+
+            raise StartupError(INSTALL_HINT)
+        rerank_key = resolve_rerank_key(spec, os.environ)
+        logs.add_secrets([*api_keys.values(), embedding_key or "", rerank_key or "", os.environ.get("PGPASSWORD", "")])
         location = database.locate_database(options.data_dir)
     except StartupError as exc:
         print(f"vectorstore serve: {exc}", file=sys.stderr)
@@ -60,6 +66,7 @@ def serve(options: ServeOptions) -> int:
         dsn=location.dsn,
         api_keys=api_keys,
         embedding_api_key=embedding_key,
+        rerank_api_key=rerank_key,
         host=options.host,
         port=options.port or spec.server.port,
     )

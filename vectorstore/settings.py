@@ -25,6 +25,7 @@ class Settings:
     api_keys: Mapping[str, str] = field(repr=False)
     """auth key name -> the bearer value, resolved from each key's env var."""
     embedding_api_key: str | None = field(default=None, repr=False)
+    rerank_api_key: str | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = 8000
     reconcile: bool = True
@@ -57,3 +58,17 @@ def resolve_secrets(spec: Spec, environ: Mapping[str, str]) -> tuple[dict[str, s
                 spec.embedding.base_url,
             )
     return keys, embedding_key
+
+
+def resolve_rerank_key(spec: Spec, environ: Mapping[str, str]) -> str | None:
+    """The rerank endpoint's key, or None (with a warning when the spec references one that is unset)."""
+    if spec.rerank is None or spec.rerank.api_key is None:
+        return None
+    value = environ.get(spec.rerank.api_key.env) or None
+    if value is None:
+        log.warning(
+            "%s is not set: rerank requests to %s carry no Authorization header",
+            spec.rerank.api_key.env,
+            spec.rerank.base_url,
+        )
+    return value

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import psycopg
 import pytest
 from fakeembed import FakeEmbedder
 from openai import AsyncOpenAI
@@ -407,3 +408,18 @@ async def test_same_file_attached_concurrently(oai: AsyncOpenAI) -> None:
     assert done.status == "completed"
     assert [f.id async for f in oai.vector_stores.files.list(STORE_ID)] == [uploaded.id]
     assert len(await _top(oai, ALPHA)) == 1
+
+
+async def test_ingestion_leaves_statistics_current(oai: AsyncOpenAI, ingest_server: RunningServer) -> None:
+    """The worker analyzes a store after loading it, which also gives keyword search its term statistics."""
+    text = "\n\n".join(f"Paragraph {i} on the aerodynamics of slender bodies at incidence." for i in range(60))
+    await oai.vector_stores.files.upload_and_poll(vector_store_id=STORE_ID, file=("bodies.md", text.encode()))
+    async with await psycopg.AsyncConnection.connect(ingest_server.dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT s.last_analyze IS NOT NULL, v.analyzed_rows, (SELECT count(*) FROM text_stats t"
+            " WHERE t.vector_store_id = v.id) FROM vector_stores v JOIN pg_stat_user_tables s"
+            " ON s.relid = to_regclass(v.table_name) WHERE v.id = %s",
+            [STORE_ID],
+        )
+        analyzed, rows, lexemes = await cur.fetchone() or (False, 0, 0)
+    assert analyzed and rows > 1 and lexemes > 5

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from fakeembed import FakeEmbedder
@@ -108,9 +107,16 @@ async def start_server(
     api_keys: Mapping[str, str] | None = None,
     wait_ready: bool = True,
     embedding_api_key: str | None = "upstream-key",
+    rerank_api_key: str | None = None,
 ) -> RunningServer:
     keys = dict(api_keys) if api_keys is not None else {key.name: KEY_VALUES[key.name] for key in spec.api_keys}
-    settings = Settings(dsn=dsn, api_keys=keys, embedding_api_key=embedding_api_key, pool_timeout=2.0)
+    settings = Settings(
+        dsn=dsn,
+        api_keys=keys,
+        embedding_api_key=embedding_api_key,
+        rerank_api_key=rerank_api_key,
+        pool_timeout=2.0,
+    )
     app = create_app(spec, settings=settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
@@ -148,12 +154,6 @@ async def client(server: RunningServer) -> AsyncIterator[AsyncOpenAI]:
         yield openai_client
     finally:
         await openai_client.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 def auth(key: str = WRITE_KEY) -> dict[str, str]:

@@ -157,7 +157,7 @@ async def test_litellm_search_body_with_explicit_nulls(server: RunningServer, ht
 async def test_filtered_search_fills_max_num_results(
     client: AsyncOpenAI, server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
-    """Only 1 row in 20 matches: plain HNSW (ef_search 40) would return ~2; iterative scans return all asked."""
+    """Only 1 row in 20 matches: plain HNSW (ef_search 100) would return ~5; iterative scans return all asked."""
     rows = [{"content": f"row {i}", "metadata": {"rare": i % 20 == 0}} for i in range(1200)]
     for start in range(0, len(rows), 400):
         await add_rows(http, server, DOCS_ID, rows[start : start + 400])

@@ -65,6 +65,13 @@ def reject_unknown(body: Mapping[str, Any], allowed: set[str]) -> None:
             raise BadRequest(f"Unknown parameter: '{key}'.", param=key)
 
 
+def reject_unknown_in(value: Mapping[str, Any], allowed: set[str], path: str) -> None:
+    """`reject_unknown` for a nested object, naming the key by its full path (`ranking_options.x`)."""
+    for key in value:
+        if key not in allowed:
+            raise BadRequest(f"Unknown parameter: '{path}.{key}'.", param=f"{path}.{key}")
+
+
 def opt_str(body: Mapping[str, Any], key: str, *, max_len: int | None = None, param: str | None = None) -> str | None:
     value = body.get(key)
     if value is None:

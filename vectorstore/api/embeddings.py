@@ -16,6 +16,7 @@ from aiohttp import web
 from vectorstore import state
 from vectorstore.api import common
 from vectorstore.errors import BadRequest
+from vectorstore.search import statistics
 from vectorstore.storage import stores, tables
 
 routes = web.RouteTableDef()
@@ -78,10 +79,14 @@ async def _insert(request: web.Request, items: list[_Item]) -> tuple[stores.Stor
         )
         for item in items
     ]
-    async with state.pool(request).connection() as conn, conn.transaction():
-        record = await common.visible_store(request, conn, store_id, for_update=True)
-        await tables.copy_chunks(conn, record.layout, rows)
-        await stores.update_fields(conn, record.id, {})
+    async with state.pool(request).connection() as conn:
+        async with conn.transaction():
+            record = await common.visible_store(request, conn, store_id, for_update=True)
+            await tables.copy_chunks(conn, record.layout, rows)
+            await stores.update_fields(conn, record.id, {})
+            await statistics.flush_table_counters(conn)
+        # Scripts load stores through these routes in bulk: keep the planner's statistics current as they do.
+        await statistics.after_write(conn, record.id)
     out = [
         {
             "object": "embedding",

@@ -1,8 +1,19 @@
-"""`POST /vector_stores/{id}/search`: OpenAI's search, plus the prototype's `limit`/`return_metadata`/flat filters."""
+"""`POST /vector_stores/{id}/search`: OpenAI's search, OGX's `search_mode`, and the prototype's `limit`,
+`return_metadata` and flat filters.
+
+What a request doesn't say comes from the store's `search` settings in the spec (the top-level ones for stores
+created through the API): the mode (hybrid by default), the hybrid weights, how many results, and whether to
+rerank. A request can override the mode with OGX's `search_mode` (`vector | keyword | hybrid`) and the weights
+with OpenAI's `ranking_options.hybrid_search` (`{embedding_weight, text_weight}`, which also selects hybrid);
+`ranking_options.ranker: none` skips the reranker. Scores are 0..1 in every mode (docs/search.md says what
+they mean in each). `rewrite_query` is accepted and ignored: the query is searched as written, and
+`search_query` reports exactly that.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -11,22 +22,49 @@ from psycopg import errors as pg_errors
 from vectorstore import state
 from vectorstore.api import auth, common
 from vectorstore.errors import BadRequest, store_not_found
+from vectorstore.observability import metrics
+from vectorstore.search import hybrid, text
 from vectorstore.search.filters import compile_filters
-from vectorstore.search.vector import run_search
+from vectorstore.search.rerank import Reranker
+from vectorstore.search.vector import NO_FILTER, Hit, exact_is_cheap, run_search
 from vectorstore.storage import stores
 
 routes = web.RouteTableDef()
 
-_FIELDS = {"query", "filters", "max_num_results", "ranking_options", "rewrite_query", "limit", "return_metadata"}
+_FIELDS = {
+    "query",
+    "filters",
+    "max_num_results",
+    "ranking_options",
+    "rewrite_query",
+    "limit",
+    "return_metadata",
+    "search_mode",
+}
+_RANKING_FIELDS = {"ranker", "score_threshold", "hybrid_search"}
+_RANKERS = ("auto", "none", "default-2024-11-15")
+_MODES = ("vector", "keyword", "hybrid")
 _MAX_QUERIES = 32
 # A store's shape (table, dimensions, distance, model) never changes while it has data, and a deleted store's
-# table is gone (caught below), so a short-lived cache spares one registry query per search.
+# table is gone (caught below), so a short-lived cache spares one registry query per search. Its statistics
+# (rows, lexeme frequencies) may be that much older, which only nudges BM25's weights.
 _CACHE_SECONDS = 10.0
 _CACHE: web.AppKey[dict[str, tuple[float, stores.StoreRecord]]] = web.AppKey("search_store_cache")
+RERANKER: web.AppKey[Reranker | None] = web.AppKey("reranker")
+
+
+async def _reranker_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[state.SPEC].rerank
+    reranker = Reranker(settings, app[state.SETTINGS].rerank_api_key) if settings is not None else None
+    app[RERANKER] = reranker
+    yield
+    if reranker is not None:
+        await reranker.close()
 
 
 def setup(app: web.Application) -> None:
     app[_CACHE] = {}
+    app.cleanup_ctx.append(_reranker_ctx)
 
 
 def _query(body: dict[str, Any]) -> tuple[str, list[str]]:
@@ -46,6 +84,24 @@ def _query(body: dict[str, Any]) -> tuple[str, list[str]]:
     if value is None:
         raise BadRequest("Missing required parameter: 'query'.", param="query")
     raise BadRequest("'query' must be a string or an array of strings.", param="query")
+
+
+def _weights(ranking: dict[str, Any]) -> hybrid.Weights | None:
+    value = common.opt_object(ranking, "hybrid_search", param="ranking_options.hybrid_search")
+    if value is None:
+        return None
+    common.reject_unknown_in(value, {"embedding_weight", "text_weight"}, "ranking_options.hybrid_search")
+    weights = [
+        common.opt_number(value, key, lo=0.0, hi=100.0, param=f"ranking_options.hybrid_search.{key}")
+        for key in ("embedding_weight", "text_weight")
+    ]
+    embedding_weight = 1.0 if weights[0] is None else weights[0]
+    text_weight = 1.0 if weights[1] is None else weights[1]
+    if embedding_weight == 0 and text_weight == 0:
+        raise BadRequest(
+            "'ranking_options.hybrid_search' needs a weight above 0.", param="ranking_options.hybrid_search"
+        )
+    return hybrid.Weights(embedding_weight, text_weight)
 
 
 async def _store(request: web.Request, store_id: str) -> stores.StoreRecord:
@@ -70,42 +126,45 @@ async def search(request: web.Request) -> web.Response:
     store_id = request.match_info["vector_store_id"]
     body = await common.json_body(request)
     common.reject_unknown(body, _FIELDS)
-    text, search_query = _query(body)
-    limit = common.opt_int(body, "max_num_results", lo=1, hi=50)
-    if limit is None:
-        # The prototype's `limit` (default 20, up to 100); OpenAI's default is 10.
-        prototype_limit = common.opt_int(body, "limit", lo=1, hi=100)
-        limit = prototype_limit if prototype_limit is not None else 10
+    query_text, search_query = _query(body)
     ranking = common.opt_object(body, "ranking_options") or {}
+    common.reject_unknown_in(ranking, _RANKING_FIELDS, "ranking_options")
     threshold = common.opt_number(ranking, "score_threshold", lo=0.0, hi=1.0, param="ranking_options.score_threshold")
     ranker = common.opt_str(ranking, "ranker", param="ranking_options.ranker")
-    if ranker is not None and ranker not in ("auto", "none", "default-2024-11-15"):
+    if ranker is not None and ranker not in _RANKERS:
         raise BadRequest(
             "'ranking_options.ranker' must be 'auto', 'none' or 'default-2024-11-15'.", param="ranking_options.ranker"
         )
-    common.opt_bool(body, "rewrite_query")  # accepted; queries are searched as written
+    weights = _weights(ranking)
+    mode = common.opt_str(body, "search_mode")
+    if mode is not None and mode not in _MODES:
+        raise BadRequest("'search_mode' must be 'vector', 'keyword' or 'hybrid'.", param="search_mode")
+    common.opt_bool(body, "rewrite_query")  # accepted; queries are searched as written (see the module docstring)
     return_metadata = common.opt_bool(body, "return_metadata")
-    where, params = compile_filters(body["filters"]) if body.get("filters") is not None else (None, [])
+    where, params = compile_filters(body["filters"]) if body.get("filters") is not None else (NO_FILTER, [])
+    limit = common.opt_int(body, "max_num_results", lo=1, hi=50)
+    if limit is None:
+        # The prototype's `limit` (up to 100), else the store's default.
+        limit = common.opt_int(body, "limit", lo=1, hi=100)
 
     record = await _store(request, store_id)
-    embedding = await state.embedder(request).embed_query(text, model=record.model, dimensions=record.dimensions)
+    settings = state.spec(request).search_for(record.id)
+    limit = limit if limit is not None else settings.default_max_num_results
+    if mode is None:
+        mode = "hybrid" if weights is not None else settings.mode
+    weights = weights or hybrid.Weights(settings.embedding_weight, settings.text_weight)
+    reranker = request.app[RERANKER] if settings.rerank and ranker != "none" else None
+    fetch = max(limit, reranker.settings.candidates) if reranker is not None else limit
     try:
-        async with state.pool(request).connection() as conn:
-            if where is None:
-                hits = await run_search(conn, record.layout, embedding, limit=limit, ef_search=record.ef_search)
-            else:
-                hits = await run_search(
-                    conn,
-                    record.layout,
-                    embedding,
-                    limit=limit,
-                    ef_search=record.ef_search,
-                    where=where,
-                    where_params=params,
-                )
+        hits = await _run(request, record, query_text, mode, weights, where, params, limit=fetch)
     except pg_errors.UndefinedTable:
         request.app[_CACHE].pop(store_id, None)
         raise store_not_found(store_id) from None
+    if reranker is not None and len(hits) > 1:
+        ranked = await reranker.rerank(query_text, [hit.content for hit in hits], top_n=limit)
+        if ranked is not None:
+            hits = [_rescored(hits[item.index], item.score) for item in ranked]
+    hits = hits[:limit]
     data = [
         {
             # OpenAI's schema has both as strings; rows added through the prototype's /embeddings have no file.
@@ -127,3 +186,67 @@ async def search(request: web.Request) -> web.Response:
             "next_page": None,
         }
     )
+
+
+def _rescored(hit: Hit, score: float) -> Hit:
+    return Hit(hit.id, hit.file_id, hit.filename, hit.content, hit.attributes, hit.distance, score)
+
+
+async def _run(
+    request: web.Request,
+    record: stores.StoreRecord,
+    query_text: str,
+    mode: str,
+    weights: hybrid.Weights,
+    where: Any,
+    params: list[Any],
+    *,
+    limit: int,
+) -> list[Hit]:
+    """Hits of the store for the query in `mode`, best first; falls back to the vector ranking when the store's
+    keyword index is still being built or the query has no indexable term."""
+    fallback = "none"
+    if mode != "vector" and record.text_search != "ready":
+        mode, fallback = "vector", "upgrading"
+    exact = exact_is_cheap(record.analyzed_rows)
+    stats = text.TextStats(record.id, record.analyzed_rows, record.text_avg_length, record.text_min_freq)
+    if mode == "keyword":
+        async with state.pool(request).connection() as conn:
+            result = await hybrid.run_keyword(
+                conn, record.layout, stats, query_text, limit=limit, where=where, where_params=params
+            )
+        if result.terms > 0:
+            metrics.count_search("keyword")
+            return result.hits
+        mode, fallback = "vector", "no_terms"
+    embedding = await state.embedder(request).embed_query(query_text, model=record.model, dimensions=record.dimensions)
+    async with state.pool(request).connection() as conn:
+        if mode == "hybrid":
+            result = await hybrid.run_hybrid(
+                conn,
+                record.layout,
+                stats,
+                query_text,
+                embedding,
+                limit=limit,
+                depth=hybrid.depth_for(limit),
+                ef_search=record.ef_search,
+                weights=weights,
+                where=where,
+                where_params=params,
+                exact=exact,
+            )
+            metrics.count_search("hybrid", "none" if result.terms else "no_terms")
+            return result.hits
+        hits = await run_search(
+            conn,
+            record.layout,
+            embedding,
+            limit=limit,
+            ef_search=record.ef_search,
+            where=where,
+            where_params=params,
+            exact=exact,
+        )
+    metrics.count_search("vector", fallback)
+    return hits

@@ -37,6 +37,7 @@ from vectorstore.errors import ApiError
 from vectorstore.ingest.chunking import Chunk, chunk_text
 from vectorstore.ingest.extract import ExtractError, extract_text
 from vectorstore.observability import metrics
+from vectorstore.search import statistics
 from vectorstore.storage import files, stores, tables
 
 log = logging.getLogger("vectorstore")
@@ -227,6 +228,8 @@ async def run_one(
                 )
             raise
     metrics.observe_ingest(outcome, time.monotonic() - started)
+    if outcome == "completed":
+        await statistics.after_write(conn, job.vector_store_id)
     if worker is not None:
         if outcome == "completed":
             worker.completed += 1
@@ -268,6 +271,7 @@ async def _process(conn: psycopg.AsyncConnection[Any], job: Job, embed: Embed, b
     if written is None:
         return "cancelled while ingesting"
     chunk_count, usage = written
+    await statistics.flush_table_counters(conn)
     if chunk_count == 0:
         await _finish(conn, job, "failed", error=("invalid_file", f"{record.filename!r} contains no text"))
         return "failed"

@@ -91,6 +91,27 @@ INGEST_LATENCY: Final = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+SEARCHES: Final = Counter(
+    "vectorstore_searches_total",
+    "Searches by the mode they ran in (vector, keyword, hybrid) and by what they fell back from: `none`, "
+    "`no_terms` (the query had no indexable term, so its vector ranking was used) or `upgrading` (the store's "
+    "keyword index is still being built).",
+    ["mode", "fallback"],
+    registry=REGISTRY,
+)
+RERANK_LATENCY: Final = Histogram(
+    "vectorstore_rerank_request_duration_seconds",
+    "Latency of one request to the rerank endpoint, failures and timeouts included.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+RERANK_FALLBACKS: Final = Counter(
+    "vectorstore_rerank_fallbacks_total",
+    "Searches served in fused order because the reranker failed, by reason: timeout, connect, status_4xx, "
+    "status_5xx, status_429, bad_answer.",
+    ["reason"],
+    registry=REGISTRY,
+)
 
 GaugeSource = Callable[[], Iterable[Metric]]
 
@@ -163,6 +184,16 @@ def observe_search(seconds: float) -> None:
     SEARCH_LATENCY.observe(seconds)
 
 
+def count_search(mode: str, fallback: str = "none") -> None:
+    SEARCHES.labels(mode, fallback).inc()
+
+
+def observe_rerank(seconds: float, fallback_reason: str | None = None) -> None:
+    RERANK_LATENCY.observe(seconds)
+    if fallback_reason is not None:
+        RERANK_FALLBACKS.labels(fallback_reason).inc()
+
+
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -191,9 +222,7 @@ def timed_embedding(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitabl
 
     @functools.wraps(function)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        from vectorstore.observability.logs import request_id_var
-
-        purpose = "request" if request_id_var.get() is not None else "ingest"
+        purpose = embedding_purpose()
         started = time.perf_counter()
         try:
             result = await function(*args, **kwargs)
@@ -216,6 +245,18 @@ def timed_embedding(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitabl
         return result
 
     return wrapper
+
+
+def embedding_purpose() -> str:
+    """`request` while serving an HTTP request (the access-log middleware has set a request id), else `ingest`."""
+    from vectorstore.observability.logs import request_id_var
+
+    return "request" if request_id_var.get() is not None else "ingest"
+
+
+def count_embedding_error(reason: str) -> None:
+    """An answer that arrived but can't be used (wrong count or dimensions, NaN), found after the request."""
+    EMBEDDING_ERRORS.labels(embedding_purpose(), reason).inc()
 
 
 def observe_embedding(purpose: str, seconds: float, error: str | None = None) -> None:

@@ -22,8 +22,9 @@ log = logging.getLogger("vectorstore")
 RECONCILE_LOCK_KEY = 0x7665_6374_7265_636E  # "vectrecn"
 
 ChangeKind = Literal["create", "update", "refuse", "prune", "unchanged"]
-# Fields whose change would make stored vectors meaningless; allowed only while the store is empty.
-_VECTOR_FIELDS = ("model", "dimensions", "distance")
+# Fields whose change would make stored vectors (or the stored tsvectors, for `language`) meaningless; allowed
+# only while the store is empty, when the table is simply made again.
+_VECTOR_FIELDS = ("model", "dimensions", "distance", "language")
 _INDEX_FIELDS = ("hnsw_m", "hnsw_ef_construction")
 _PLAIN_FIELDS = ("name", "description", "metadata", "ef_search", "declared")
 
@@ -80,6 +81,7 @@ def desired_fields(store: Store) -> dict[str, Any]:
         "distance": store.distance,
         "hnsw_m": store.hnsw_m,
         "hnsw_ef_construction": store.hnsw_ef_construction,
+        "language": store.search.language,
     }
 
 
@@ -102,8 +104,8 @@ async def compute_plan(conn: psycopg.AsyncConnection[Any], spec: Spec) -> Plan:
             fields = ", ".join(str(diff) for diff in vector_diffs)
             reason = (
                 f"store '{store.name}' ({store.id}) holds data; refusing to change {fields}. "
-                "Its vectors were made for the old value: declare a new store (another name or id) for the new "
-                "embedding, or delete this store's files first."
+                "Its vectors (and keyword index) were made for the old value: declare a new store (another name "
+                "or id) for the new value, or delete this store's files first."
             )
             plan.changes.append(Change("refuse", store.id, store.name, tuple(vector_diffs), reason, store))
         elif diffs:
@@ -137,6 +139,7 @@ async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> N
                 hnsw_m=store.hnsw_m,
                 hnsw_ef_construction=store.hnsw_ef_construction,
                 ef_search=store.hnsw_ef_search,
+                language=store.search.language,
             ),
         )
     elif change.kind == "update":
@@ -161,6 +164,7 @@ async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> N
                 record.vector_type,
                 store.hnsw_m,
                 store.hnsw_ef_construction,
+                record.language,
             )
             await conn.execute(tables.drop_index_statement(layout))
             for statement in tables.index_statements(layout):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import psycopg
 from psycopg import sql
@@ -20,8 +20,10 @@ from vectorstore.storage import tables
 
 _COLUMNS = (
     "id, seq, name, description, metadata, declared, model, dimensions, distance, vector_type, hnsw_m,"
-    " hnsw_ef_construction, ef_search, table_name, expires_after, created_at, last_active_at"
+    " hnsw_ef_construction, ef_search, table_name, expires_after, created_at, last_active_at, language, text_search,"
+    " analyzed_rows, text_avg_length, text_min_freq"
 )
+TextSearchState = Literal["upgrading", "ready"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,13 @@ class StoreRecord:
     expires_after: dict[str, Any] | None
     created_at: int
     last_active_at: int
+    language: str
+    text_search: TextSearchState
+    """`ready` once `fts` and its index exist; `upgrading` for a table from before keyword search."""
+    analyzed_rows: float
+    """Rows at the last ANALYZE (0 before the first one)."""
+    text_avg_length: float
+    text_min_freq: float
 
     @property
     def layout(self) -> tables.Layout:
@@ -54,6 +63,7 @@ class StoreRecord:
             vector_type=self.vector_type,
             hnsw_m=self.hnsw_m,
             hnsw_ef_construction=self.hnsw_ef_construction,
+            language=self.language,
         )
 
 
@@ -134,6 +144,7 @@ class NewStore:
     hnsw_m: int
     hnsw_ef_construction: int
     ef_search: int
+    language: str = "english"
     expires_after: Mapping[str, Any] | None = None
 
 
@@ -141,14 +152,17 @@ async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreReco
     """Create the registry row and the store's table in the caller's transaction."""
     vtype = vector_type_for(new.dimensions)
     table = tables.table_name(new.id)
-    layout = tables.Layout(new.id, table, new.dimensions, new.distance, vtype, new.hnsw_m, new.hnsw_ef_construction)
+    layout = tables.Layout(
+        new.id, table, new.dimensions, new.distance, vtype, new.hnsw_m, new.hnsw_ef_construction, new.language
+    )
     for statement in tables.create_table_statements(layout):
         await conn.execute(statement)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"INSERT INTO vector_stores (id, name, description, metadata, declared, model, dimensions, distance,"
-            f" vector_type, hnsw_m, hnsw_ef_construction, ef_search, table_name, expires_after)"
-            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}".encode(),
+            f" vector_type, hnsw_m, hnsw_ef_construction, ef_search, table_name, expires_after, language, text_search)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'ready')"
+            f" RETURNING {_COLUMNS}".encode(),
             [
                 new.id,
                 new.name,
@@ -164,6 +178,7 @@ async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreReco
                 new.ef_search,
                 table,
                 Jsonb(dict(new.expires_after)) if new.expires_after is not None else None,
+                new.language,
             ],
         )
         row = await cur.fetchone()

@@ -1,9 +1,15 @@
-"""Per-store storage: one table per store, sized to its dimensions, with an HNSW index for its distance.
+"""Per-store storage: one table per store, sized to its dimensions, with an HNSW index for its distance and a
+GIN index over the full-text representation of its content.
 
 Why a table per store rather than one shared table: see docs/design.md (measured in bench/layout.py).
 
 Every chunk row carries: id, file_id (NULL for rows added through the prototype's /embeddings routes),
-chunk_index, filename, content, attributes (JSONB, what filters read), the embedding, created_at.
+chunk_index, filename, content, attributes (JSONB, what filters read), the embedding, created_at, and `fts`,
+the content as a tsvector in the store's text search configuration (what keyword search reads). In a table
+created by this version `fts` is a stored generated column, so COPY fills it with no extra write; a table
+created before keyword search existed gets a plain `fts` column, a trigger and a background backfill instead
+(vectorstore/search/text_upgrade.py), because adding a stored generated column rewrites the table (and its
+HNSW index) under an exclusive lock.
 Ingestion writes rows with `copy_chunks` (binary COPY) inside its own transaction, one per file.
 """
 
@@ -44,6 +50,8 @@ class Layout:
     vector_type: VectorType
     hnsw_m: int = 16
     hnsw_ef_construction: int = 64
+    language: str = "english"
+    """The PostgreSQL text search configuration `fts` is made with."""
 
     @property
     def ident(self) -> sql.Identifier:
@@ -63,6 +71,11 @@ class Layout:
         return Vector(values) if self.vector_type == "vector" else HalfVector(values)
 
 
+# Lexeme frequencies for BM25's idf come from ANALYZE's most-common-elements statistics of `fts` (see
+# vectorstore/search/statistics.py); a target of 300 keeps up to 3,000 lexemes and samples 90,000 rows.
+FTS_STATISTICS_TARGET = 300
+
+
 def create_table_statements(layout: Layout) -> list[sql.Composed]:
     t = layout.ident
     return [
@@ -75,9 +88,19 @@ def create_table_statements(layout: Layout) -> list[sql.Composed]:
             " content text NOT NULL,"
             " attributes jsonb NOT NULL DEFAULT '{{}}'::jsonb,"
             " embedding {vtype}({dims}) NOT NULL,"
-            " created_at bigint NOT NULL DEFAULT extract(epoch FROM now())::bigint)"
-        ).format(t=t, vtype=sql.SQL(layout.vector_type), dims=sql.Literal(layout.dimensions)),
+            " created_at bigint NOT NULL DEFAULT extract(epoch FROM now())::bigint,"
+            " fts tsvector GENERATED ALWAYS AS (to_tsvector({language}::regconfig, content)) STORED)"
+        ).format(
+            t=t,
+            vtype=sql.SQL(layout.vector_type),
+            dims=sql.Literal(layout.dimensions),
+            language=sql.Literal(layout.language),
+        ),
+        sql.SQL("ALTER TABLE {t} ALTER COLUMN fts SET STATISTICS {n}").format(
+            t=t, n=sql.Literal(FTS_STATISTICS_TARGET)
+        ),
         *index_statements(layout),
+        fts_index_statement(layout),
         sql.SQL("CREATE INDEX {name} ON {t} (file_id, chunk_index)").format(
             name=sql.Identifier(f"{layout.table}_file"), t=t
         ),
@@ -101,6 +124,18 @@ def index_statements(layout: Layout) -> list[sql.Composed]:
             ef=sql.Literal(layout.hnsw_ef_construction),
         )
     ]
+
+
+def fts_index_name(table: str) -> str:
+    return f"{table}_fts"
+
+
+def fts_index_statement(layout: Layout, *, concurrently: bool = False) -> sql.Composed:
+    return sql.SQL("CREATE INDEX {how} IF NOT EXISTS {name} ON {t} USING gin (fts)").format(
+        how=sql.SQL("CONCURRENTLY" if concurrently else ""),
+        name=sql.Identifier(fts_index_name(layout.table)),
+        t=layout.ident,
+    )
 
 
 def drop_index_statement(layout: Layout) -> sql.Composed:

@@ -1,0 +1,205 @@
+"""Keyword and hybrid search statements: one statement, one round trip, whatever the mode.
+
+Hybrid takes the `depth` nearest rows through HNSW and the `depth` best BM25 rows through GIN (vectorstore/
+search/text.py), each leg with the same filters, and fuses the two rankings with weighted reciprocal rank
+fusion (Cormack et al., 2009):
+
+    fused(d) = sum over legs L where d appears of  w_L / (RRF_K + rank_L(d))
+
+RRF only uses ranks, so it needs no calibration between cosine distances and BM25 scores, which live on
+unrelated scales and vary from query to query; k = 60 is the constant of the original paper, kept because it
+is not tuned to any one collection. The reported score is `fused` divided by its largest possible value (first
+in every leg), so it lies in 0..1: 1.0 is a chunk both legs ranked first.
+
+When the query has no indexable term (only stop words or punctuation), the keyword leg is empty and the result
+is the vector ranking, scored as a vector search: the statement returns the number of terms so the caller
+knows. Filters keep their guarantee: the vector leg scans iteratively until `depth` rows pass them, and
+`depth` is at least `limit`, so `limit` rows come back whenever that many match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from vectorstore.observability import metrics
+from vectorstore.search import text
+from vectorstore.search.vector import NO_FILTER, Hit, execute, order_expression, score_of
+from vectorstore.storage.tables import Layout
+
+RRF_K = 60
+MIN_DEPTH = 40
+MAX_DEPTH = 400
+
+Mode = Literal["hybrid", "vector", "keyword"]
+
+
+def depth_for(limit: int, candidates: int = 0) -> int:
+    """Rows each leg contributes: at least 40 (fusion needs more than the page), twice the page, or what the
+    reranker will look at."""
+    return min(MAX_DEPTH, max(MIN_DEPTH, 2 * limit, candidates))
+
+
+@dataclass(frozen=True)
+class Weights:
+    embedding: float = 1.0
+    text: float = 1.0
+
+
+@dataclass(frozen=True)
+class Result:
+    hits: list[Hit]
+    terms: int
+    """Indexable terms the query had; 0 means keyword ranking could not run (hybrid fell back to vector)."""
+
+
+def _select_hits(table: sql.Identifier, source: str) -> sql.Composed:
+    return sql.SQL(
+        "SELECT c.id, c.file_id, c.filename, c.content, c.attributes, f.score, f.distance,"
+        " (SELECT count(*) FROM terms) AS terms"
+        " FROM {source} AS f JOIN {t} AS c ON c.id = f.id ORDER BY f.score DESC, c.id"
+    ).format(t=table, source=sql.Identifier(source))
+
+
+def keyword_statement(
+    layout: Layout,
+    stats: text.TextStats,
+    query_text: str,
+    where: sql.Composable,
+    where_params: Sequence[Any],
+    limit: int,
+) -> tuple[sql.Composed, list[Any]]:
+    terms, terms_params = text.terms_cte(stats, layout.language, query_text)
+    leg, leg_params = text.keyword_leg(stats, layout.ident, where, where_params, limit)
+    statement = sql.SQL(
+        "WITH {terms}, {leg}, best AS ("
+        " SELECT id, score / nullif({max_score}, 0) AS score, NULL::float8 AS distance FROM kw)"
+        " SELECT * FROM (SELECT count(*) AS terms FROM terms) AS n"
+        " LEFT JOIN ({hits}) AS h ON true"
+    ).format(
+        terms=terms,
+        leg=leg,
+        max_score=text.max_score_expression(),
+        hits=_select_hits(layout.ident, "best"),
+    )
+    return statement, [*terms_params, *leg_params]
+
+
+def hybrid_statement(
+    layout: Layout,
+    stats: text.TextStats,
+    query_text: str,
+    embedding: Any,
+    where: sql.Composable,
+    where_params: Sequence[Any],
+    *,
+    limit: int,
+    depth: int,
+    weights: Weights,
+    exact: bool,
+) -> tuple[sql.Composed, list[Any]]:
+    terms, terms_params = text.terms_cte(stats, layout.language, query_text)
+    leg, leg_params = text.keyword_leg(stats, layout.ident, where, where_params, depth)
+    top = weights.embedding / (RRF_K + 1) + weights.text / (RRF_K + 1)
+    statement = sql.SQL(
+        "WITH {terms}, {leg},"
+        " vec AS ("
+        " SELECT id, distance, row_number() OVER (ORDER BY distance, id) AS rank FROM ("
+        " SELECT id, embedding {op} %s AS distance FROM {t} WHERE {where} ORDER BY {order} LIMIT %s) AS v),"
+        " fused AS ("
+        " SELECT id, sum(w / ({k} + rank)) / %s::float8 AS score, min(distance) AS distance FROM ("
+        " SELECT id, rank, %s::float8 AS w, distance FROM vec"
+        " UNION ALL SELECT id, rank, %s::float8, NULL FROM kw) AS r"
+        " GROUP BY id ORDER BY score DESC, id LIMIT %s)"
+        " {hits}"
+    ).format(
+        terms=terms,
+        leg=leg,
+        op=layout.operator,
+        t=layout.ident,
+        where=where,
+        order=order_expression(layout, exact=exact),
+        k=sql.Literal(RRF_K),
+        hits=_select_hits(layout.ident, "fused"),
+    )
+    params: list[Any] = [
+        *terms_params,
+        *leg_params,
+        embedding,
+        *where_params,
+        embedding,
+        depth,
+        top if top > 0 else 1.0,
+        weights.embedding,
+        weights.text,
+        limit,
+    ]
+    return statement, params
+
+
+def _hits(rows: Sequence[Any], distance: str, *, vector_scores: bool) -> list[Hit]:
+    hits: list[Hit] = []
+    for row in rows:
+        if row[0] is None:  # the keyword statement's row for a query with no match
+            continue
+        vector_distance = float(row[6]) if row[6] is not None else float("nan")
+        # A fused or BM25 score is already 0..1; after a fallback to vector ranking it is the vector score.
+        score = score_of(distance, vector_distance) if vector_scores else min(1.0, max(0.0, float(row[5] or 0.0)))
+        hits.append(Hit(str(row[0]), row[1], row[2], row[3], row[4], vector_distance, score))
+    return hits
+
+
+@metrics.timed_search
+async def run_keyword(
+    conn: psycopg.AsyncConnection[Any],
+    layout: Layout,
+    stats: text.TextStats,
+    query_text: str,
+    *,
+    limit: int,
+    where: sql.Composable = NO_FILTER,
+    where_params: Sequence[Any] = (),
+) -> Result:
+    statement, params = keyword_statement(layout, stats, query_text, where, where_params, limit)
+    cur = await conn.execute(statement, params)
+    rows = await cur.fetchall()
+    # The LEFT JOIN gives one row even with no hits: it carries the number of terms (column 0 of `n`).
+    terms = int(rows[0][0]) if rows else 0
+    return Result(_hits([row[1:] for row in rows], layout.distance, vector_scores=False), terms)
+
+
+@metrics.timed_search
+async def run_hybrid(
+    conn: psycopg.AsyncConnection[Any],
+    layout: Layout,
+    stats: text.TextStats,
+    query_text: str,
+    embedding: Sequence[float],
+    *,
+    limit: int,
+    depth: int,
+    ef_search: int,
+    weights: Weights = Weights(),
+    where: sql.Composable = NO_FILTER,
+    where_params: Sequence[Any] = (),
+    exact: bool = False,
+) -> Result:
+    statement, params = hybrid_statement(
+        layout,
+        stats,
+        query_text,
+        layout.to_db(embedding),
+        where,
+        where_params,
+        limit=limit,
+        depth=depth,
+        weights=weights,
+        exact=exact,
+    )
+    rows = await execute(conn, statement, params, ef_search=max(ef_search, depth))
+    terms = int(rows[0][7]) if rows else 0
+    return Result(_hits(rows, layout.distance, vector_scores=terms == 0), terms)

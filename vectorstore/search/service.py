@@ -1,0 +1,58 @@
+"""Search's background part: once the database is ready, upgrade the stores that predate keyword search.
+
+See vectorstore/search/text_upgrade.py. A store whose table is busy is tried again a little later; the loop
+ends when every store is `ready` (new stores are created ready), and stops with the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import psycopg
+from aiohttp import web
+
+from vectorstore import state
+from vectorstore.search import text_upgrade
+
+log = logging.getLogger("vectorstore")
+
+RETRY_SECONDS = 5.0
+
+
+async def upgrade_all(dsn: str) -> None:
+    """Upgrade every pending store, retrying busy ones, until none is left."""
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                remaining = await text_upgrade.pending(conn)
+                if not remaining:
+                    return
+                for record in remaining:
+                    await text_upgrade.upgrade(conn, record)
+                if not await text_upgrade.pending(conn):
+                    return
+        except psycopg.Error as exc:
+            log.warning("text search upgrade: %s; retrying in %.0fs", str(exc).strip()[:200], RETRY_SECONDS)
+        await asyncio.sleep(RETRY_SECONDS)
+
+
+async def _upgrade_ctx(app: web.Application) -> AsyncIterator[None]:
+    readiness = app[state.READINESS]
+
+    async def run() -> None:
+        await readiness.done.wait()
+        if readiness.ready:
+            await upgrade_all(app[state.SETTINGS].dsn)
+
+    task = asyncio.create_task(run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(_upgrade_ctx)
