@@ -121,6 +121,19 @@ async def test_stop_words_only_fall_back_to_vector(db: psycopg.AsyncConnection[A
     assert result.terms == 0
     # Scored as a vector search: the exact vector match scores 1.0 (cosine similarity), not a fused score.
     assert result.hits[0].content == target and result.hits[0].score == pytest.approx(1.0)
+    # Words no row holds: the keyword ranking is empty too, and the page is scored the same way.
+    result = await hybrid.run_hybrid(
+        db,
+        record.layout,
+        stats_of(record),
+        "xylophone zeppelin",
+        fake_vector(target, DIMS),
+        limit=3,
+        depth=40,
+        ef_search=40,
+    )
+    assert (result.terms, result.keyword_rows) == (2, 0)
+    assert result.hits[0].content == target and result.hits[0].score == pytest.approx(1.0)
 
 
 async def test_hybrid_fuses_both_legs_with_scores_in_range(db: psycopg.AsyncConnection[Any]) -> None:

@@ -11,8 +11,9 @@ unrelated scales and vary from query to query; k = 60 is the constant of the ori
 is not tuned to any one collection. The reported score is `fused` divided by its largest possible value (first
 in every leg), so it lies in 0..1: 1.0 is a chunk both legs ranked first.
 
-When the query has no indexable term (only stop words or punctuation), the keyword leg is empty and the result
-is the vector ranking, scored as a vector search: the statement returns the number of terms so the caller
+When the keyword leg is empty (the query has no indexable term, only stop words or punctuation, or no row holds
+any of its terms), the result is the vector ranking and is scored as a vector search, not capped at the half
+a fused score would give it: the statement returns the number of terms and of keyword rows so the caller
 knows. Filters keep their guarantee: the vector leg scans iteratively until `depth` rows pass them, and
 `depth` is at least `limit`, so `limit` rows come back whenever that many match.
 """
@@ -55,12 +56,14 @@ class Result:
     hits: list[Hit]
     terms: int
     """Indexable terms the query had; 0 means keyword ranking could not run (hybrid fell back to vector)."""
+    keyword_rows: int = 0
+    """Rows the keyword ranking contributed (hybrid); 0 means the page is the vector ranking alone."""
 
 
 def _select_hits(table: sql.Identifier, source: str) -> sql.Composed:
     return sql.SQL(
         "SELECT c.id, c.file_id, c.filename, c.content, c.attributes, f.score, f.distance,"
-        " (SELECT count(*) FROM terms) AS terms"
+        " (SELECT count(*) FROM terms) AS terms, (SELECT count(*) FROM kw) AS keyword_rows"
         " FROM {source} AS f JOIN {t} AS c ON c.id = f.id ORDER BY f.score DESC, c.id"
     ).format(t=table, source=sql.Identifier(source))
 
@@ -201,5 +204,5 @@ async def run_hybrid(
         exact=exact,
     )
     rows = await execute(conn, statement, params, ef_search=max(ef_search, depth))
-    terms = int(rows[0][7]) if rows else 0
-    return Result(_hits(rows, layout.distance, vector_scores=terms == 0), terms)
+    terms, keyword_rows = (int(rows[0][7]), int(rows[0][8])) if rows else (0, 0)
+    return Result(_hits(rows, layout.distance, vector_scores=keyword_rows == 0), terms, keyword_rows)
