@@ -61,7 +61,8 @@ def terms_cte(stats: TextStats, language: str, text: str) -> tuple[sql.Composed,
         " CROSS JOIN LATERAL (SELECT coalesce(s.freq, %s::float8 / 2) * %s::float8 AS df) AS d"
         " ORDER BY idf DESC, word LIMIT {max_terms}),"
         " words AS MATERIALIZED ("
-        " SELECT (SELECT array_agg(word) FROM terms) AS all_words,"
+        " SELECT (SELECT array_agg(word ORDER BY word) FROM terms) AS all_words,"
+        " (SELECT array_agg(idf ORDER BY word) FROM terms) AS all_idfs,"
         # Each lexeme quoted for tsquery input: backslashes and quotes doubled inside single quotes.
         " string_agg('''' || replace(replace(word, '\\', '\\\\'), '''', '''''') || '''', ' | ')::tsquery AS query"
         " FROM (SELECT word, df, sum(df) OVER (ORDER BY df, word ROWS UNBOUNDED PRECEDING) - df AS before"
@@ -85,12 +86,14 @@ def bm25_expression(stats: TextStats, row: str) -> tuple[sql.Composed, list[Any]
     # Before the first ANALYZE there is no mean length: drop length normalization (b = 0) rather than guess.
     b = B if stats.avg_length > 0 else 0.0
     avgdl = stats.avg_length if stats.avg_length > 0 else 1.0
+    # Each kept entry finds its idf by position in the (small, sorted) array of query lexemes: one unnest of a
+    # few entries per row and no join. Measured on Cranfield (1,222 candidate rows): about 6 us a row, of which
+    # setweight + ts_filter take 2 and the unnest 3; `ts_rank` with the whole OR query costs about 1.
     statement = sql.SQL(
-        "(SELECT coalesce(sum(terms.idf * u.tf * {k1p} / (u.tf + {k1} * (1 - %s::float8 + %s::float8"
-        " * length({row}.fts) / %s::float8))), 0)"
-        " FROM (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf"
-        " FROM unnest(ts_filter(setweight({row}.fts, 'A', (SELECT all_words FROM words)), '{{a}}'))) AS u"
-        " JOIN terms ON terms.word = u.lexeme)"
+        "(SELECT coalesce(sum(w.all_idfs[array_position(w.all_words, u.lexeme)] * u.tf * {k1p}"
+        " / (u.tf + {k1} * (1 - %s::float8 + %s::float8 * length({row}.fts) / %s::float8))), 0)"
+        " FROM words AS w, LATERAL (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf"
+        " FROM unnest(ts_filter(setweight({row}.fts, 'A', w.all_words), '{{a}}'))) AS u)"
     ).format(k1p=sql.Literal(K1 + 1), k1=sql.Literal(K1), row=sql.Identifier(row))
     return statement, [b, b, avgdl]
 
