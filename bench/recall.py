@@ -48,7 +48,9 @@ from vectorstore.storage.migrations import migrate  # noqa: E402
 EF_SEARCH = (10, 20, 40, 64, 100, 128, 200, 400)
 
 
-async def make_store(conn: psycopg.AsyncConnection[Any], name: str, vectors: list[list[float]]) -> stores.StoreRecord:
+async def make_store(
+    conn: psycopg.AsyncConnection[Any], name: str, vectors: list[list[float]], m: int = 16, ef_construction: int = 64
+) -> stores.StoreRecord:
     async with conn.transaction():
         record = await stores.insert(
             conn,
@@ -61,8 +63,8 @@ async def make_store(conn: psycopg.AsyncConnection[Any], name: str, vectors: lis
                 model="bench",
                 dimensions=len(vectors[0]),
                 distance="cosine",
-                hnsw_m=16,
-                hnsw_ef_construction=64,
+                hnsw_m=m,
+                hnsw_ef_construction=ef_construction,
                 ef_search=40,
             ),
         )
@@ -150,6 +152,15 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         key = f"random-384d-{rows}"
         report[key] = await measure(conn, record, random_vectors(args.queries, f"query{rng.random()}"))
         print(json.dumps({key: report[key]}), file=sys.stderr)
+    for build in args.index:
+        m, ef_construction = (int(part) for part in build.split(":"))
+        rows = max(args.rows)
+        vectors, queries = hashed_vectors(rows, 50, rng), hashed_vectors(args.queries, 6, rng)
+        started = time.perf_counter()
+        record = await make_store(conn, f"vs_build{m}_{ef_construction}", vectors, m, ef_construction)
+        key = f"hard-384d-{rows}-m{m}-efc{ef_construction}"
+        report[key] = {"load_seconds": round(time.perf_counter() - started, 1), **await measure(conn, record, queries)}
+        print(json.dumps({key: report[key]}), file=sys.stderr)
     sentences = real_sentences(args.real_rows + args.queries)
     vectors = await real_vectors(sentences)
     record = await make_store(conn, "vs_real", vectors[args.queries :])
@@ -164,6 +175,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[5226, 20000])
     parser.add_argument("--real-rows", type=int, default=8000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--index", nargs="*", default=[], metavar="M:EF_CONSTRUCTION", help="also build hard stores with these"
+    )
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args()
     with bench_server() as server_dsn:

@@ -15,6 +15,7 @@ from config.model import (
     BUILTIN_ALLOWED_DIMENSIONS,
     BUILTIN_MODEL,
     HALFVEC_MAX_INDEXED_DIMENSIONS,
+    VECTOR_MAX_DIMENSIONS,
     VECTOR_MAX_INDEXED_DIMENSIONS,
 )
 from config.yamlsafe import JsonPath
@@ -142,23 +143,40 @@ def key_store_limits(data: Any) -> list[Finding]:
     return findings
 
 
-def _dimension_finding(value: Any) -> str | None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= HALFVEC_MAX_INDEXED_DIMENSIONS:
+def _dimension_finding(value: Any, quantization: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    if quantization == "binary":
+        if value <= VECTOR_MAX_DIMENSIONS:
+            return None
+        return (
+            f"{value} dimensions is more than a pgvector `vector` column holds ({VECTOR_MAX_DIMENSIONS:,}), "
+            "even with binary quantization; pick a model (or `dimensions`) within that"
+        )
+    if value <= HALFVEC_MAX_INDEXED_DIMENSIONS:
         return None
     return (
         f"{value} dimensions is more than pgvector can index: up to {VECTOR_MAX_INDEXED_DIMENSIONS:,} are "
         f"stored as `vector`, {VECTOR_MAX_INDEXED_DIMENSIONS + 1:,} to {HALFVEC_MAX_INDEXED_DIMENSIONS:,} as "
-        "`halfvec`; pick a model (or `dimensions`) within that"
+        f"`halfvec`; pick a model (or `dimensions`) within that, or `index.quantization: binary` (up to "
+        f"{VECTOR_MAX_DIMENSIONS:,})"
     )
 
 
 def dimensions(data: Any) -> list[Finding]:
     findings: list[Finding] = []
-    message = _dimension_finding(_get(data, "embedding", "dimensions"))
+    default = _get(data, "embedding", "dimensions")
+    stores_ = _dicts(_get(data, "stores"))
+    # The top-level dimensions hold for every store that doesn't override them: check them with the strictest
+    # quantization a store using them asks for (or `none` when no store does).
+    inheriting = [store for store in stores_ if _get(store, "embedding", "dimensions") is None]
+    quantizations = {_get(store, "index", "quantization") for store in inheriting} or {"none"}
+    quantization = "binary" if quantizations == {"binary"} else "none"
+    message = _dimension_finding(default, quantization)
     if message:
         findings.append((("embedding", "dimensions"), message))
-    for index, store in enumerate(_dicts(_get(data, "stores"))):
-        message = _dimension_finding(_get(store, "embedding", "dimensions"))
+    for index, store in enumerate(stores_):
+        message = _dimension_finding(_get(store, "embedding", "dimensions"), _get(store, "index", "quantization"))
         if message:
             findings.append((("stores", index, "embedding", "dimensions"), message))
     return findings

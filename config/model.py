@@ -15,11 +15,14 @@ Scope = Literal["read", "write"]
 Distance = Literal["cosine", "l2", "inner_product"]
 SecretProvider = Literal["existing", "onepassword", "external-secrets"]
 
-# pgvector: HNSW indexes `vector` up to 2,000 dimensions and `halfvec` up to 4,000 (REFERENCE §6).
+# pgvector: HNSW indexes `vector` up to 2,000 dimensions and `halfvec` up to 4,000, and `bit` up to 64,000
+# (REFERENCE §6); a `vector` column holds up to 16,000, the bound for binary quantization.
 VECTOR_MAX_INDEXED_DIMENSIONS = 2000
 HALFVEC_MAX_INDEXED_DIMENSIONS = 4000
+VECTOR_MAX_DIMENSIONS = 16000
 
 VectorType = Literal["vector", "halfvec"]
+Quantization = Literal["none", "halfvec", "binary"]
 EmbeddingProvider = Literal["openai", "builtin"]
 SearchMode = Literal["hybrid", "vector", "keyword"]
 
@@ -31,8 +34,13 @@ BUILTIN_DIMENSIONS = 256
 BUILTIN_ALLOWED_DIMENSIONS = (64, 128, 256)
 
 
-def vector_type_for(dimensions: int) -> VectorType:
-    """`halfvec` above 2,000 dimensions, where pgvector can no longer index `vector`."""
+def vector_type_for(dimensions: int, quantization: Quantization = "none") -> VectorType:
+    """The column type: `halfvec` when asked for, or for `none` above 2,000 dimensions, where pgvector can no
+    longer index `vector`. Binary quantization indexes bits, so its column keeps full precision."""
+    if quantization == "halfvec":
+        return "halfvec"
+    if quantization == "binary":
+        return "vector"
     return "vector" if dimensions <= VECTOR_MAX_INDEXED_DIMENSIONS else "halfvec"
 
 
@@ -178,13 +186,14 @@ class Store:
     hnsw_m: int
     hnsw_ef_construction: int
     hnsw_ef_search: int
+    quantization: Quantization
     max_chunk_size_tokens: int
     chunk_overlap_tokens: int
     search: Search
 
     @property
     def vector_type(self) -> VectorType:
-        return vector_type_for(self.dimensions)
+        return vector_type_for(self.dimensions, self.quantization)
 
 
 @dataclass(frozen=True)
@@ -393,6 +402,7 @@ def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, A
         hnsw_m=data["index"]["m"],
         hnsw_ef_construction=data["index"]["ef_construction"],
         hnsw_ef_search=data["index"]["ef_search"],
+        quantization=data["index"]["quantization"],
         max_chunk_size_tokens=data["chunking"]["max_chunk_size_tokens"],
         chunk_overlap_tokens=data["chunking"]["chunk_overlap_tokens"],
         search=_search(data["search"], search),

@@ -29,7 +29,7 @@ from psycopg import sql
 
 from vectorstore.observability import metrics
 from vectorstore.search import text
-from vectorstore.search.vector import NO_FILTER, Hit, execute, order_expression, score_of
+from vectorstore.search.vector import NO_FILTER, Hit, execute, index_ef_search, nearest, nearest_params, score_of
 from vectorstore.storage.tables import Layout
 
 RRF_K = 60
@@ -111,8 +111,7 @@ def hybrid_statement(
     statement = sql.SQL(
         "WITH {terms}, {leg},"
         " vec AS ("
-        " SELECT id, distance, row_number() OVER (ORDER BY distance, id) AS rank FROM ("
-        " SELECT id, embedding {op} %s AS distance FROM {t} WHERE {where} ORDER BY {order} LIMIT %s) AS v),"
+        " SELECT id, distance, row_number() OVER (ORDER BY distance, id) AS rank FROM ({nearest}) AS v),"
         " fused AS ("
         " SELECT id, sum(w / ({k} + rank)) / %s::float8 AS score, min(distance) AS distance FROM ("
         " SELECT id, rank, %s::float8 AS w, distance FROM vec"
@@ -122,20 +121,14 @@ def hybrid_statement(
     ).format(
         terms=terms,
         leg=leg,
-        op=layout.operator,
-        t=layout.ident,
-        where=where,
-        order=order_expression(layout, exact=exact),
+        nearest=nearest(layout, where, sql.SQL("id"), exact=exact),
         k=sql.Literal(RRF_K),
         hits=_select_hits(layout.ident, "fused"),
     )
     params: list[Any] = [
         *terms_params,
         *leg_params,
-        embedding,
-        *where_params,
-        embedding,
-        depth,
+        *nearest_params(layout, embedding, where_params, depth, exact=exact),
         top if top > 0 else 1.0,
         weights.embedding,
         weights.text,
@@ -203,6 +196,6 @@ async def run_hybrid(
         weights=weights,
         exact=exact,
     )
-    rows = await execute(conn, statement, params, ef_search=max(ef_search, depth))
+    rows = await execute(conn, statement, params, ef_search=index_ef_search(layout, ef_search, depth))
     terms, keyword_rows = (int(rows[0][7]), int(rows[0][8])) if rows else (0, 0)
     return Result(_hits(rows, layout.distance, vector_scores=keyword_rows == 0), terms, keyword_rows)

@@ -5,6 +5,10 @@ pgvector 0.8's iterative scan keeps scanning until LIMIT rows pass the filter; `
 rows slightly out of order, so the outer query sorts the (small) result again. `ef_search` is raised to at
 least the number of results wanted.
 
+A binary-quantized store (`index.quantization: binary`) indexes `binary_quantize(embedding)`: the index walk
+orders candidates by the Hamming distance of their sign bits, `BINARY_RESCORE_FACTOR` times as many as asked
+for (at least `MIN_BINARY_CANDIDATES`), and the same statement rescores them with the full vectors.
+
 The settings are session-level on the pooled connection and sent only when they differ from what that
 connection already has (remembered per connection), so a typical search is one statement, one round trip, in
 autocommit: measured in bench/search_http.py, a transaction with SET LOCAL cost 3-4 round trips per search.
@@ -29,6 +33,16 @@ from vectorstore.storage.tables import Layout
 # can't miss, and at this size it costs about 1 ms (bench/recall.py measured 1 us per row at 384 dimensions).
 # Past it the scan grows linearly while HNSW stays near 1 ms (5,226 rows x 384: 5.1 ms exact, 1.3 ms HNSW).
 EXACT_MAX_ROWS = 1000
+
+
+# Binary quantization keeps one bit of each dimension: the Hamming order is coarse, so each search over-fetches
+# candidates and rescores them exactly (bench/large_stores.py measured recall against this factor).
+BINARY_RESCORE_FACTOR = 4
+MIN_BINARY_CANDIDATES = 40
+
+
+def binary_candidates(limit: int) -> int:
+    return max(MIN_BINARY_CANDIDATES, BINARY_RESCORE_FACTOR * limit)
 
 
 def exact_is_cheap(rows: float) -> bool:
@@ -74,13 +88,13 @@ def score_of(distance: str, value: float) -> float:
     return min(1.0, max(0.0, score))
 
 
-_UNFILTERED: dict[tuple[str, str, bool], sql.Composed] = {}
+_UNFILTERED: dict[tuple[str, str, str, bool], sql.Composed] = {}
 
 
 def search_statement(layout: Layout, where: sql.Composable, *, exact: bool = False) -> sql.Composed:
     if where is NO_FILTER:
         # Composing costs ~0.15 ms a search; the unfiltered statement only depends on table and operator.
-        key = (layout.table, layout.distance, exact)
+        key = (layout.table, layout.distance, layout.quantization, exact)
         cached = _UNFILTERED.get(key)
         if cached is None:
             if len(_UNFILTERED) > 10000:
@@ -98,13 +112,49 @@ def order_expression(layout: Layout, *, exact: bool) -> sql.Composed:
     return sql.SQL("({bare}) + 0").format(bare=bare) if exact else bare
 
 
+def nearest(layout: Layout, where: sql.Composable, columns: sql.Composable, *, exact: bool) -> sql.Composed:
+    """`SELECT <columns>, distance` of the nearest rows that pass `where`, closest first (roughly: iterative
+    scans may return rows slightly out of order). Its parameters are `nearest_params`."""
+    if layout.quantization == "binary" and not exact:
+        return sql.SQL(
+            "SELECT {columns}, embedding {op} %s AS distance FROM ("
+            " SELECT {columns}, embedding FROM {t} WHERE {where}"
+            " ORDER BY {quantized} <~> binary_quantize(%s)::bit({dims}) LIMIT %s) AS candidates"
+            " ORDER BY distance LIMIT %s"
+        ).format(
+            columns=columns,
+            op=layout.operator,
+            t=layout.ident,
+            where=where,
+            quantized=layout.quantized,
+            dims=sql.Literal(layout.dimensions),
+        )
+    return sql.SQL(
+        "SELECT {columns}, embedding {op} %s AS distance FROM {t} WHERE {where} ORDER BY {order} LIMIT %s"
+    ).format(
+        columns=columns, op=layout.operator, t=layout.ident, where=where, order=order_expression(layout, exact=exact)
+    )
+
+
+def nearest_params(layout: Layout, query: Any, where_params: Sequence[Any], limit: int, *, exact: bool) -> list[Any]:
+    if layout.quantization == "binary" and not exact:
+        return [query, *where_params, query, binary_candidates(limit), limit]
+    return [query, *where_params, query, limit]
+
+
+def index_ef_search(layout: Layout, ef_search: int, limit: int) -> int:
+    """The `hnsw.ef_search` a search of `limit` rows needs: at least what the index walk must return."""
+    wanted = binary_candidates(limit) if layout.quantization == "binary" else limit
+    return max(ef_search, wanted)
+
+
+_HIT_COLUMNS = sql.SQL("id, file_id, filename, content, attributes")
+
+
 def _compose(layout: Layout, where: sql.Composable, exact: bool) -> sql.Composed:
     return sql.SQL(
-        "SELECT id, file_id, filename, content, attributes, distance FROM ("
-        " SELECT id, file_id, filename, content, attributes, embedding {op} %s AS distance"
-        " FROM {t} WHERE {where} ORDER BY {order} LIMIT %s"
-        ") AS hits ORDER BY distance"
-    ).format(op=layout.operator, t=layout.ident, where=where, order=order_expression(layout, exact=exact))
+        "SELECT id, file_id, filename, content, attributes, distance FROM ({nearest}) AS hits ORDER BY distance"
+    ).format(nearest=nearest(layout, where, _HIT_COLUMNS, exact=exact))
 
 
 @metrics.timed_search
@@ -122,9 +172,11 @@ async def run_search(
 ) -> list[Hit]:
     """Run the search on `conn` (idle, not in a transaction) and return hits, closest first."""
     query = layout.to_db(embedding)
-    params = [query, *where_params, query, limit]
+    params = nearest_params(layout, query, where_params, limit, exact=exact)
     statement = search_statement(layout, where, exact=exact)
-    rows = await execute(conn, statement, params, ef_search=max(ef_search, limit), iterative=iterative)
+    rows = await execute(
+        conn, statement, params, ef_search=index_ef_search(layout, ef_search, limit), iterative=iterative
+    )
     return [Hit(str(r[0]), r[1], r[2], r[3], r[4], float(r[5]), score_of(layout.distance, float(r[5]))) for r in rows]
 
 

@@ -24,7 +24,7 @@ RECONCILE_LOCK_KEY = 0x7665_6374_7265_636E  # "vectrecn"
 ChangeKind = Literal["create", "update", "refuse", "prune", "unchanged"]
 # Fields whose change would make stored vectors (or the stored tsvectors, for `language`) meaningless; allowed
 # only while the store is empty, when the table is simply made again.
-_VECTOR_FIELDS = ("model", "dimensions", "distance", "language")
+_VECTOR_FIELDS = ("model", "dimensions", "distance", "language", "quantization")
 _INDEX_FIELDS = ("hnsw_m", "hnsw_ef_construction")
 _PLAIN_FIELDS = ("name", "description", "metadata", "ef_search", "declared")
 
@@ -82,6 +82,7 @@ def desired_fields(store: Store) -> dict[str, Any]:
         "hnsw_m": store.hnsw_m,
         "hnsw_ef_construction": store.hnsw_ef_construction,
         "language": store.search.language,
+        "quantization": store.quantization,
     }
 
 
@@ -104,7 +105,7 @@ async def compute_plan(conn: psycopg.AsyncConnection[Any], spec: Spec) -> Plan:
             fields = ", ".join(str(diff) for diff in vector_diffs)
             reason = (
                 f"store '{store.name}' ({store.id}) holds data; refusing to change {fields}. "
-                "Its vectors (and keyword index) were made for the old value: declare a new store (another name "
+                "Its vectors and indexes were made for the old value: declare a new store (another name "
                 "or id) for the new value, or delete this store's files first."
             )
             plan.changes.append(Change("refuse", store.id, store.name, tuple(vector_diffs), reason, store))
@@ -140,6 +141,7 @@ async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> N
                 hnsw_ef_construction=store.hnsw_ef_construction,
                 ef_search=store.hnsw_ef_search,
                 language=store.search.language,
+                quantization=store.quantization,
             ),
         )
     elif change.kind == "update":
@@ -165,6 +167,7 @@ async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> N
                 store.hnsw_m,
                 store.hnsw_ef_construction,
                 record.language,
+                record.quantization,
             )
             await conn.execute(tables.drop_index_statement(layout))
             for statement in tables.index_statements(layout):

@@ -15,13 +15,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from config.model import Distance, VectorType, vector_type_for
+from config.model import Distance, Quantization, VectorType, vector_type_for
 from vectorstore.storage import tables
 
 _COLUMNS = (
     "id, seq, name, description, metadata, declared, model, dimensions, distance, vector_type, hnsw_m,"
     " hnsw_ef_construction, ef_search, table_name, expires_after, created_at, last_active_at, language, text_search,"
-    " analyzed_rows, text_avg_length, text_min_freq"
+    " analyzed_rows, text_avg_length, text_min_freq, quantization"
 )
 TextSearchState = Literal["upgrading", "ready"]
 
@@ -52,6 +52,7 @@ class StoreRecord:
     """Rows at the last ANALYZE (0 before the first one)."""
     text_avg_length: float
     text_min_freq: float
+    quantization: Quantization
 
     @property
     def layout(self) -> tables.Layout:
@@ -64,6 +65,7 @@ class StoreRecord:
             hnsw_m=self.hnsw_m,
             hnsw_ef_construction=self.hnsw_ef_construction,
             language=self.language,
+            quantization=self.quantization,
         )
 
 
@@ -145,23 +147,32 @@ class NewStore:
     hnsw_ef_construction: int
     ef_search: int
     language: str = "english"
+    quantization: Quantization = "none"
     expires_after: Mapping[str, Any] | None = None
 
 
 async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreRecord:
     """Create the registry row and the store's table in the caller's transaction."""
-    vtype = vector_type_for(new.dimensions)
+    vtype = vector_type_for(new.dimensions, new.quantization)
     table = tables.table_name(new.id)
     layout = tables.Layout(
-        new.id, table, new.dimensions, new.distance, vtype, new.hnsw_m, new.hnsw_ef_construction, new.language
+        new.id,
+        table,
+        new.dimensions,
+        new.distance,
+        vtype,
+        new.hnsw_m,
+        new.hnsw_ef_construction,
+        new.language,
+        new.quantization,
     )
     for statement in tables.create_table_statements(layout):
         await conn.execute(statement)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"INSERT INTO vector_stores (id, name, description, metadata, declared, model, dimensions, distance,"
-            f" vector_type, hnsw_m, hnsw_ef_construction, ef_search, table_name, expires_after, language, text_search)"
-            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'ready')"
+            f" vector_type, hnsw_m, hnsw_ef_construction, ef_search, table_name, expires_after, language, quantization,"
+            f" text_search) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'ready')"
             f" RETURNING {_COLUMNS}".encode(),
             [
                 new.id,
@@ -179,6 +190,7 @@ async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreReco
                 table,
                 Jsonb(dict(new.expires_after)) if new.expires_after is not None else None,
                 new.language,
+                new.quantization,
             ],
         )
         row = await cur.fetchone()

@@ -25,7 +25,7 @@ from pgvector import HalfVector, Vector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from config.model import Distance, VectorType
+from config.model import Distance, Quantization, VectorType
 
 # pgvector operator per distance; the same operator must appear in the index opclass and in ORDER BY.
 OPERATORS: dict[str, str] = {"cosine": "<=>", "l2": "<->", "inner_product": "<#>"}
@@ -52,6 +52,8 @@ class Layout:
     hnsw_ef_construction: int = 64
     language: str = "english"
     """The PostgreSQL text search configuration `fts` is made with."""
+    quantization: Quantization = "none"
+    """`binary`: the HNSW index is over `binary_quantize(embedding)` and searches rescore (see search/vector.py)."""
 
     @property
     def ident(self) -> sql.Identifier:
@@ -64,6 +66,11 @@ class Layout:
     @property
     def opclass(self) -> sql.SQL:
         return sql.SQL(f"{self.vector_type}_{_OPCLASS_SUFFIX[self.distance]}")
+
+    @property
+    def quantized(self) -> sql.Composed:
+        """The indexed expression of a binary-quantized store: one bit a dimension, compared by Hamming distance."""
+        return sql.SQL("(binary_quantize(embedding)::bit({dims}))").format(dims=sql.Literal(self.dimensions))
 
     def to_db(self, embedding: Sequence[float]) -> Vector | HalfVector:
         """The parameter type psycopg dumps in binary for this table's column."""
@@ -113,13 +120,15 @@ def create_table_statements(layout: Layout) -> list[sql.Composed]:
 
 
 def index_statements(layout: Layout) -> list[sql.Composed]:
+    if layout.quantization == "binary":
+        indexed: sql.Composable = sql.SQL("{expr} bit_hamming_ops").format(expr=layout.quantized)
+    else:
+        indexed = sql.SQL("embedding {opclass}").format(opclass=layout.opclass)
     return [
-        sql.SQL(
-            "CREATE INDEX {name} ON {t} USING hnsw (embedding {opclass}) WITH (m = {m}, ef_construction = {ef})"
-        ).format(
+        sql.SQL("CREATE INDEX {name} ON {t} USING hnsw ({indexed}) WITH (m = {m}, ef_construction = {ef})").format(
             name=sql.Identifier(f"{layout.table}_hnsw"),
             t=layout.ident,
-            opclass=layout.opclass,
+            indexed=indexed,
             m=sql.Literal(layout.hnsw_m),
             ef=sql.Literal(layout.hnsw_ef_construction),
         )
