@@ -6,6 +6,7 @@ model the code uses can't disagree.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -130,6 +131,87 @@ class Registry:
     search_defaults: dict[str, Any]
 
 
+SourceKind = Literal["path", "git", "s3"]
+VolumeKind = Literal["config_map", "pvc", "empty_dir"]
+AttributeValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class SourceVolume:
+    """What render mounts read-only at a path source's `path`."""
+
+    kind: VolumeKind
+    name: str | None
+    """ConfigMap or PVC name; None for an emptyDir."""
+    size_limit: str | None = None
+
+
+@dataclass(frozen=True)
+class PathSource:
+    path: str
+    """As written: absolute, or relative to the spec file's directory (resolved by the server)."""
+    volume: SourceVolume | None
+
+
+@dataclass(frozen=True)
+class GitSource:
+    repo: str
+    ref: str
+    path: str
+    """Directory inside the repository, "" for its root."""
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    access_key_id: SecretRef
+    secret_access_key: SecretRef
+
+
+@dataclass(frozen=True)
+class S3Source:
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    region: str
+    credentials: S3Credentials | None
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place a store's documents come from (stores[].sources[])."""
+
+    name: str
+    kind: SourceKind
+    location: PathSource | GitSource | S3Source
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    attributes: dict[str, AttributeValue]
+
+    def describe(self) -> str:
+        """Where it reads, for logs, plan and the status endpoint (never a secret: the spec holds none)."""
+        location = self.location
+        if isinstance(location, PathSource):
+            return location.path
+        if isinstance(location, GitSource):
+            return f"{location.repo}@{location.ref}" + (f":{location.path}" if location.path else "")
+        where = f"s3://{location.bucket}/{location.prefix}"
+        return f"{where} at {location.endpoint}" if location.endpoint else where
+
+
+@dataclass(frozen=True)
+class Sync:
+    interval_seconds: float
+    """0: sources are read at startup only."""
+    git_sync_image: str
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `10m`, `1h30m` or `2s` (already validated by the schema); "0" is 0."""
+    return float(
+        sum(int(value) * {"h": 3600, "m": 60, "s": 1}[unit] for value, unit in re.findall(r"(\d+)([hms])", text))
+    )
+
+
 @dataclass(frozen=True)
 class Store:
     name: str
@@ -146,6 +228,7 @@ class Store:
     hnsw_ef_search: int
     max_chunk_size_tokens: int
     chunk_overlap_tokens: int
+    sources: tuple[Source, ...] = ()
 
     @property
     def vector_type(self) -> VectorType:
@@ -165,6 +248,7 @@ class Spec:
     litellm: LiteLLM
     stores: tuple[Store, ...]
     prune: bool
+    sync: Sync
     source_text: str = field(repr=False, compare=False)
     """The spec file exactly as written; render ships it in the ConfigMap."""
 
@@ -179,6 +263,11 @@ class Spec:
         if self.embedding.api_key is not None:
             refs.append(self.embedding.api_key)
         refs += [key.api_key for key in self.api_keys]
+        for store in self.stores:
+            for source in store.sources:
+                if isinstance(source.location, S3Source) and source.location.credentials is not None:
+                    credentials = source.location.credentials
+                    refs += [credentials.access_key_id, credentials.secret_access_key]
         unique: dict[str, SecretRef] = {}
         for ref in refs:
             unique.setdefault(ref.env, ref)
@@ -288,6 +377,10 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
         ),
         stores=stores,
         prune=data["reconcile"]["prune"],
+        sync=Sync(
+            interval_seconds=parse_duration(data["sync"]["interval"]),
+            git_sync_image=data["sync"]["git_sync_image"],
+        ),
         source_text=source_text,
     )
 
@@ -316,4 +409,53 @@ def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, A
         hnsw_ef_search=data["index"]["ef_search"],
         max_chunk_size_tokens=data["chunking"]["max_chunk_size_tokens"],
         chunk_overlap_tokens=data["chunking"]["chunk_overlap_tokens"],
+        sources=tuple(_source(source) for source in data["sources"]),
+    )
+
+
+def _source(data: dict[str, Any]) -> Source:
+    location: PathSource | GitSource | S3Source
+    kind: SourceKind
+    if "git" in data:
+        git = data["git"]
+        kind, location = "git", GitSource(repo=git["repo"], ref=git["ref"], path=git["path"].strip("/"))
+    elif "s3" in data:
+        s3 = data["s3"]
+        credentials = None
+        if "credentials" in s3:
+            secret = s3["credentials"]["secret"]
+            credentials = S3Credentials(
+                access_key_id=SecretRef(
+                    secret, names.S3_ACCESS_KEY_ID_KEY, names.source_secret_env(secret, names.S3_ACCESS_KEY_ID_KEY)
+                ),
+                secret_access_key=SecretRef(
+                    secret,
+                    names.S3_SECRET_ACCESS_KEY_KEY,
+                    names.source_secret_env(secret, names.S3_SECRET_ACCESS_KEY_KEY),
+                ),
+            )
+        kind = "s3"
+        location = S3Source(
+            bucket=s3["bucket"],
+            prefix=s3["prefix"],
+            endpoint=s3.get("endpoint"),
+            region=s3["region"],
+            credentials=credentials,
+        )
+    else:
+        volume = None
+        if "volume" in data:
+            ((volume_kind, value),) = data["volume"].items()
+            if volume_kind == "empty_dir":
+                volume = SourceVolume("empty_dir", None, value["size_limit"])
+            else:
+                volume = SourceVolume(volume_kind, value)
+        kind, location = "path", PathSource(path=data["path"], volume=volume)
+    return Source(
+        name=data["name"],
+        kind=kind,
+        location=location,
+        include=tuple(data["include"]),
+        exclude=tuple(data["exclude"]),
+        attributes=dict(data["attributes"]),
     )
