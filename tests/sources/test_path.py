@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from fakeembed import FakeEmbedder
@@ -17,12 +18,12 @@ from sources.conftest import (
 )
 
 
-async def search(http: aiohttp.ClientSession, base: str, query: str, **body: object) -> list[dict[str, object]]:
+async def search(http: aiohttp.ClientSession, base: str, query: str, **body: object) -> list[dict[str, Any]]:
     async with http.post(
         f"{base}/v1/vector_stores/{STORE_ID}/search", json={"query": query, **body}, headers=headers()
     ) as response:
         assert response.status == 200, await response.text()
-        data: list[dict[str, object]] = (await response.json())["data"]
+        data: list[dict[str, Any]] = (await response.json())["data"]
         return data
 
 
