@@ -38,6 +38,8 @@ class Settings:
     """Where the server clones git sources itself (outside Kubernetes); `.vectorstore/sources` when None."""
     git_checkouts: str | None = None
     """Set (from names.GIT_CHECKOUTS_ENV) when git-sync sidecars keep the checkouts: the server runs no git."""
+    git_sync_wait_seconds: float = 60.0
+    """How long a sync waits for git-sync's first checkout before calling the source unreadable."""
     source_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Values of the sources' secret env vars (S3 credentials) found at startup; a missing one fails its source."""
 

@@ -104,7 +104,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def start_with_sources(
-    fake_embedder: FakeEmbedder, dsn: str, spec_path: Path, sources: list[dict[str, Any]], **options: Any
+    fake_embedder: FakeEmbedder,
+    dsn: str,
+    spec_path: Path,
+    sources: list[dict[str, Any]],
+    settings_fields: dict[str, Any] | None = None,
+    **options: Any,
 ) -> RunningServer:
     spec = write_spec(spec_path, sources_spec(fake_embedder.base_url, sources, **options))
-    return await start_server(spec, dsn)
+    # Relative paths start at the spec's directory; the server's own git clones go beside it, never in the repo.
+    return await start_server(
+        spec, dsn, spec_dir=spec_path.parent, sources_dir=spec_path.parent / "clones", **(settings_fields or {})
+    )

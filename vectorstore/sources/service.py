@@ -35,6 +35,7 @@ def context(settings: Settings) -> Context:
         work_dir=settings.sources_dir or DEFAULT_SOURCES_DIR.resolve(),
         git_checkouts=settings.git_checkouts,
         environ=settings.source_env,
+        git_sync_wait_seconds=settings.git_sync_wait_seconds,
     )
 
 
