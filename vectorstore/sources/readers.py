@@ -382,7 +382,8 @@ class S3Reader:
         try:
             session = boto3.session.Session()
             self._client = session.client("s3", config=config, **options)
-            self._client.head_bucket(Bucket=self.location.bucket)
+            # A listing rather than HEAD: a refused HEAD has no body, a refused listing says why.
+            self._client.list_objects_v2(Bucket=self.location.bucket, Prefix=self.location.prefix, MaxKeys=1)
         except Exception as exc:
             raise self._fail(exc) from None
 
