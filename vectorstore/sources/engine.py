@@ -47,6 +47,12 @@ log = logging.getLogger("vectorstore")
 
 LISTING_BATCH = 256
 """Entries taken from a reader per trip to its thread."""
+ANALYZE_AT = (100, 1000)
+ANALYZE_EVERY = 10_000
+"""When a sync ANALYZEs the tables it grows: after the 100th and 1,000th file, then every 10,000 (`_flush`)."""
+WRITE_BATCH_FILES = 32
+WRITE_BATCH_BYTES = 8 << 20
+"""New versions written per transaction: at most this many files, or about this many bytes of content."""
 MAX_ATTRIBUTE_LENGTH = 512
 """OpenAI's limit on an attribute's string value: the `path` attribute must fit."""
 
@@ -116,9 +122,14 @@ class Syncer:
         self.on_change = on_change
         """Called after each file queued for ingestion (the service wakes this replica's worker)."""
         self._locks: dict[str, asyncio.Lock] = {}
+        self.writes = 0
 
     async def connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, application_name="vectorstore-sync")
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, application_name="vectorstore-sync")
+        # A sync's commits need not wait for their WAL flush: if PostgreSQL itself crashes, the last ones are lost
+        # whole (WAL order keeps each file's rows together), and the next sync simply does them again.
+        await conn.execute("SET synchronous_commit = off")
+        return conn
 
     async def sync_all(self, *, dry_run: bool = False) -> list[StoreResult]:
         """Every declared store with sources (and stores whose sources were all removed), one after another."""
@@ -231,6 +242,8 @@ class _SourceRun:
         self.limit = syncer.spec.server.max_upload_bytes
         self.matcher = Matcher(source.include, source.exclude)
         self.result = SourceResult(store.name, source.name, source.describe())
+        self._pending: list[tuple[Entry, bytes, str]] = []
+        self._pending_bytes = 0
 
     async def run(self) -> SourceResult:
         result = self.result
@@ -248,6 +261,10 @@ class _SourceRun:
                 result.finished_at = time.time()
                 await asyncio.shield(status.finished(self.conn, self.store.id, result))
             raise
+        except Exception as exc:
+            # A bug or a database error on one source must not stop the others; the log has the traceback.
+            log.exception("sources: %r/%r: the sync failed unexpectedly", self.store.name, self.source.name)
+            result.error = f"internal error while syncing ({type(exc).__name__}); see the server log"
         result.finished_at = time.time()
         if self.dry_run:
             return result
@@ -307,13 +324,16 @@ class _SourceRun:
                     continue
                 seen.add(item.path)
                 await self._file(item, existing.get(item.path))
+        await self._flush()
         # The listing is complete: what it did not yield is gone from the source (or no longer included).
-        for path in sorted(existing.keys() - seen):
+        gone = sorted(existing.keys() - seen)
+        for start in range(0, len(gone), WRITE_BATCH_FILES):
             if not self.dry_run:
                 assert self.record is not None
                 async with self.conn.transaction():
-                    await delete_path(self.conn, self.record, self.source.name, path)
-            self.result.deleted += 1
+                    for path in gone[start : start + WRITE_BATCH_FILES]:
+                        await delete_path(self.conn, self.record, self.source.name, path)
+            self.result.deleted += len(gone[start : start + WRITE_BATCH_FILES])
 
     def _precheck(self, entry: Entry) -> str | None:
         if len(entry.path) > MAX_ATTRIBUTE_LENGTH:
@@ -355,19 +375,35 @@ class _SourceRun:
             result.updated += 1
         if self.dry_run:
             return
+        self._pending.append((entry, content, digest))
+        self._pending_bytes += len(content)
+        if len(self._pending) >= WRITE_BATCH_FILES or self._pending_bytes >= WRITE_BATCH_BYTES:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Write the pending versions in one transaction: a few dozen files share a commit, and each path is
+        still all or nothing (a kill -9 loses the batch whole; the next sync writes it again)."""
+        if not self._pending:
+            return
         assert self.record is not None
+        strategy = store_strategy(self.store)
         async with self.conn.transaction():
-            await write_version(
-                self.conn,
-                self.record,
-                self.source,
-                entry.path,
-                content,
-                digest,
-                entry.fingerprint,
-                store_strategy(self.store),
-            )
+            for entry, content, digest in self._pending:
+                await write_version(
+                    self.conn, self.record, self.source, entry.path, content, digest, entry.fingerprint, strategy
+                )
+        written = len(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
         self.syncer.on_change()
+        before = self.syncer.writes
+        self.syncer.writes += written
+        if any(before < mark <= self.syncer.writes for mark in ANALYZE_AT) or (
+            before // ANALYZE_EVERY != self.syncer.writes // ANALYZE_EVERY
+        ):
+            # A first sync grows these tables from nothing faster than autovacuum analyzes them; with stale
+            # statistics the planner scans `files` for every path, and the sync slows down as it goes.
+            await self.conn.execute("ANALYZE files, vector_store_files, source_files")
 
 
 _VERSIONS_SQL = (
