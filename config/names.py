@@ -76,9 +76,8 @@ SOURCE_FILE_OWNER_PREFIX = "source:"
 GIT_CHECKOUTS_ENV = "VECTORSTORE_GIT_CHECKOUTS"
 GIT_CHECKOUTS_DIR = "/var/lib/vectorstore/git"
 GIT_SYNC_ROOT = "root"
-"""Subdirectory of a checkout volume that git-sync owns (`--root`); it empties it at start."""
-GIT_SYNC_HOME = "home"
-"""Subdirectory of a checkout volume that is git-sync's HOME (its git config), outside `--root`."""
+"""Subdirectory of a checkout volume that git-sync owns (`--root`, which it empties at start); the volume's top
+is git-sync's HOME (its git config)."""
 GIT_SYNC_LINK = "current"
 """git-sync's `--link`: a symlink to the worktree of the synced commit, swapped atomically."""
 
