@@ -115,7 +115,7 @@ async def serve(spec_path: Path, dsn: str, port: int, log: Path) -> AsyncIterato
 
 
 async def synced(base: str, after: float = 0.0, within: float = 1800.0) -> dict[str, Any]:
-    """The source's status once a sync that started after `after` has finished and nothing is in progress."""
+    """The source's status once a sync that finished after `after` (a restart) is done and nothing is in progress."""
     headers = {"Authorization": f"Bearer {KEY}"}
     deadline = time.monotonic() + within
     async with aiohttp.ClientSession(headers=headers) as http:
@@ -125,7 +125,7 @@ async def synced(base: str, after: float = 0.0, within: float = 1800.0) -> dict[
             last = item["last_sync"]
             if (
                 last
-                and last["started_at"] >= int(after)
+                and last["finished_at"] >= int(after)
                 and item["status"] != "syncing"
                 and not item["files"]["in_progress"]
             ):
@@ -138,7 +138,7 @@ async def synced(base: str, after: float = 0.0, within: float = 1800.0) -> dict[
 async def started_at(dsn: str) -> float:
     """When the last sync started, to the microsecond (the API rounds it to whole seconds)."""
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        row = await (await conn.execute("SELECT started_at FROM source_status")).fetchone()
+        row = await (await conn.execute("SELECT COALESCE(syncing_since, started_at) FROM source_status")).fetchone()
     assert row is not None
     return float(row[0])
 

@@ -80,8 +80,8 @@ async def tables_exist(conn: psycopg.AsyncConnection[Any]) -> bool:
 
 async def started(conn: psycopg.AsyncConnection[Any], store_id: str, source: str, at: float) -> None:
     await conn.execute(
-        "INSERT INTO source_status (vector_store_id, source, syncing, started_at) VALUES (%s, %s, true, %s)"
-        " ON CONFLICT (vector_store_id, source) DO UPDATE SET syncing = true, started_at = EXCLUDED.started_at",
+        "INSERT INTO source_status (vector_store_id, source, syncing, syncing_since) VALUES (%s, %s, true, %s)"
+        " ON CONFLICT (vector_store_id, source) DO UPDATE SET syncing = true, syncing_since = EXCLUDED.syncing_since",
         [store_id, source, at],
     )
 
@@ -89,11 +89,13 @@ async def started(conn: psycopg.AsyncConnection[Any], store_id: str, source: str
 async def finished(conn: psycopg.AsyncConnection[Any], store_id: str, result: SourceResult) -> None:
     ok = result.error is None
     await conn.execute(
-        "UPDATE source_status SET syncing = false, finished_at = %s, duration_seconds = %s, outcome = %s,"
+        "UPDATE source_status SET syncing = false, syncing_since = NULL, started_at = %s, finished_at = %s,"
+        " duration_seconds = %s, outcome = %s,"
         " added = %s, updated = %s, deleted = %s, unchanged = %s, failed = %s, last_error = %s, failures = %s,"
         " last_success_at = CASE WHEN %s THEN %s ELSE last_success_at END"
         " WHERE vector_store_id = %s AND source = %s",
         [
+            result.started_at,
             result.finished_at,
             result.duration,
             "ok" if ok else "failed",
@@ -177,7 +179,7 @@ def _view(
         "type": kind,
         "location": location,
         "status": state,
-        "syncing_since": _seconds(row["started_at"]) if syncing and row is not None else None,
+        "syncing_since": _seconds(row["syncing_since"]) if syncing and row is not None else None,
         "last_sync": last,
         "last_success_at": _seconds(row["last_success_at"]) if row is not None else None,
         "files": {

@@ -26,6 +26,8 @@ CREATE TABLE source_status (
     vector_store_id text NOT NULL REFERENCES vector_stores (id) ON DELETE CASCADE,
     source text NOT NULL,
     syncing boolean NOT NULL DEFAULT false,
+    -- The running sync's start; the last finished sync's own start is started_at.
+    syncing_since double precision,
     started_at double precision,
     finished_at double precision,
     duration_seconds double precision,
