@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import pytest
@@ -24,6 +27,8 @@ from sources.conftest import (
     sync_again,
     wait_synced,
 )
+
+T = TypeVar("T")
 
 
 async def test_an_unreadable_source_is_an_error_and_deletes_nothing(
@@ -121,11 +126,7 @@ def _bad_files(docs: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
         "latin1-\\xe9t\\xe9.md": "not valid UTF-8",
         f"{'d' * 200}/{'e' * 200}/{'f' * 200}/deep.md": "longer than 512 characters",
     }
-    unreadable = docs / "locked.md"
-    if os.geteuid() != 0:  # root reads any file whatever its mode; elsewhere a mode-000 file must fail too
-        unreadable.write_text("locked")
-        unreadable.chmod(0)
-        expected["locked.md"] = "can't be read: Permission denied"
+    # A file without read permission: test_a_file_without_read_permission_fails_alone (root reads any file).
 
     return secret, expected
 
@@ -173,3 +174,49 @@ async def test_the_status_route_follows_the_key_rules(
             assert response.status == 404
     finally:
         await server.stop()
+
+
+def _as_nobody(function: Callable[[], T]) -> T:
+    """Run `function` in a thread whose file-system uid is `nobody`: root reads any file whatever its mode, so
+    that is how a root test run meets a file it may not read. (Linux: setfsuid is per thread, and leaving uid 0
+    drops the file capabilities with it.)"""
+    if os.geteuid() != 0:
+        return function()
+    libc = ctypes.CDLL(None, use_errno=True)
+    result: list[T] = []
+
+    def run() -> None:
+        libc.setfsuid(65534)
+        try:
+            result.append(function())
+        finally:
+            libc.setfsuid(0)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    (value,) = result
+    return value
+
+
+def test_a_file_without_read_permission_fails_alone(outside_tmp: Path) -> None:
+    from vectorstore.sources.readers import DirectoryReader, Entry, FileProblem
+
+    outside_tmp.chmod(0o755)
+    (outside_tmp / "open.md").write_text("readable")
+    (outside_tmp / "locked.md").write_text("locked")
+    (outside_tmp / "locked.md").chmod(0)
+
+    def read_all() -> dict[str, str]:
+        reader = DirectoryReader(outside_tmp)
+        reader.prepare()
+        out: dict[str, str] = {}
+        for item in reader.entries():
+            assert isinstance(item, Entry)
+            try:
+                out[item.path] = "read " + item.read(1000).decode()
+            except FileProblem as exc:
+                out[item.path] = str(exc)
+        return out
+
+    assert _as_nobody(read_all) == {"locked.md": "can't be read: Permission denied", "open.md": "read readable"}

@@ -248,8 +248,14 @@ class GitCloneReader:
         self._reader: DirectoryReader | None = None
 
     def _git(self, *args: str) -> None:
+        # The user's own git setup (credential helpers, SSH agent) applies; the server's secrets don't go along.
+        inherited = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("VECTORSTORE_") and key not in ("PGPASSWORD", "DATABASE_URL")
+        }
         env = {
-            **os.environ,
+            **inherited,
             "GIT_TERMINAL_PROMPT": "0",  # never wait for a password on a terminal nobody watches
             "GIT_ALLOW_PROTOCOL": GIT_ALLOWED_PROTOCOLS,
             "GIT_CONFIG_NOSYSTEM": "1",
