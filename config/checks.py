@@ -21,6 +21,7 @@ Finding = tuple[JsonPath, str]
 SECRET_REF_PATHS: tuple[JsonPath, ...] = (("embedding", "api_key"), ("auth", "keys", "*", "api_key"))
 CREDENTIALS_PATH: JsonPath = ("database", "credentials")
 S3_CREDENTIALS_PATH: JsonPath = ("stores", "*", "sources", "*", "s3", "credentials")
+GIT_CREDENTIALS_PATH: JsonPath = ("stores", "*", "sources", "*", "git", "credentials")
 _REF_HINT = "reference it instead, as {secret: <secret-name>, key: <key-in-secret>}"
 
 
@@ -71,6 +72,15 @@ def literal_secrets(data: Any) -> list[Finding]:
                     path,
                     f"takes only the name of a Secret holding `{names.S3_ACCESS_KEY_ID_KEY}` and "
                     f"`{names.S3_SECRET_ACCESS_KEY_KEY}`, as {{secret: <secret-name>}}; never the values",
+                )
+            )
+    for path, value in expand(data, GIT_CREDENTIALS_PATH):
+        if not isinstance(value, dict) or set(value) - {"secret"}:
+            findings.append(
+                (
+                    path,
+                    f"takes only the name of a Secret holding `{names.GIT_USERNAME_KEY}` and "
+                    f"`{names.GIT_PASSWORD_KEY}`, as {{secret: <secret-name>}}; never the values",
                 )
             )
     credentials = _get(data, *CREDENTIALS_PATH)
@@ -353,8 +363,16 @@ def source_urls(data: Any) -> list[Finding]:
             findings.append(
                 (
                     (*path, "git", "repo"),
-                    "holds credentials; secrets never go in the spec: give git-sync and git a credential helper "
-                    "or a read-only deploy key instead (docs/sources.md)",
+                    "holds credentials; secrets never go in the spec: declare `git.credentials: {secret: <name>}` "
+                    "(a Secret with `username` and `password`) instead",
+                )
+            )
+        if isinstance(repo, str) and _get(source, "git", "credentials") is not None and not repo.startswith("https://"):
+            findings.append(
+                (
+                    (*path, "git", "credentials"),
+                    "`credentials` are sent only to an https:// repository; for ssh use a deploy key "
+                    "(docs/sources.md), for a public repository omit them",
                 )
             )
     return findings
@@ -365,15 +383,16 @@ def source_secret_envs(data: Any) -> list[Finding]:
     seen: dict[str, tuple[JsonPath, str]] = {}
     findings: list[Finding] = []
     for path, source in _sources(data):
-        secret = _get(source, "s3", "credentials", "secret")
+        kind = "s3" if isinstance(_get(source, "s3"), dict) else "git"
+        secret = _get(source, kind, "credentials", "secret")
         if not isinstance(secret, str):
             continue
         env = names.source_secret_env(secret, "")
-        first = seen.setdefault(env, ((*path, "s3", "credentials", "secret"), secret))
+        first = seen.setdefault(env, ((*path, kind, "credentials", "secret"), secret))
         if first[1] != secret:
             findings.append(
                 (
-                    (*path, "s3", "credentials", "secret"),
+                    (*path, kind, "credentials", "secret"),
                     f"Secret {secret!r} and {first[1]!r} (at {format_path(first[0])}) give the same env var "
                     f"names ({env}...); rename one",
                 )

@@ -154,11 +154,18 @@ class PathSource:
 
 
 @dataclass(frozen=True)
+class GitCredentials:
+    username: SecretRef
+    password: SecretRef
+
+
+@dataclass(frozen=True)
 class GitSource:
     repo: str
     ref: str
     path: str
     """Directory inside the repository, "" for its root."""
+    credentials: GitCredentials | None = None
 
 
 @dataclass(frozen=True)
@@ -257,7 +264,8 @@ class Spec:
         return names.service_url(self.name, self.namespace, self.server.port)
 
     def secret_refs(self) -> list[SecretRef]:
-        """Every secret reference, in a stable order, each env var once."""
+        """Every secret reference the server reads, in a stable order, each env var once. (Git credentials are
+        not among them: in Kubernetes only git-sync gets them, see `git_credential_refs`.)"""
         refs: list[SecretRef] = []
         refs += [self.database.username, self.database.password]
         if self.embedding.api_key is not None:
@@ -272,6 +280,15 @@ class Spec:
         for ref in refs:
             unique.setdefault(ref.env, ref)
         return list(unique.values())
+
+    def git_credential_refs(self) -> list[SecretRef]:
+        """The git credentials' references: the server reads them only outside Kubernetes (its own `git`)."""
+        refs: list[SecretRef] = []
+        for store in self.stores:
+            for source in store.sources:
+                if isinstance(source.location, GitSource) and source.location.credentials is not None:
+                    refs += [source.location.credentials.username, source.location.credentials.password]
+        return list({ref.env: ref for ref in refs}.values())
 
     def store_by_name(self, name: str) -> Store | None:
         return next((store for store in self.stores if store.name == name), None)
@@ -418,7 +435,19 @@ def _source(data: dict[str, Any]) -> Source:
     kind: SourceKind
     if "git" in data:
         git = data["git"]
-        kind, location = "git", GitSource(repo=git["repo"], ref=git["ref"], path=git["path"].strip("/"))
+        git_credentials = None
+        if "credentials" in git:
+            secret = git["credentials"]["secret"]
+            git_credentials = GitCredentials(
+                username=SecretRef(
+                    secret, names.GIT_USERNAME_KEY, names.source_secret_env(secret, names.GIT_USERNAME_KEY)
+                ),
+                password=SecretRef(
+                    secret, names.GIT_PASSWORD_KEY, names.source_secret_env(secret, names.GIT_PASSWORD_KEY)
+                ),
+            )
+        location = GitSource(repo=git["repo"], ref=git["ref"], path=git["path"].strip("/"), credentials=git_credentials)
+        kind = "git"
     elif "s3" in data:
         s3 = data["s3"]
         credentials = None

@@ -69,6 +69,9 @@ def database_object_name(cluster_name: str, database: str) -> str:
 # The keys a `s3.credentials` Secret must hold.
 S3_ACCESS_KEY_ID_KEY = "access_key_id"
 S3_SECRET_ACCESS_KEY_KEY = "secret_access_key"  # noqa: S105 - a key name, not a value
+# The keys a `git.credentials` Secret must hold (git-sync reads them as GITSYNC_USERNAME / GITSYNC_PASSWORD).
+GIT_USERNAME_KEY = "username"
+GIT_PASSWORD_KEY = "password"  # noqa: S105 - a key name, not a value
 SOURCE_SECRET_ENV_PREFIX = "VECTORSTORE_SOURCE_"  # noqa: S105 - an env var prefix, not a value
 SOURCE_FILE_OWNER_PREFIX = "source:"
 # Where render mounts the git-sync checkouts, and the env var that tells the server to read them there instead

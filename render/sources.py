@@ -96,6 +96,19 @@ def _ports(spec: Spec, count: int) -> list[int]:
     return ports
 
 
+def _credentials(location: GitSource) -> list[Document]:
+    """git-sync reads a private repository's username and token from these variables, out of the Secret."""
+    if location.credentials is None:
+        return []
+    return [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
+        for name, ref in (
+            ("GITSYNC_USERNAME", location.credentials.username),
+            ("GITSYNC_PASSWORD", location.credentials.password),
+        )
+    ]
+
+
 def git_sync_containers(spec: Spec, security_context: Document) -> list[Document]:
     git = git_sources(spec)
     containers: list[Document] = []
@@ -123,7 +136,11 @@ def git_sync_containers(spec: Spec, security_context: Document) -> list[Document
                 ],
                 # git-sync writes its git config under HOME, and git its temporary files under TMPDIR: the
                 # volume's top, outside --root (which git-sync empties), on a read-only root file system.
-                "env": [{"name": "HOME", "value": directory}, {"name": "TMPDIR", "value": directory}],
+                "env": [
+                    {"name": "HOME", "value": directory},
+                    {"name": "TMPDIR", "value": directory},
+                    *_credentials(location),
+                ],
                 "resources": GIT_SYNC_RESOURCES,
                 # TCP, not git-sync's HTTP `/` (5xx until the first sync): an unreachable repository must not make
                 # the pod unready; the server's status endpoint and metrics report it instead.

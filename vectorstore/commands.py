@@ -48,12 +48,14 @@ def source_settings(spec: Spec, spec_path: Path, data_dir: Path | None, environ:
     """The Settings fields sources need: where relative paths start, where git clones go, git-sync's checkouts
     (set by render in Kubernetes) and the values of the sources' secret env vars (added to the log redaction)."""
     source_env: dict[str, str] = {}
+    refs = list(spec.git_credential_refs())
     for store in spec.stores:
         for source in store.sources:
             if isinstance(source.location, S3Source) and source.location.credentials is not None:
-                for ref in (source.location.credentials.access_key_id, source.location.credentials.secret_access_key):
-                    if environ.get(ref.env):
-                        source_env[ref.env] = environ[ref.env]
+                refs += [source.location.credentials.access_key_id, source.location.credentials.secret_access_key]
+    for ref in refs:
+        if environ.get(ref.env):
+            source_env[ref.env] = environ[ref.env]
     logs.add_secrets(list(source_env.values()))
     return {
         "spec_dir": spec_path.resolve().parent,

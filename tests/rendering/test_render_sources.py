@@ -79,6 +79,16 @@ def test_each_git_source_gets_a_git_sync_sidecar_the_server_reads_read_only(pod:
     assert len(ports) == 2 and spec.server.port not in ports
 
 
+def test_git_credentials_go_to_git_sync_only(pod: dict[str, Any]) -> None:
+    server, wiki, runbooks = pod["containers"]
+    env = {item["name"]: item for item in wiki["env"]}
+    for name, key in (("GITSYNC_USERNAME", "username"), ("GITSYNC_PASSWORD", "password")):
+        assert env[name]["valueFrom"] == {"secretKeyRef": {"name": "wiki-token", "key": key}}
+    assert not {item["name"] for item in runbooks["env"]} & {"GITSYNC_USERNAME", "GITSYNC_PASSWORD"}
+    # The server runs no git in the cluster: it never gets the token.
+    assert "wiki-token" not in str(server["env"])
+
+
 def test_s3_credentials_come_from_the_secret_and_nothing_else_changes_the_network_policy() -> None:
     spec = load_spec(SPEC)
     rendered = render_files(spec)

@@ -11,6 +11,7 @@ import aiohttp
 from fakeembed import FakeEmbedder
 
 from config import names
+from config.model import GitCredentials, GitSource, SecretRef
 from sources.conftest import STORE_ID, attachments, start_with_sources, sync_again, wait_synced
 
 GIT_ENV = {
@@ -170,3 +171,66 @@ async def test_in_kubernetes_the_server_reads_the_git_sync_checkout(
         assert sorted(row["filename"] for row in attachments(fresh_dsn)) == ["howto/deploy.md", "intro.md", "old.md"]
     finally:
         await server.stop()
+
+
+async def test_a_private_repository_over_https_with_credentials_from_the_secret(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    import base64
+    import dataclasses
+
+    from sources.githttp import GitHttpServer
+    from vectorstore.sources.service import SYNCER
+
+    repo = Repository(tmp_path)
+    _first_commit(repo)
+    token = "glpat-secret-token-4c1e9a"
+    forge = await GitHttpServer(tmp_path, "bot", token).start()
+    env = {
+        names.source_secret_env("wiki-token", names.GIT_USERNAME_KEY): "bot",
+        names.source_secret_env("wiki-token", names.GIT_PASSWORD_KEY): token,
+    }
+    # http:// here because the forge is on 127.0.0.1 without TLS; the spec requires https:// for credentials.
+    url = f"{forge.base_url}/wiki.git"
+    source = {"name": "wiki", "git": {"repo": url, "ref": "main", "path": "docs"}}
+    server = await start_with_sources(
+        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [source], {"source_env": env}, interval="0"
+    )
+    try:
+        (status,) = await wait_synced(http, server)
+        # Declared without credentials (as the spec must, for http://): the forge refuses, git never prompts.
+        assert status["status"] == "failed" and "git fetch" in status["last_sync"]["error"]
+
+        syncer = server.app[SYNCER]
+        location = syncer.spec.stores[0].sources[0].location
+        assert isinstance(location, GitSource)
+
+        credentials = GitCredentials(
+            username=SecretRef("wiki-token", "username", names.source_secret_env("wiki-token", "username")),
+            password=SecretRef("wiki-token", "password", names.source_secret_env("wiki-token", "password")),
+        )
+        store = syncer.spec.stores[0]
+        with_credentials = dataclasses.replace(
+            store.sources[0], location=dataclasses.replace(location, credentials=credentials)
+        )
+        syncer.spec = dataclasses.replace(
+            syncer.spec, stores=(dataclasses.replace(store, sources=(with_credentials,)), *syncer.spec.stores[1:])
+        )
+        (result,) = await sync_again(server, http)
+        assert result.sources[0].error is None and result.sources[0].added == 3
+        expected = "Basic " + base64.b64encode(f"bot:{token}".encode()).decode()
+        assert expected in forge.authorizations
+
+        # A wrong token: the error names the fetch, never the token; nothing is deleted.
+        syncer.context = dataclasses.replace(syncer.context, environ={**env, credentials.password.env: "wrong-token-7"})
+        (result,) = await sync_again(server, http)
+        error = str(result.sources[0].error)
+        assert "git fetch" in error and "wrong-token-7" not in error and token not in error
+        assert result.sources[0].deleted == 0 and len(attachments(fresh_dsn)) == 3
+
+        syncer.context = dataclasses.replace(syncer.context, environ={})
+        (result,) = await sync_again(server, http)
+        assert credentials.username.env in str(result.sources[0].error)
+    finally:
+        await server.stop()
+        await forge.close()

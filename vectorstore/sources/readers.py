@@ -13,6 +13,7 @@ returns normally; only then does the engine delete the paths it did not see.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import logging
@@ -242,10 +243,31 @@ class GitCloneReader:
     """Outside Kubernetes: the server fetches the repository itself with `git`, shallow, into its data directory,
     and reads the checkout. One directory per source, reused (only what changed is fetched)."""
 
-    def __init__(self, location: GitSource, directory: Path) -> None:
+    def __init__(self, location: GitSource, directory: Path, environ: Mapping[str, str] | None = None) -> None:
         self.location = location
         self.directory = directory
+        self.environ = environ if environ is not None else {}
         self._reader: DirectoryReader | None = None
+
+    def _credentials(self) -> dict[str, str]:
+        """`git.credentials` as an Authorization header for this repository's URL only, passed in git's env
+        (GIT_CONFIG_*): never on a command line, in a file or in a URL that could reach a log."""
+        credentials = self.location.credentials
+        if credentials is None:
+            return {}
+        missing = [ref.env for ref in (credentials.username, credentials.password) if not self.environ.get(ref.env)]
+        if missing:
+            raise SourceError(
+                f"the credentials of {self.location.repo} from Secret {credentials.username.secret!r} are not set: "
+                f"{', '.join(missing)} (keys `{names.GIT_USERNAME_KEY}` and `{names.GIT_PASSWORD_KEY}`)"
+            )
+        pair = f"{self.environ[credentials.username.env]}:{self.environ[credentials.password.env]}"
+        header = "Authorization: Basic " + base64.b64encode(pair.encode()).decode()
+        return {
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": f"http.{self.location.repo}.extraHeader",
+            "GIT_CONFIG_VALUE_0": header,
+        }
 
     def _git(self, *args: str) -> None:
         # The user's own git setup (credential helpers, SSH agent) applies; the server's secrets don't go along.
@@ -259,6 +281,7 @@ class GitCloneReader:
             "GIT_TERMINAL_PROMPT": "0",  # never wait for a password on a terminal nobody watches
             "GIT_ALLOW_PROTOCOL": GIT_ALLOWED_PROTOCOLS,
             "GIT_CONFIG_NOSYSTEM": "1",
+            **self._credentials(),
         }
         try:
             subprocess.run(
@@ -477,5 +500,6 @@ def make_reader(source: Source, store_id: str, context: Context) -> Reader:
         if context.git_checkouts:
             link = Path(names.git_checkout_path(context.git_checkouts, store_id, source.name))
             return GitSyncReader(location, link, wait_seconds=context.git_sync_wait_seconds)
-        return GitCloneReader(location, context.work_dir / "git" / names.source_hash(store_id, source.name))
+        directory = context.work_dir / "git" / names.source_hash(store_id, source.name)
+        return GitCloneReader(location, directory, context.environ)
     return S3Reader(location, context.environ if context.environ is not None else os.environ)
