@@ -236,3 +236,25 @@ async def test_a_file_detached_through_the_api_comes_back_at_the_next_sync(
         assert sorted(_ids(fresh_dsn)) == ["a.md", "guide/b.txt", "guide/c.md"]
     finally:
         await server.stop()
+
+
+async def test_the_schedule_syncs_again_every_interval(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    import asyncio
+    import time
+
+    server = await start_with_sources(
+        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}], interval="1s"
+    )
+    try:
+        await wait_synced(http, server)
+        await asyncio.to_thread((docs / "later.md").write_text, "Added while the server runs.\n")
+        deadline = time.monotonic() + 20
+        while "later.md" not in {row["filename"] for row in attachments(fresh_dsn)}:
+            assert time.monotonic() < deadline, "the schedule never picked the new file up"
+            await asyncio.sleep(0.2)
+        (status,) = await wait_synced(http, server)
+        assert status["files"]["completed"] == 4
+    finally:
+        await server.stop()
