@@ -41,7 +41,8 @@ class Settings:
     git_sync_wait_seconds: float = 60.0
     """How long a sync waits for git-sync's first checkout before calling the source unreadable."""
     source_env: Mapping[str, str] = field(default_factory=dict, repr=False)
-    """Values of the sources' secret env vars (S3 credentials) found at startup; a missing one fails its source."""
+    """Values of the sources' secret env vars (S3 and git credentials) found at startup; a missing one fails
+    its source."""
 
 
 def resolve_secrets(spec: Spec, environ: Mapping[str, str]) -> tuple[dict[str, str], str | None]:

@@ -84,3 +84,23 @@ async def test_plan_counts_what_a_sync_would_change_and_says_a_rename_is_delete_
     assert code == 3, output
     assert "manual: 3 to add" in output
     assert "handbook: no longer declared: its 3 document(s) would be deleted (renaming a source" in output
+
+
+async def test_sync_waits_while_another_replica_syncs_the_store(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path
+) -> None:
+    import psycopg
+
+    from sources.conftest import STORE_ID
+    from vectorstore.sources.status import lock_key
+
+    spec = spec_file(tmp_path / "spec.yaml", fake_embedder.base_url, [{"name": "handbook", "path": str(docs)}])
+    async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as replica:
+        # A server's scheduled sync holds the store's lock when the Job starts.
+        await replica.execute("SELECT pg_advisory_lock(%s)", [lock_key(STORE_ID)])
+        command = asyncio.create_task(vectorstore(fresh_dsn, "sync", "--spec", spec))
+        await asyncio.sleep(3.0)
+        assert not command.done()
+        await replica.execute("SELECT pg_advisory_unlock(%s)", [lock_key(STORE_ID)])
+        code, output = await command
+    assert code == 0 and "3 added" in output, output

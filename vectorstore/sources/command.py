@@ -22,12 +22,13 @@ from config import Spec
 from vectorstore.embeddings.client import EmbeddingClient, EmbeddingSettings
 from vectorstore.ingest.worker import BATCHES_PER_COPY, Worker, running
 from vectorstore.settings import Settings
-from vectorstore.sources.engine import StoreResult, Syncer
+from vectorstore.sources.engine import OTHER_REPLICA, StoreResult, Syncer
 from vectorstore.sources.service import context
 from vectorstore.storage import reconcile, stores
 from vectorstore.storage.migrations import migrate
 
 POLL_SECONDS = 0.5
+LOCK_WAIT_SECONDS = 600.0
 MAX_FAILED_SHOWN = 20
 
 _PENDING_SQL = """
@@ -62,7 +63,7 @@ async def run_sync(spec: Spec, settings: Settings, out: TextIO) -> int:
     try:
         async with running(worker):
             syncer = Syncer(settings.dsn, spec, context(settings), on_change=worker.wake)
-            results = await syncer.sync_all()
+            results = await _sync_waiting_for_others(syncer)
             store_ids = [result.store.id for result in results]
             async with await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True) as conn:
                 await _wait_ingested(conn, store_ids)
@@ -71,6 +72,20 @@ async def run_sync(spec: Spec, settings: Settings, out: TextIO) -> int:
     finally:
         await embedder.close()
     return report(spec, results, failed, time.monotonic() - started, out)
+
+
+async def _sync_waiting_for_others(syncer: Syncer) -> list[StoreResult]:
+    """Every store synced once; a store another replica is syncing right now is tried again until it is free
+    (a server's scheduled sync runs while this Job starts), for up to LOCK_WAIT_SECONDS."""
+    results = await syncer.sync_all()
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    async with await syncer.connect() as conn:
+        for index, result in enumerate(results):
+            while result.skipped == OTHER_REPLICA and time.monotonic() < deadline:
+                await asyncio.sleep(POLL_SECONDS)
+                result = await syncer.sync_store(conn, result.store)
+            results[index] = result
+    return results
 
 
 async def _wait_ingested(conn: psycopg.AsyncConnection[Any], store_ids: list[str]) -> None:

@@ -45,6 +45,7 @@ from vectorstore.storage import files, stores
 
 log = logging.getLogger("vectorstore")
 
+OTHER_REPLICA = "another replica is syncing this store"
 LISTING_BATCH = 256
 """Entries taken from a reader per trip to its thread."""
 ANALYZE_AT = (100, 1000)
@@ -162,7 +163,7 @@ class Syncer:
             cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", [lock_key(store.id)])
             row = await cur.fetchone()
             if not (row and row[0]):
-                result.skipped = "another replica is syncing this store"
+                result.skipped = OTHER_REPLICA
                 log.info("sources: store %r is being synced by another replica; skipped", store.name)
                 return result
             try:
