@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vectorstore.options import IngestOptions, PlanOptions, ServeOptions
+from vectorstore.options import IngestOptions, PlanOptions, ServeOptions, SyncOptions
 
 DEFAULT_SPEC = "config/stack.yaml"
 
@@ -36,7 +36,7 @@ class RenderOptions:
     check: bool
 
 
-Options = ValidateOptions | SchemaOptions | RenderOptions | ServeOptions | PlanOptions | IngestOptions
+Options = ValidateOptions | SchemaOptions | RenderOptions | ServeOptions | PlanOptions | SyncOptions | IngestOptions
 
 
 def _port(text: str) -> int:
@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--spec", type=Path, default=Path(DEFAULT_SPEC), help=f"spec file (default {DEFAULT_SPEC})")
     plan.add_argument("--data-dir", type=Path, default=None, help="embedded PostgreSQL data directory")
 
+    sync = commands.add_parser(
+        "sync", help="sync every declared source once, wait for its ingestion; exit 1 if anything failed"
+    )
+    sync.add_argument("--spec", type=Path, default=Path(DEFAULT_SPEC), help=f"spec file (default {DEFAULT_SPEC})")
+    sync.add_argument("--data-dir", type=Path, default=None, help="embedded PostgreSQL data directory")
+
     ingest = commands.add_parser("ingest", help="upload files into a store through the HTTP API")
     ingest.add_argument("--store", required=True, help="store name or id")
     ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
@@ -127,6 +133,8 @@ def _options(args: argparse.Namespace) -> Options:
             return ServeOptions(spec=args.spec, host=args.host, port=args.port, data_dir=args.data_dir)
         case "plan":
             return PlanOptions(spec=args.spec, data_dir=args.data_dir)
+        case "sync":
+            return SyncOptions(spec=args.spec, data_dir=args.data_dir)
         case "ingest":
             return IngestOptions(
                 store=args.store,
@@ -161,6 +169,10 @@ def run(options: Options) -> int:
             from vectorstore.commands import plan
 
             return plan(options)
+        case SyncOptions():
+            from vectorstore.commands import sync
+
+            return sync(options)
         case IngestOptions():
             from vectorstore.ingest.cli import ingest
 

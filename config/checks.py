@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from config import names
+from config.globs import check_glob
 from config.model import (
     BUILTIN_ALLOWED_DIMENSIONS,
     BUILTIN_MODEL,
@@ -29,6 +30,8 @@ SECRET_REF_PATHS: tuple[JsonPath, ...] = (
     ("auth", "keys", "*", "api_key"),
 )
 CREDENTIALS_PATH: JsonPath = ("database", "credentials")
+S3_CREDENTIALS_PATH: JsonPath = ("stores", "*", "sources", "*", "s3", "credentials")
+GIT_CREDENTIALS_PATH: JsonPath = ("stores", "*", "sources", "*", "git", "credentials")
 _REF_HINT = "reference it instead, as {secret: <secret-name>, key: <key-in-secret>}"
 
 
@@ -72,6 +75,24 @@ def literal_secrets(data: Any) -> list[Finding]:
                 findings.append(
                     (path, f"a secret reference takes only `secret` and `key` (found {extra}); {_REF_HINT}")
                 )
+    for path, value in expand(data, S3_CREDENTIALS_PATH):
+        if not isinstance(value, dict) or set(value) - {"secret"}:
+            findings.append(
+                (
+                    path,
+                    f"takes only the name of a Secret holding `{names.S3_ACCESS_KEY_ID_KEY}` and "
+                    f"`{names.S3_SECRET_ACCESS_KEY_KEY}`, as {{secret: <secret-name>}}; never the values",
+                )
+            )
+    for path, value in expand(data, GIT_CREDENTIALS_PATH):
+        if not isinstance(value, dict) or set(value) - {"secret"}:
+            findings.append(
+                (
+                    path,
+                    f"takes only the name of a Secret holding `{names.GIT_USERNAME_KEY}` and "
+                    f"`{names.GIT_PASSWORD_KEY}`, as {{secret: <secret-name>}}; never the values",
+                )
+            )
     credentials = _get(data, *CREDENTIALS_PATH)
     if credentials is not None and (not isinstance(credentials, dict) or set(credentials) - {"secret"}):
         findings.append(
@@ -202,7 +223,7 @@ _TAG = re.compile(r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]*)$")
 
 def images(data: Any) -> list[Finding]:
     findings: list[Finding] = []
-    for path in (("server", "image"), ("database", "cluster", "image")):
+    for path in (("server", "image"), ("database", "cluster", "image"), ("sync", "git_sync_image")):
         image = _get(data, *path)
         if not isinstance(image, str):
             continue
@@ -276,7 +297,180 @@ def pool(data: Any) -> list[Finding]:
     return []
 
 
-ALL_CHECKS = (uniqueness, key_store_limits, dimensions, chunking, images, secret_sources, builtin_embedding, pool)
+# --- stores[].sources ------------------------------------------------------------------------------------
+
+_SOURCE_KINDS = ("path", "git", "s3")
+# Paths of the server container that render mounts itself: a source volume can't go there.
+_RESERVED_MOUNTS = (names.SPEC_MOUNT_DIR, "/tmp", names.GIT_CHECKOUTS_DIR)  # noqa: S108 - mount points, not temp files
+# Attributes every synced file gets from the sync itself.
+RESERVED_ATTRIBUTES = ("source", "path")
+
+
+def _sources(data: Any) -> Iterator[tuple[JsonPath, dict[str, Any]]]:
+    for i, store in enumerate(_dicts(_get(data, "stores"))):
+        for j, source in enumerate(_dicts(store.get("sources"))):
+            yield ("stores", i, "sources", j), source
+
+
+def source_kinds(data: Any) -> list[Finding]:
+    findings: list[Finding] = []
+    for path, source in _sources(data):
+        kinds = [kind for kind in _SOURCE_KINDS if kind in source]
+        if len(kinds) != 1:
+            found = ", ".join(f"`{kind}`" for kind in kinds) or "none"
+            findings.append((path, f"a source takes exactly one of `path`, `git` or `s3` (found {found})"))
+        if "volume" in source and "path" not in source:
+            findings.append(((*path, "volume"), "`volume` applies to a `path` source only"))
+    return findings
+
+
+def source_names(data: Any) -> list[Finding]:
+    findings: list[Finding] = []
+    for i, store in enumerate(_dicts(_get(data, "stores"))):
+        items: list[tuple[JsonPath, Any]] = [
+            (("stores", i, "sources", j, "name"), source.get("name"))
+            for j, source in enumerate(_dicts(store.get("sources")))
+        ]
+        findings += _unique(items, "source name in this store")
+    return findings
+
+
+def source_globs(data: Any) -> list[Finding]:
+    findings: list[Finding] = []
+    for path, source in _sources(data):
+        for field in ("include", "exclude"):
+            patterns = source.get(field)
+            for k, pattern in enumerate(patterns if isinstance(patterns, list) else []):
+                reason = check_glob(pattern) if isinstance(pattern, str) and pattern else None
+                if reason:
+                    findings.append(((*path, field, k), reason))
+    return findings
+
+
+def source_attributes(data: Any) -> list[Finding]:
+    findings: list[Finding] = []
+    for path, source in _sources(data):
+        attributes = source.get("attributes")
+        for key in RESERVED_ATTRIBUTES:
+            if isinstance(attributes, dict) and key in attributes:
+                findings.append(
+                    (
+                        (*path, "attributes", key),
+                        f"`{key}` is set by the sync itself (the source name and the file's relative path); "
+                        "choose another attribute name",
+                    )
+                )
+    return findings
+
+
+def source_volumes(data: Any) -> list[Finding]:
+    findings: list[Finding] = []
+    mounts: list[tuple[JsonPath, Any]] = []
+    for path, source in _sources(data):
+        directory = source.get("path")
+        if "volume" not in source or not isinstance(directory, str):
+            continue
+        if not directory.startswith("/"):
+            findings.append(
+                ((*path, "path"), "a source with a `volume` needs an absolute `path`: render mounts it there")
+            )
+            continue
+        normalized = "/" + "/".join(part for part in directory.split("/") if part)
+        clash = next(
+            (
+                reserved
+                for reserved in _RESERVED_MOUNTS
+                if normalized == reserved or normalized.startswith(reserved + "/")
+            ),
+            None,
+        )
+        if normalized == "/" or clash is not None:
+            findings.append(
+                (
+                    (*path, "path"),
+                    f"{directory!r} overlaps {clash or 'the root'}, where the server's own files are; "
+                    "mount sources elsewhere, such as /srv/<name>",
+                )
+            )
+            continue
+        mounts.append(((*path, "path"), normalized))
+    findings += _unique(mounts, "volume mount path")
+    return findings
+
+
+def _url_credentials(url: str) -> bool:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return False  # user@host:path, where the user is a login name (usually `git`)
+    userinfo, at, _ = rest.split("/", 1)[0].rpartition("@")
+    if not at:
+        return False
+    # A token alone is a valid https username on most forges, so http(s) takes no userinfo at all.
+    return scheme in ("http", "https") or ":" in userinfo
+
+
+def source_urls(data: Any) -> list[Finding]:
+    findings: list[Finding] = []
+    for path, source in _sources(data):
+        repo = _get(source, "git", "repo")
+        if isinstance(repo, str) and _url_credentials(repo):
+            findings.append(
+                (
+                    (*path, "git", "repo"),
+                    "holds credentials; secrets never go in the spec: declare `git.credentials: {secret: <name>}` "
+                    "(a Secret with `username` and `password`) instead",
+                )
+            )
+        if isinstance(repo, str) and _get(source, "git", "credentials") is not None and not repo.startswith("https://"):
+            findings.append(
+                (
+                    (*path, "git", "credentials"),
+                    "`credentials` are sent only to an https:// repository; for ssh use a deploy key "
+                    "(docs/sources.md), for a public repository omit them",
+                )
+            )
+    return findings
+
+
+def source_secret_envs(data: Any) -> list[Finding]:
+    """Two Secret names that become the same env var name (`a-b` and `a.b`) would read each other's keys."""
+    seen: dict[str, tuple[JsonPath, str]] = {}
+    findings: list[Finding] = []
+    for path, source in _sources(data):
+        kind = "s3" if isinstance(_get(source, "s3"), dict) else "git"
+        secret = _get(source, kind, "credentials", "secret")
+        if not isinstance(secret, str):
+            continue
+        env = names.source_secret_env(secret, "")
+        first = seen.setdefault(env, ((*path, kind, "credentials", "secret"), secret))
+        if first[1] != secret:
+            findings.append(
+                (
+                    (*path, kind, "credentials", "secret"),
+                    f"Secret {secret!r} and {first[1]!r} (at {format_path(first[0])}) give the same env var "
+                    f"names ({env}...); rename one",
+                )
+            )
+    return findings
+
+
+ALL_CHECKS = (
+    uniqueness,
+    key_store_limits,
+    dimensions,
+    chunking,
+    images,
+    secret_sources,
+    builtin_embedding,
+    pool,
+    source_kinds,
+    source_names,
+    source_globs,
+    source_attributes,
+    source_volumes,
+    source_urls,
+    source_secret_envs,
+)
 
 
 def semantic_findings(data: Any) -> list[Finding]:

@@ -6,6 +6,7 @@ model the code uses can't disagree.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -172,6 +173,94 @@ class Registry:
     search_defaults: dict[str, Any]
 
 
+SourceKind = Literal["path", "git", "s3"]
+VolumeKind = Literal["config_map", "pvc", "empty_dir"]
+AttributeValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class SourceVolume:
+    """What render mounts read-only at a path source's `path`."""
+
+    kind: VolumeKind
+    name: str | None
+    """ConfigMap or PVC name; None for an emptyDir."""
+    size_limit: str | None = None
+
+
+@dataclass(frozen=True)
+class PathSource:
+    path: str
+    """As written: absolute, or relative to the spec file's directory (resolved by the server)."""
+    volume: SourceVolume | None
+
+
+@dataclass(frozen=True)
+class GitCredentials:
+    username: SecretRef
+    password: SecretRef
+
+
+@dataclass(frozen=True)
+class GitSource:
+    repo: str
+    ref: str
+    path: str
+    """Directory inside the repository, "" for its root."""
+    credentials: GitCredentials | None = None
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    access_key_id: SecretRef
+    secret_access_key: SecretRef
+
+
+@dataclass(frozen=True)
+class S3Source:
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    region: str
+    credentials: S3Credentials | None
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place a store's documents come from (stores[].sources[])."""
+
+    name: str
+    kind: SourceKind
+    location: PathSource | GitSource | S3Source
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    attributes: dict[str, AttributeValue]
+
+    def describe(self) -> str:
+        """Where it reads, for logs, plan and the status endpoint (never a secret: the spec holds none)."""
+        location = self.location
+        if isinstance(location, PathSource):
+            return location.path
+        if isinstance(location, GitSource):
+            return f"{location.repo}@{location.ref}" + (f":{location.path}" if location.path else "")
+        where = f"s3://{location.bucket}/{location.prefix}"
+        return f"{where} at {location.endpoint}" if location.endpoint else where
+
+
+@dataclass(frozen=True)
+class Sync:
+    interval_seconds: float
+    """0: sources are read at startup only."""
+    git_sync_image: str
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `10m`, `1h30m` or `2s` (already validated by the schema); "0" is 0."""
+    return float(
+        sum(int(value) * {"h": 3600, "m": 60, "s": 1}[unit] for value, unit in re.findall(r"(\d+)([hms])", text))
+    )
+
+
 @dataclass(frozen=True)
 class Store:
     name: str
@@ -190,6 +279,7 @@ class Store:
     max_chunk_size_tokens: int
     chunk_overlap_tokens: int
     search: Search
+    sources: tuple[Source, ...] = ()
 
     @property
     def vector_type(self) -> VectorType:
@@ -212,6 +302,7 @@ class Spec:
     search: Search
     """The top-level defaults; stores created through the API are searched with these."""
     rerank: Rerank | None
+    sync: Sync
     source_text: str = field(repr=False, compare=False)
     """The spec file exactly as written; render ships it in the ConfigMap."""
 
@@ -220,7 +311,8 @@ class Spec:
         return names.service_url(self.name, self.namespace, self.server.port)
 
     def secret_refs(self) -> list[SecretRef]:
-        """Every secret reference, in a stable order, each env var once."""
+        """Every secret reference the server reads, in a stable order, each env var once. (Git credentials are
+        not among them: in Kubernetes only git-sync gets them, see `git_credential_refs`.)"""
         refs: list[SecretRef] = []
         refs += [self.database.username, self.database.password]
         if self.embedding.api_key is not None:
@@ -228,10 +320,24 @@ class Spec:
         if self.rerank is not None and self.rerank.api_key is not None:
             refs.append(self.rerank.api_key)
         refs += [key.api_key for key in self.api_keys]
+        for store in self.stores:
+            for source in store.sources:
+                if isinstance(source.location, S3Source) and source.location.credentials is not None:
+                    credentials = source.location.credentials
+                    refs += [credentials.access_key_id, credentials.secret_access_key]
         unique: dict[str, SecretRef] = {}
         for ref in refs:
             unique.setdefault(ref.env, ref)
         return list(unique.values())
+
+    def git_credential_refs(self) -> list[SecretRef]:
+        """The git credentials' references: the server reads them only outside Kubernetes (its own `git`)."""
+        refs: list[SecretRef] = []
+        for store in self.stores:
+            for source in store.sources:
+                if isinstance(source.location, GitSource) and source.location.credentials is not None:
+                    refs += [source.location.credentials.username, source.location.credentials.password]
+        return list({ref.env: ref for ref in refs}.values())
 
     def store_by_name(self, name: str) -> Store | None:
         return next((store for store in self.stores if store.name == name), None)
@@ -359,6 +465,10 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
         )
         if rerank
         else None,
+        sync=Sync(
+            interval_seconds=parse_duration(data["sync"]["interval"]),
+            git_sync_image=data["sync"]["git_sync_image"],
+        ),
         source_text=source_text,
     )
 
@@ -406,4 +516,65 @@ def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, A
         max_chunk_size_tokens=data["chunking"]["max_chunk_size_tokens"],
         chunk_overlap_tokens=data["chunking"]["chunk_overlap_tokens"],
         search=_search(data["search"], search),
+        sources=tuple(_source(source) for source in data["sources"]),
+    )
+
+
+def _source(data: dict[str, Any]) -> Source:
+    location: PathSource | GitSource | S3Source
+    kind: SourceKind
+    if "git" in data:
+        git = data["git"]
+        git_credentials = None
+        if "credentials" in git:
+            secret = git["credentials"]["secret"]
+            git_credentials = GitCredentials(
+                username=SecretRef(
+                    secret, names.GIT_USERNAME_KEY, names.source_secret_env(secret, names.GIT_USERNAME_KEY)
+                ),
+                password=SecretRef(
+                    secret, names.GIT_PASSWORD_KEY, names.source_secret_env(secret, names.GIT_PASSWORD_KEY)
+                ),
+            )
+        location = GitSource(repo=git["repo"], ref=git["ref"], path=git["path"].strip("/"), credentials=git_credentials)
+        kind = "git"
+    elif "s3" in data:
+        s3 = data["s3"]
+        credentials = None
+        if "credentials" in s3:
+            secret = s3["credentials"]["secret"]
+            credentials = S3Credentials(
+                access_key_id=SecretRef(
+                    secret, names.S3_ACCESS_KEY_ID_KEY, names.source_secret_env(secret, names.S3_ACCESS_KEY_ID_KEY)
+                ),
+                secret_access_key=SecretRef(
+                    secret,
+                    names.S3_SECRET_ACCESS_KEY_KEY,
+                    names.source_secret_env(secret, names.S3_SECRET_ACCESS_KEY_KEY),
+                ),
+            )
+        kind = "s3"
+        location = S3Source(
+            bucket=s3["bucket"],
+            prefix=s3["prefix"],
+            endpoint=s3.get("endpoint"),
+            region=s3["region"],
+            credentials=credentials,
+        )
+    else:
+        volume = None
+        if "volume" in data:
+            ((volume_kind, value),) = data["volume"].items()
+            if volume_kind == "empty_dir":
+                volume = SourceVolume("empty_dir", None, value["size_limit"])
+            else:
+                volume = SourceVolume(volume_kind, value)
+        kind, location = "path", PathSource(path=data["path"], volume=volume)
+    return Source(
+        name=data["name"],
+        kind=kind,
+        location=location,
+        include=tuple(data["include"]),
+        exclude=tuple(data["exclude"]),
+        attributes=dict(data["attributes"]),
     )

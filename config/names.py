@@ -7,6 +7,7 @@ each store. Changing one here changes both sides at once.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 
@@ -62,3 +63,61 @@ def database_object_name(cluster_name: str, database: str) -> str:
     """Name of the CNPG `Database` object: a DNS-1123 subdomain, where a PostgreSQL name may hold `_`."""
     suffix = re.sub(r"[^a-z0-9]+", "-", database.lower()).strip("-") or "database"
     return f"{cluster_name}-{suffix}"
+
+
+# --- declared documents (stores[].sources, docs/sources.md) ---------------------------------------------------
+
+# The keys a `s3.credentials` Secret must hold.
+S3_ACCESS_KEY_ID_KEY = "access_key_id"
+S3_SECRET_ACCESS_KEY_KEY = "secret_access_key"  # noqa: S105 - a key name, not a value
+# The keys a `git.credentials` Secret must hold (git-sync reads them as GITSYNC_USERNAME / GITSYNC_PASSWORD).
+GIT_USERNAME_KEY = "username"
+GIT_PASSWORD_KEY = "password"  # noqa: S105 - a key name, not a value
+SOURCE_SECRET_ENV_PREFIX = "VECTORSTORE_SOURCE_"  # noqa: S105 - an env var prefix, not a value
+SOURCE_FILE_OWNER_PREFIX = "source:"
+# Where render mounts the git-sync checkouts, and the env var that tells the server to read them there instead
+# of fetching with `git` itself: the same spec works on a laptop (no variable) and in the cluster.
+GIT_CHECKOUTS_ENV = "VECTORSTORE_GIT_CHECKOUTS"
+GIT_CHECKOUTS_DIR = "/var/lib/vectorstore/git"
+GIT_SYNC_ROOT = "root"
+"""Subdirectory of a checkout volume that git-sync owns (`--root`, which it empties at start); the volume's top
+is git-sync's HOME (its git config)."""
+GIT_SYNC_LINK = "current"
+"""git-sync's `--link`: a symlink to the worktree of the synced commit, swapped atomically."""
+
+
+def source_secret_env(secret: str, key: str) -> str:
+    """Env var holding key `key` of Secret `secret` for a source (S3 credentials)."""
+    return SOURCE_SECRET_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", f"{secret}_{key}".upper())
+
+
+def source_file_owner(source: str) -> str:
+    """`owner` of the Files a sync creates: keys limited to some stores never see them in /files."""
+    return SOURCE_FILE_OWNER_PREFIX + source
+
+
+def source_hash(store_id: str, source: str) -> str:
+    """12 hex characters naming one source of one store in volume and container names (DNS labels)."""
+    return hashlib.sha256(f"{store_id}\0{source}".encode()).hexdigest()[:12]
+
+
+def source_volume_name(store_id: str, source: str) -> str:
+    return f"source-{source_hash(store_id, source)}"
+
+
+def git_volume_name(store_id: str, source: str) -> str:
+    return f"git-{source_hash(store_id, source)}"
+
+
+def git_sync_container_name(store_id: str, source: str) -> str:
+    return f"git-sync-{source_hash(store_id, source)}"
+
+
+def git_checkout_volume_dir(root: str, store_id: str, source: str) -> str:
+    """Where a git source's volume is mounted, in the server and in its git-sync sidecar."""
+    return f"{root.rstrip('/')}/{source_hash(store_id, source)}"
+
+
+def git_checkout_path(root: str, store_id: str, source: str) -> str:
+    """The directory the server reads for a git source when git-sync keeps the checkout (before `git.path`)."""
+    return f"{git_checkout_volume_dir(root, store_id, source)}/{GIT_SYNC_ROOT}/{GIT_SYNC_LINK}"

@@ -86,15 +86,19 @@ def apply_defaults(data: Any, node: dict[str, Any] | None = None) -> Any:
         for key, sub in node["properties"].items():
             sub_resolved = _resolve(sub)
             if key not in data:
+                if "maxProperties" in node:
+                    continue  # a choice among keys (a source's `volume`): filling one in would make the choice
                 if "default" in sub_resolved:
                     data[key] = copy.deepcopy(sub_resolved["default"])
                 elif (
                     "properties" in sub_resolved
                     and not sub_resolved.get("required")
                     and key not in node.get("required", [])
+                    and not sub_resolved.get("minProperties")
                 ):
-                    # An optional section with nothing required becomes {} so its defaults apply; a required
-                    # one stays missing, so the error names it rather than its first field.
+                    # An optional section with nothing required becomes {} so its defaults apply. A required
+                    # one stays missing, so the error names it rather than its first field; so does one that
+                    # must name something (minProperties, such as a source's `volume`) until written.
                     data[key] = {}
                 else:
                     continue
@@ -130,6 +134,8 @@ def _schema_findings(data: Any) -> list[tuple[JsonPath, str, bool]]:
             findings.append((path, f"missing required key {missing!r}", False))
         elif validator == "pattern" and "x-error" in schema:
             findings.append((path, f"{error.instance!r} {schema['x-error']}", False))
+        elif validator in ("minProperties", "maxProperties") and "x-error" in schema:
+            findings.append((path, str(schema["x-error"]), False))
         elif validator == "enum":
             allowed = ", ".join(str(value) for value in error.validator_value)
             findings.append((path, f"must be one of: {allowed} (got {error.instance!r})", False))

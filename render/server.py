@@ -6,6 +6,7 @@ import hashlib
 import json
 
 from config import Spec, names
+from render import sources
 from render.common import HTTP_PORT_NAME, Document, metadata, selector_labels
 from render.database import resources
 
@@ -29,6 +30,10 @@ SKIP_CPU_LIMIT = (
 SKIP_DIGEST = (
     "CKV_K8S_43=server.image in the spec is pinned by tag, which the spec validator requires; "
     "write image:tag@sha256:... in the spec to pin by digest"
+)
+SKIP_DIGEST_GIT_SYNC = (
+    "CKV_K8S_43=server.image and sync.git_sync_image in the spec are pinned by tag, which the spec validator "
+    "requires; write image:tag@sha256:... in the spec to pin them by digest"
 )
 
 
@@ -61,6 +66,7 @@ def env(spec: Spec) -> list[Document]:
     ]
     for ref in spec.secret_refs():
         out.append({"name": ref.env, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}})
+    out += sources.env(spec)
     return out
 
 
@@ -68,7 +74,10 @@ def _skips(spec: Spec) -> dict[str, str]:
     reasons = [SKIP_SECRETS_AS_ENV]
     if "cpu" not in spec.server.resources.limits:
         reasons.append(SKIP_CPU_LIMIT)
-    if "@sha256:" not in spec.server.image:
+    git_sync_by_tag = bool(sources.git_sources(spec)) and "@sha256:" not in spec.sync.git_sync_image
+    if git_sync_by_tag:
+        reasons.append(SKIP_DIGEST_GIT_SYNC)
+    elif "@sha256:" not in spec.server.image:
         reasons.append(SKIP_DIGEST)
     return {f"checkov.io/skip{index}": reason for index, reason in enumerate(reasons, start=1)}
 
@@ -80,6 +89,17 @@ def _probe(path: str, *, failure_threshold: int) -> Document:
         "timeoutSeconds": 3,
         "failureThreshold": failure_threshold,
     }
+
+
+SECURITY_CONTEXT: Document = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_UID,
+    "runAsGroup": RUN_AS_GID,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def deployment(spec: Spec) -> Document:
@@ -95,18 +115,11 @@ def deployment(spec: Spec) -> Document:
         # Liveness is only "the process answers": a database outage must make the pod unready, not restart it.
         "livenessProbe": _probe(names.HEALTH_PATH, failure_threshold=6),
         "readinessProbe": _probe(names.READY_PATH, failure_threshold=3),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_UID,
-            "runAsGroup": RUN_AS_GID,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": SECURITY_CONTEXT,
         "volumeMounts": [
             {"name": "spec", "mountPath": names.SPEC_MOUNT_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+            *sources.server_mounts(spec),
         ],
     }
     pod: Document = {
@@ -119,12 +132,13 @@ def deployment(spec: Spec) -> Document:
             "fsGroup": RUN_AS_GID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [container],
+        "containers": [container, *sources.git_sync_containers(spec, SECURITY_CONTEXT)],
         "volumes": [
             {"name": "spec", "configMap": {"name": names.config_map_name(spec.name)}},
             # The only writable path (HOME and caches point here); the server spools nothing to disk, so a
             # small bound keeps a runaway writer from filling the node.
             {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
+            *sources.volumes(spec),
         ],
     }
     return {

@@ -41,9 +41,15 @@ ROUTE_MODULES: tuple[str, ...] = (
     "vectorstore.api.embeddings",
     "vectorstore.api.files",
     "vectorstore.api.vector_store_files",
+    "vectorstore.api.sources",
 )
 # Background services: each has `setup(app) -> None`, run after the routes, that adds its cleanup contexts.
-SERVICE_MODULES: tuple[str, ...] = ("vectorstore.ingest.service", "vectorstore.search.service")
+# Sources come after ingestion: their sync wakes the worker, and stops before it does.
+SERVICE_MODULES: tuple[str, ...] = (
+    "vectorstore.ingest.service",
+    "vectorstore.search.service",
+    "vectorstore.sources.service",
+)
 
 
 def mount(app: web.Application, routes: web.RouteTableDef) -> None:

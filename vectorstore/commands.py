@@ -1,4 +1,4 @@
-"""`vectorstore serve` and `vectorstore plan`: load the spec, find the database, run. Errors print, never trace."""
+"""`vectorstore serve`, `plan` and `sync`: load the spec, find the database, run. Errors print, never trace."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from config import Spec, SpecError, load_spec
+from config import Spec, SpecError, load_spec, names
+from config.model import S3Source
 from vectorstore.observability import logs
-from vectorstore.options import PlanOptions, ServeOptions
+from vectorstore.options import PlanOptions, ServeOptions, SyncOptions
 from vectorstore.settings import Settings, StartupError, resolve_rerank_key, resolve_secrets
 from vectorstore.storage import database, reconcile
-from vectorstore.storage.migrations import schema_ready
+from vectorstore.storage.migrations import MigrationError, schema_ready
 
 log = logging.getLogger("vectorstore")
 
@@ -41,6 +43,27 @@ def _load(path: Path) -> Spec:
         raise StartupError(f"the spec is invalid:\n{exc}") from None
     except OSError as exc:
         raise StartupError(f"can't read the spec {path}: {exc.strerror}") from None
+
+
+def source_settings(spec: Spec, spec_path: Path, data_dir: Path | None, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The Settings fields sources need: where relative paths start, where git clones go, git-sync's checkouts
+    (set by render in Kubernetes) and the values of the sources' secret env vars (added to the log redaction)."""
+    source_env: dict[str, str] = {}
+    refs = list(spec.git_credential_refs())
+    for store in spec.stores:
+        for source in store.sources:
+            if isinstance(source.location, S3Source) and source.location.credentials is not None:
+                refs += [source.location.credentials.access_key_id, source.location.credentials.secret_access_key]
+    for ref in refs:
+        if environ.get(ref.env):
+            source_env[ref.env] = environ[ref.env]
+    logs.add_secrets(list(source_env.values()))
+    return {
+        "spec_dir": spec_path.resolve().parent,
+        "sources_dir": (data_dir or database.DEFAULT_DATA_DIR).resolve().parent / "sources",
+        "git_checkouts": environ.get(names.GIT_CHECKOUTS_ENV) or None,
+        "source_env": source_env,
+    }
 
 
 def serve(options: ServeOptions) -> int:
@@ -69,6 +92,7 @@ def serve(options: ServeOptions) -> int:
         rerank_api_key=rerank_key,
         host=options.host,
         port=options.port or spec.server.port,
+        **source_settings(spec, options.spec, options.data_dir, os.environ),
     )
     try:
         return asyncio.run(_serve(spec, settings))
@@ -127,8 +151,11 @@ def plan(options: PlanOptions) -> int:
     except Exception as exc:
         print(f"vectorstore plan: can't start the database: {exc}", file=sys.stderr)
         return 2
+    settings = Settings(
+        dsn=location.dsn, api_keys={}, **source_settings(spec, options.spec, options.data_dir, os.environ)
+    )
     try:
-        return asyncio.run(_plan(spec, location.dsn))
+        return asyncio.run(_plan(spec, settings))
     except psycopg.OperationalError as exc:
         print(
             f"vectorstore plan: can't connect to the database ({location.description}): {str(exc).strip()}",
@@ -139,8 +166,10 @@ def plan(options: PlanOptions) -> int:
         location.close()
 
 
-async def _plan(spec: Spec, dsn: str) -> int:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+async def _plan(spec: Spec, settings: Settings) -> int:
+    from vectorstore.sources.command import plan_lines
+
+    async with await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True) as conn:
         if await schema_ready(conn):
             the_plan = await reconcile.compute_plan(conn, spec)
         else:
@@ -149,9 +178,47 @@ async def _plan(spec: Spec, dsn: str) -> int:
                 [reconcile.Change("create", store.id, store.name, declared=store) for store in spec.stores]
             )
     print(format_plan(the_plan))
+    lines, source_changes = await plan_lines(spec, settings)
+    if lines:
+        print("\n".join(lines))
     if the_plan.of("refuse"):
         return 1
-    return EXIT_CHANGES if the_plan.has_changes else 0
+    return EXIT_CHANGES if the_plan.has_changes or source_changes else 0
+
+
+def sync(options: SyncOptions) -> int:
+    """`vectorstore sync`: one sync of every source, its ingestion waited for; 0 all in, 1 anything failed."""
+    _configure_logging()
+    try:
+        spec = _load(options.spec)
+        embedding_key = os.environ.get(spec.embedding.api_key.env) if spec.embedding.api_key else None
+        logs.add_secrets([embedding_key or "", os.environ.get("PGPASSWORD", "")])
+        location = database.locate_database(options.data_dir)
+    except StartupError as exc:
+        print(f"vectorstore sync: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"vectorstore sync: can't start the database: {exc}", file=sys.stderr)
+        return 2
+    from vectorstore.sources.command import run_sync
+
+    settings = Settings(
+        dsn=location.dsn,
+        api_keys={},
+        embedding_api_key=embedding_key or None,
+        **source_settings(spec, options.spec, options.data_dir, os.environ),
+    )
+    try:
+        return asyncio.run(run_sync(spec, settings, sys.stdout))
+    except psycopg.OperationalError as exc:
+        print(f"vectorstore sync: can't connect to the database ({location.description}): {str(exc).strip()}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    except (MigrationError, reconcile.ReconcileError) as exc:
+        print(f"vectorstore sync: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        location.close()
 
 
 def format_plan(the_plan: reconcile.Plan) -> str:

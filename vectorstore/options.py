@@ -26,6 +26,12 @@ class PlanOptions:
 
 
 @dataclass(frozen=True)
+class SyncOptions:
+    spec: Path
+    data_dir: Path | None
+
+
+@dataclass(frozen=True)
 class IngestOptions:
     store: str
     paths: tuple[Path, ...]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from config import Spec
 
@@ -32,6 +33,17 @@ class Settings:
     """Reconcile the declared stores at startup; tests turn it off to exercise an unreconciled database."""
     pool_timeout: float = 3.0
     """Seconds a request waits for a pooled connection before 503 (all busy, or the database gone)."""
+    spec_dir: Path | None = None
+    """Relative source `path`s start here (the spec file's directory); the working directory when None."""
+    sources_dir: Path | None = None
+    """Where the server clones git sources itself (outside Kubernetes); `.vectorstore/sources` when None."""
+    git_checkouts: str | None = None
+    """Set (from names.GIT_CHECKOUTS_ENV) when git-sync sidecars keep the checkouts: the server runs no git."""
+    git_sync_wait_seconds: float = 60.0
+    """How long a sync waits for git-sync's first checkout before calling the source unreadable."""
+    source_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Values of the sources' secret env vars (S3 and git credentials) found at startup; a missing one fails
+    its source."""
 
 
 def resolve_secrets(spec: Spec, environ: Mapping[str, str]) -> tuple[dict[str, str], str | None]:

@@ -110,14 +110,20 @@ def test_secret_sources(case_spec: Spec, objects: list[dict[str, Any]]) -> None:
 def test_deployment_wiring(case_spec: Spec, objects: list[dict[str, Any]]) -> None:
     deployment = _one(objects, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    container = pod["containers"][0]  # the server; git sources add git-sync sidecars after it
+    assert container["name"] == "server"
     env = {item["name"]: item for item in container["env"]}
     assert len(env) == len(container["env"]), "an env var appears twice"
     assert env["PGHOST"]["value"] == f"{case_spec.database.cluster.name}-rw"
     assert env["PGPORT"]["value"] == "5432"
     assert env["PGDATABASE"]["value"] == case_spec.database.name
     refs = case_spec.secret_refs()
-    assert set(env) == {"PGHOST", "PGPORT", "PGDATABASE"} | {ref.env for ref in refs}
+    git = (
+        {names.GIT_CHECKOUTS_ENV}
+        if any(s.kind == "git" for store in case_spec.stores for s in store.sources)
+        else set()
+    )
+    assert set(env) == {"PGHOST", "PGPORT", "PGDATABASE"} | {ref.env for ref in refs} | git
     for ref in refs:
         assert env[ref.env]["valueFrom"] == {"secretKeyRef": {"name": ref.secret, "key": ref.key}}
     assert container["command"] == ["vectorstore", "serve", "--spec", names.SPEC_MOUNT_PATH, "--host", "0.0.0.0"]  # noqa: S104
@@ -129,16 +135,20 @@ def test_deployment_wiring(case_spec: Spec, objects: list[dict[str, Any]]) -> No
 
 def test_deployment_hardening(objects: list[dict[str, Any]]) -> None:
     pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    context = container["securityContext"]
+    container = pod["containers"][0]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] >= 10001
     assert pod["securityContext"]["runAsGroup"] >= 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert context["readOnlyRootFilesystem"] is True
-    assert context["allowPrivilegeEscalation"] is False
-    assert context["capabilities"] == {"drop": ["ALL"]}
+    for each in pod["containers"]:  # the server and every git-sync sidecar alike
+        context = each["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True and context["runAsNonRoot"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert each["resources"]["requests"] and each["resources"]["limits"]["memory"]
+        assert each["livenessProbe"] and each["readinessProbe"]
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]

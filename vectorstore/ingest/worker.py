@@ -285,6 +285,9 @@ async def _process(conn: psycopg.AsyncConnection[Any], job: Job, embed: Embed, b
             sql.SQL("UPDATE {t} SET attributes = %s WHERE file_id = %s").format(t=store.layout.ident),
             [Jsonb(current.attributes), job.file_id],
         )
+    if attached.replaces:
+        # A source's new version of a path: the old one leaves in this same transaction (docs/sources.md).
+        await files.retire(conn, store, attached.replaces)
     return "completed"
 
 

@@ -24,6 +24,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -329,3 +330,52 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# --- declared documents (vectorstore/sources/) ---------------------------------------------------------------
+# Labels are the store and source names of the spec: declared, so bounded.
+
+SOURCE_SYNCS: Final = Counter(
+    "vectorstore_source_syncs_total",
+    "Syncs of a declared source, by outcome: ok, or error (the source could not be read; nothing was deleted).",
+    ["store", "source", "outcome"],
+    registry=REGISTRY,
+)
+SOURCE_FILES: Final = Counter(
+    "vectorstore_source_files_total",
+    "Files a sync of a source handled, by change: added, updated, deleted, unchanged, failed.",
+    ["store", "source", "change"],
+    registry=REGISTRY,
+)
+SOURCE_UP: Final = Gauge(
+    "vectorstore_source_up",
+    "1 when the last sync of the source could read it, 0 when it could not.",
+    ["store", "source"],
+    registry=REGISTRY,
+)
+SOURCE_LAST_SUCCESS: Final = Gauge(
+    "vectorstore_source_last_success_timestamp_seconds",
+    "Unix time at which the last successful sync of the source finished.",
+    ["store", "source"],
+    registry=REGISTRY,
+)
+SOURCE_DURATION: Final = Gauge(
+    "vectorstore_source_last_sync_duration_seconds",
+    "How long the last sync of the source took (listing, reading changed files, queueing them).",
+    ["store", "source"],
+    registry=REGISTRY,
+)
+
+
+def observe_source_sync(
+    store: str, source: str, *, ok: bool, seconds: float, finished_at: float, changes: Mapping[str, int]
+) -> None:
+    """One sync of one source: its outcome, its duration and how many files it added, updated, deleted..."""
+    SOURCE_SYNCS.labels(store, source, "ok" if ok else "error").inc()
+    for change, count in changes.items():
+        if count:
+            SOURCE_FILES.labels(store, source, change).inc(count)
+    SOURCE_UP.labels(store, source).set(1 if ok else 0)
+    SOURCE_DURATION.labels(store, source).set(seconds)
+    if ok:
+        SOURCE_LAST_SUCCESS.labels(store, source).set(finished_at)

@@ -11,7 +11,7 @@ import hashlib
 import math
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import psycopg
@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from config import names
 from vectorstore.errors import BadRequest
 from vectorstore.ingest.chunking import Strategy
 from vectorstore.storage import stores, tables
@@ -177,6 +178,8 @@ class StoreFile:
     attributes: dict[str, Any]
     generation: int
     created_at: int
+    replaces: list[str] = field(default_factory=list)
+    """Files this one replaces once ingested (a source's older version of the same path); see `retire`."""
 
     @property
     def strategy(self) -> Strategy:
@@ -198,7 +201,7 @@ class StoreFile:
 
 _VSF_COLUMNS = (
     "vector_store_id, file_id, seq, batch_id, status, last_error, usage_bytes, chunk_count,"
-    " max_chunk_size_tokens, chunk_overlap_tokens, attributes, generation, created_at"
+    " max_chunk_size_tokens, chunk_overlap_tokens, attributes, generation, created_at, replaces"
 )
 
 
@@ -250,8 +253,13 @@ async def attach(
     attributes: Mapping[str, Any] | None,
     strategy: Strategy,
     batch_id: str | None = None,
+    replaces: Sequence[str] = (),
 ) -> StoreFile:
-    """Attach a file (or re-attach it, starting over) and queue its ingestion; in the caller's transaction."""
+    """Attach a file (or re-attach it, starting over) and queue its ingestion; in the caller's transaction.
+
+    `replaces`: files of this store that stay searchable until this one is ingested, then are retired in the
+    worker's transaction (a source's new version of a path replacing the old one atomically).
+    """
     existing = await get_store_file(conn, store.id, file_id)
     if existing is not None:
         await detach(conn, store, file_id)
@@ -263,8 +271,8 @@ async def attach(
     async with conn.cursor(row_factory=dict_row) as dcur:
         await dcur.execute(
             f"INSERT INTO vector_store_files (vector_store_id, file_id, batch_id, status, max_chunk_size_tokens,"
-            f" chunk_overlap_tokens, attributes, generation) VALUES (%s, %s, %s, 'in_progress', %s, %s, %s, %s)"
-            f" RETURNING {_VSF_COLUMNS}".encode(),
+            f" chunk_overlap_tokens, attributes, generation, replaces)"
+            f" VALUES (%s, %s, %s, 'in_progress', %s, %s, %s, %s, %s) RETURNING {_VSF_COLUMNS}".encode(),
             [
                 store.id,
                 file_id,
@@ -273,6 +281,7 @@ async def attach(
                 strategy.chunk_overlap_tokens,
                 Jsonb(dict(attributes or {})),
                 row[0],
+                list(replaces),
             ],
         )
         created = await dcur.fetchone()
@@ -299,6 +308,21 @@ async def detach(conn: psycopg.AsyncConnection[Any], store: stores.StoreRecord, 
         [store.id, file_id],
     )
     return removed
+
+
+async def retire(conn: psycopg.AsyncConnection[Any], store: stores.StoreRecord, file_ids: Sequence[str]) -> None:
+    """Detach these files from the store and delete each File a sync made that nothing else uses any more.
+
+    In the caller's transaction: the ingestion worker calls it when a replacing version completes, and a sync
+    when a path disappeared from its source. Files uploaded through the API are only ever detached.
+    """
+    for file_id in file_ids:
+        await detach(conn, store, file_id)
+        await conn.execute(
+            "DELETE FROM files f WHERE f.id = %s AND starts_with(f.owner, %s)"
+            " AND NOT EXISTS (SELECT 1 FROM vector_store_files v WHERE v.file_id = f.id)",
+            [file_id, names.SOURCE_FILE_OWNER_PREFIX],
+        )
 
 
 async def update_attributes(

@@ -1,0 +1,222 @@
+"""A source that can't be read deletes nothing; a file that can't be taken in fails alone, with its reason."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import aiohttp
+import pytest
+from fakeembed import FakeEmbedder
+from server.conftest import LIMITED_KEY, READ_KEY
+
+from sources.conftest import (
+    MAX_UPLOAD,
+    OTHER_ID,
+    STORE_ID,
+    attachments,
+    headers,
+    source_status,
+    start_with_sources,
+    sync_again,
+    wait_synced,
+)
+
+T = TypeVar("T")
+
+
+async def test_an_unreadable_source_is_an_error_and_deletes_nothing(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    server = await start_with_sources(
+        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
+    )
+    try:
+        await wait_synced(http, server)
+        before = attachments(fresh_dsn)
+        assert len(before) == 3
+        moved = tmp_path / "elsewhere"
+        os.rename(docs, moved)  # unmounted, or a wrong path: the directory is gone
+        (result,) = await sync_again(server, http)
+        assert result.sources[0].error and "does not exist" in result.sources[0].error
+        assert result.sources[0].deleted == 0 and attachments(fresh_dsn) == before
+        (status,) = await wait_synced(http, server)
+        assert status["status"] == "failed" and "does not exist" in status["last_sync"]["error"]
+        assert status["last_success_at"] is not None and status["files"]["completed"] == 3
+
+        _write(docs, b"a file where the directory was")
+        (result,) = await sync_again(server, http)
+        assert "is not a directory" in str(result.sources[0].error) and attachments(fresh_dsn) == before
+
+        async with http.get(server.url("/metrics")) as response:
+            text = await response.text()
+        assert 'vectorstore_source_up{source="handbook",store="docs"} 0.0' in text
+        assert 'vectorstore_source_syncs_total{outcome="error",source="handbook",store="docs"} 2.0' in text
+
+        os.unlink(docs)
+        os.rename(moved, docs)  # back: the next sync finds everything unchanged
+        (result,) = await sync_again(server, http)
+        assert result.sources[0].error is None and result.sources[0].unchanged == 3
+        async with http.get(server.url("/metrics")) as response:
+            assert 'vectorstore_source_up{source="handbook",store="docs"} 1.0' in await response.text()
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A directory outside /tmp: the spec refuses volumes there (the server mounts its own /tmp)."""
+    directory = Path(tempfile.mkdtemp(prefix="vs-source-", dir="/var/tmp"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_an_empty_sidecar_volume_is_not_believed(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, outside_tmp: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    (outside_tmp / "a.md").write_text("Filled by a sidecar.\n")
+    source = {"name": "shared", "path": str(outside_tmp), "volume": {"empty_dir": {}}}
+    server = await start_with_sources(fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [source])
+    try:
+        await wait_synced(http, server)
+        os.unlink(outside_tmp / "a.md")  # the sidecar restarted and has not filled the volume yet
+        (result,) = await sync_again(server, http)
+        assert "is empty" in str(result.sources[0].error)
+        assert [row["filename"] for row in attachments(fresh_dsn)] == ["a.md"]
+    finally:
+        await server.stop()
+
+
+def _write(path: Path | bytes, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _bad_files(docs: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """Every kind of file a sync must refuse, next to the good ones; (the secret outside, path -> reason)."""
+    secret = tmp_path / "outside.md"
+    secret.write_text("Outside the source root: never read.\n")
+    (docs / "escape.md").symlink_to(secret)
+    (docs / "inside.md").symlink_to(docs / "a.md")  # a symlink that stays inside is an ordinary file
+    (docs / "loop").symlink_to(docs / "guide")
+    (docs / "dangling.md").symlink_to(docs / "missing.md")
+    os.mkfifo(docs / "pipe.md")
+    (docs / "big.md").write_text("x" * (MAX_UPLOAD + 1))
+    (docs / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    _write(os.path.join(os.fsencode(docs), b"latin1-\xe9t\xe9.md"), b"A name that is not UTF-8.\n")
+    deep = docs / ("d" * 200) / ("e" * 200) / ("f" * 200)
+    deep.mkdir(parents=True)
+    (deep / "deep.md").write_text("A path longer than an attribute may be.\n")
+    (docs / ".hidden.md").write_text("Hidden files are not synced.\n")
+    expected = {
+        "escape.md": "symlink to outside the source root",
+        "loop": "symlink to a directory",
+        "dangling.md": "dangling symlink",
+        "pipe.md": "not a regular file",
+        "big.md": f"larger than the limit of {MAX_UPLOAD} bytes",
+        "image.png": "unsupported file type",
+        "latin1-\\xe9t\\xe9.md": "not valid UTF-8",
+        f"{'d' * 200}/{'e' * 200}/{'f' * 200}/deep.md": "longer than 512 characters",
+    }
+    # A file without read permission: test_a_file_without_read_permission_fails_alone (root reads any file).
+
+    return secret, expected
+
+
+async def test_each_bad_file_fails_with_its_reason_and_the_rest_goes_on(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    secret, expected = _bad_files(docs, tmp_path)
+    server = await start_with_sources(
+        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
+    )
+    try:
+        (status,) = await wait_synced(http, server)
+        failures = {item["path"]: item["reason"] for item in status["last_sync"]["failures"]}
+        assert set(failures) == set(expected), failures
+        for path, reason in expected.items():
+            assert reason in failures[path], (path, failures[path])
+        assert status["last_sync"]["failed"] == len(expected) and status["status"] == "ok"
+        names = sorted(row["filename"] for row in attachments(fresh_dsn))
+        assert names == ["a.md", "guide/b.txt", "guide/c.md", "inside.md"]
+        assert secret.read_text() not in str(fake_embedder.inputs)
+    finally:
+        await server.stop()
+
+
+async def test_the_status_route_follows_the_key_rules(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    server = await start_with_sources(
+        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
+    )
+    try:
+        await wait_synced(http, server)
+        body = await source_status(http, server)
+        assert body["object"] == "list" and body["first_id"] == "handbook" and body["has_more"] is False
+        assert (await source_status(http, server, OTHER_ID))["data"] == []  # a store without sources
+        for path in (f"/v1/vector_stores/{STORE_ID}/sources", f"/vector_stores/{STORE_ID}/sources"):
+            async with http.get(server.url(path)) as response:
+                assert response.status == 401
+            async with http.get(server.url(path), headers=headers(READ_KEY)) as response:
+                assert response.status == 200
+        async with http.get(server.url(f"/v1/vector_stores/{OTHER_ID}/sources"), headers=headers(LIMITED_KEY)) as r:
+            assert r.status == 404 and (await r.json())["error"]["type"] == "invalid_request_error"
+        async with http.get(server.url("/v1/vector_stores/vs_nope/sources"), headers=headers(READ_KEY)) as response:
+            assert response.status == 404
+    finally:
+        await server.stop()
+
+
+def _as_nobody(function: Callable[[], T]) -> T:
+    """Run `function` in a thread whose file-system uid is `nobody`: root reads any file whatever its mode, so
+    that is how a root test run meets a file it may not read. (Linux: setfsuid is per thread, and leaving uid 0
+    drops the file capabilities with it.)"""
+    if os.geteuid() != 0:
+        return function()
+    libc = ctypes.CDLL(None, use_errno=True)
+    result: list[T] = []
+
+    def run() -> None:
+        libc.setfsuid(65534)
+        try:
+            result.append(function())
+        finally:
+            libc.setfsuid(0)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    (value,) = result
+    return value
+
+
+def test_a_file_without_read_permission_fails_alone(outside_tmp: Path) -> None:
+    from vectorstore.sources.readers import DirectoryReader, Entry, FileProblem
+
+    outside_tmp.chmod(0o755)
+    (outside_tmp / "open.md").write_text("readable")
+    (outside_tmp / "locked.md").write_text("locked")
+    (outside_tmp / "locked.md").chmod(0)
+
+    def read_all() -> dict[str, str]:
+        reader = DirectoryReader(outside_tmp)
+        reader.prepare()
+        out: dict[str, str] = {}
+        for item in reader.entries():
+            assert isinstance(item, Entry)
+            try:
+                out[item.path] = "read " + item.read(1000).decode()
+            except FileProblem as exc:
+                out[item.path] = str(exc)
+        return out
+
+    assert _as_nobody(read_all) == {"locked.md": "can't be read: Permission denied", "open.md": "read readable"}
