@@ -102,6 +102,7 @@ class Embedding:
     max_retries: int
     batch_size: int
     query_cache_size: int
+    query_cache_bytes: int
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,7 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             max_retries=embedding["max_retries"],
             batch_size=embedding["batch_size"],
             query_cache_size=embedding["query_cache_size"],
+            query_cache_bytes=embedding["query_cache_bytes"],
         ),
         server=Server(
             image=server["image"],

@@ -257,7 +257,13 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED_ROUTE
 
 
+# Method labels are bounded like route labels: a client picks the method, and /metrics is public, so an
+# arbitrary token (even an API key sent as the method) must never become a series.
+_METHOD_LABELS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    method = method if method in _METHOD_LABELS else "other"
     HTTP_REQUESTS.labels(method, route, str(status)).inc()
     HTTP_LATENCY.labels(method, route).observe(seconds)
 
