@@ -10,6 +10,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from config import Spec
 
 log = logging.getLogger("vectorstore")
@@ -30,7 +33,23 @@ class Settings:
     reconcile: bool = True
     """Reconcile the declared stores at startup; tests turn it off to exercise an unreconciled database."""
     pool_timeout: float = 3.0
-    """Seconds a request waits for a pooled connection before 503 (all busy, or the database gone)."""
+    """Seconds a request waits for a pooled connection before 503 when all are busy."""
+    extra_secrets: tuple[str, ...] = field(default=(), repr=False)
+    """More values never to show (`PGPASSWORD`, which libpq reads from the environment, not the DSN)."""
+
+    def secret_values(self) -> list[str]:
+        """Every secret this server knows: API keys, the embedding key, the database password. Logs and every
+        client-facing message are redacted of them."""
+        values = [*self.api_keys.values(), *self.extra_secrets]
+        if self.embedding_api_key:
+            values.append(self.embedding_api_key)
+        try:
+            password = conninfo_to_dict(self.dsn).get("password")
+        except psycopg.Error:
+            password = None
+        if password:
+            values.append(str(password))
+        return [value for value in values if value]
 
 
 def resolve_secrets(spec: Spec, environ: Mapping[str, str]) -> tuple[dict[str, str], str | None]:

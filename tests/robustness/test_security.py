@@ -17,6 +17,7 @@ from robustness.harness import (
     EMBEDDING_KEY,
     KEYS,
     ServerProcess,
+    Upstream,
     attach,
     declared_store_ids,
     upload,
@@ -251,6 +252,33 @@ async def test_keys_never_appear_in_logs(shared_server: ServerProcess) -> None:
     # Each line is one JSON object (the startup banner lines excepted).
     lines = [line for line in logs.splitlines() if line.startswith("{")]
     assert lines and all(isinstance(json.loads(line), dict) for line in lines)
+
+
+async def test_a_key_sent_as_request_id_reaches_no_log_line(
+    shared_server: ServerProcess, module_upstream: Upstream
+) -> None:
+    """The way the review found it: the key as `x-request-id` on a request that logs warnings (the upstream fails,
+    and the server logs each retry while serving the request)."""
+    alpha = declared_store_ids(shared_server.spec)["alpha"]
+    before = len(shared_server.logs())
+    module_upstream.mode = "500"
+    try:
+        async with shared_server.session(key=None) as http:
+            for name, key in KEYS.items():
+                response = await http.post(
+                    f"/v1/vector_stores/{alpha}/search",
+                    json={"query": f"request id {name}"},
+                    headers={"Authorization": f"Bearer {key}", "x-request-id": key},
+                )
+                assert response.status in (404, 502), await response.text()
+                assert response.headers["x-request-id"] != key
+                assert key not in await response.text()
+    finally:
+        module_upstream.mode = "ok"
+    logs = shared_server.logs()[before:]
+    assert '"level": "warning"' in logs and "retry" in logs, "the requests did log warnings"
+    for secret in (*KEYS.values(), EMBEDDING_KEY):
+        assert secret not in logs, f"a key leaked into the logs: {secret[:10]}..."
 
 
 def test_rendered_manifests_hold_no_secret_value() -> None:

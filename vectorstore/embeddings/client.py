@@ -4,9 +4,11 @@ Public interface:
 - `await client.embed(texts, model=..., dimensions=...)` -> one vector per text, in order. Splits into
   requests of `batch_size` inputs; ingestion calls this with a file's chunk texts.
 - `await client.embed_query(text, model=..., dimensions=...)` -> one vector, served from an LRU cache of
-  recent queries when possible (searches repeat).
+  recent queries when possible (searches repeat). The cache is bounded in entries and in bytes.
 Both raise `UpstreamError` (rendered as 502 with the upstream status) when the upstream fails for good, and
-check that every vector has the expected dimensions.
+check that every vector has the expected dimensions. An upstream's error body is never relayed: it can quote
+what it was sent (the Authorization header included), so clients get its status, reason phrase and error
+code, and the body goes to the (redacted) log for the operator.
 Retries: on 429 (honouring Retry-After) and 5xx and connection errors, up to `max_retries`, with exponential
 backoff and jitter.
 """
@@ -14,14 +16,20 @@ backoff and jitter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
+import re
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from config.model import Embedding
 from vectorstore.errors import UpstreamError
@@ -40,6 +48,7 @@ class EmbeddingSettings:
     max_retries: int = 3
     batch_size: int = 64
     query_cache_size: int = 1024
+    query_cache_bytes: int = 64 << 20
     send_dimensions: bool = False
     backoff_base_seconds: float = 0.5
 
@@ -52,6 +61,7 @@ class EmbeddingSettings:
             max_retries=embedding.max_retries,
             batch_size=embedding.batch_size,
             query_cache_size=embedding.query_cache_size,
+            query_cache_bytes=embedding.query_cache_bytes,
             send_dimensions=embedding.send_dimensions,
         )
 
@@ -68,13 +78,20 @@ class EmbeddingClient:
         self.settings = settings
         self._session = session
         self._owns_session = session is None
-        self._cache: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, str], tuple[list[float], int]] = OrderedDict()
+        self.cache_bytes = 0
+        """Estimated memory the cached entries hold (`_entry_bytes`), kept under `query_cache_bytes`."""
         self.cache_hits = 0
         self.requests = 0
 
     @property
     def url(self) -> str:
         return f"{self.settings.base_url.rstrip('/')}/v1/embeddings"
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as messages show it: without user or password, should the spec's base_url carry them."""
+        return str(URL(self.url).with_user(None))
 
     async def close(self) -> None:
         if self._session is not None and self._owns_session:
@@ -93,13 +110,25 @@ class EmbeddingClient:
         if cached is not None:
             self._cache.move_to_end(key)
             self.cache_hits += 1
-            return cached
+            return cached[0]
         [vector] = await self._request([text], model=model, dimensions=dimensions)
-        if self.settings.query_cache_size > 0:
-            self._cache[key] = vector
-            while len(self._cache) > self.settings.query_cache_size:
-                self._cache.popitem(last=False)
+        self._remember(key, vector)
         return vector
+
+    def _remember(self, key: tuple[str, int, str], vector: list[float]) -> None:
+        """Cache a query's vector, then drop the oldest entries until both bounds hold (count and bytes)."""
+        size = _entry_bytes(key, vector)
+        limit_bytes, limit_entries = self.settings.query_cache_bytes, self.settings.query_cache_size
+        if limit_entries <= 0 or size > limit_bytes:
+            return
+        previous = self._cache.pop(key, None)
+        if previous is not None:
+            self.cache_bytes -= previous[1]
+        self._cache[key] = (vector, size)
+        self.cache_bytes += size
+        while len(self._cache) > limit_entries or self.cache_bytes > limit_bytes:
+            _, (_, dropped) = self._cache.popitem(last=False)
+            self.cache_bytes -= dropped
 
     async def embed(self, texts: Sequence[str], *, model: str, dimensions: int) -> list[list[float]]:
         vectors: list[list[float]] = []
@@ -122,7 +151,7 @@ class EmbeddingClient:
             except _Retryable as exc:
                 if attempt >= self.settings.max_retries:
                     raise UpstreamError(
-                        f"embedding upstream {self.url} failed after {attempt + 1} attempt(s): {exc}",
+                        f"embedding upstream {self.shown_url} failed after {attempt + 1} attempt(s): {exc}",
                         upstream_status=exc.status,
                     ) from None
                 delay = self.settings.backoff_base_seconds * (2**attempt) * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
@@ -140,23 +169,67 @@ class EmbeddingClient:
         try:
             async with self._get_session().post(self.url, json=body, headers=headers) as response:
                 if response.status == 429 or response.status >= 500:
-                    raise _Retryable(
-                        f"status {response.status}", response.status, _retry_after(response.headers.get("Retry-After"))
-                    )
+                    reason = await self._failure_reason(response)
+                    raise _Retryable(reason, response.status, _retry_after(response.headers.get("Retry-After")))
                 if response.status != 200:
-                    detail = (await response.text())[:200]
                     raise UpstreamError(
-                        f"embedding upstream {self.url} answered status {response.status}: {detail}",
+                        f"embedding upstream {self.shown_url} answered {await self._failure_reason(response)}",
                         upstream_status=response.status,
                     )
                 payload = await response.json(content_type=None)
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            # aiohttp's connection errors name the host and the OS error, never anything that was sent.
             raise _Retryable(f"unreachable ({type(exc).__name__}: {exc})" if str(exc) else "timed out", None) from None
-        except (aiohttp.ClientPayloadError, aiohttp.ContentTypeError, ValueError) as exc:
+        except (aiohttp.ClientPayloadError, aiohttp.ContentTypeError, ValueError, RecursionError) as exc:
+            log.warning("embedding upstream %s sent an unreadable answer: %s", self.shown_url, exc)
             raise UpstreamError(
-                f"embedding upstream {self.url} sent an unreadable answer: {exc}", upstream_status=200
+                f"embedding upstream {self.shown_url} sent an unreadable answer ({type(exc).__name__})",
+                upstream_status=200,
             ) from None
-        return _vectors(payload, count, dimensions, self.url)
+        return _vectors(payload, count, dimensions, self.shown_url)
+
+    async def _failure_reason(self, response: aiohttp.ClientResponse) -> str:
+        """`status 401 Unauthorized (invalid_api_key)`: the status, its reason phrase and the error code of an
+        OpenAI-style envelope, which are identifiers. The body itself only reaches the log, redacted."""
+        try:
+            body = await response.text(errors="replace")
+        except (aiohttp.ClientError, TimeoutError):
+            body = ""
+        log.warning(
+            "embedding upstream %s answered status %d: %s", self.shown_url, response.status, body[:_LOGGED_BODY_CHARS]
+        )
+        reason = f"status {response.status}"
+        with contextlib.suppress(ValueError):
+            # The standard phrase, not the upstream's own: a reason phrase is free text too.
+            reason += f" {HTTPStatus(response.status).phrase}"
+        code = _error_code(body)
+        return f"{reason} ({code})" if code else reason
+
+
+_LOGGED_BODY_CHARS = 500
+# What may be quoted from an upstream answer: short identifiers, never free text.
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+
+
+def _error_code(body: str) -> str | None:
+    """`error.code` (else `error.type`) of an OpenAI-style error body, if it is a short identifier."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return None
+    for field in ("code", "type"):
+        value = error.get(field)
+        if isinstance(value, str) and _IDENTIFIER.fullmatch(value):
+            return value
+    return None
+
+
+def _entry_bytes(key: tuple[str, int, str], vector: list[float]) -> int:
+    """Memory one cache entry holds, estimated: the query text, the list and its float objects, overhead."""
+    return sys.getsizeof(key[2]) + sys.getsizeof(vector) + 24 * len(vector) + 256
 
 
 def _retry_after(value: str | None) -> float | None:
