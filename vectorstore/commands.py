@@ -56,13 +56,17 @@ def serve(options: ServeOptions) -> int:
         print(f"vectorstore serve: can't start the database: {exc}", file=sys.stderr)
         return 2
     print(f"vectorstore: database: {location.description}", file=sys.stderr, flush=True)
+    if location.connection is not None:
+        print(f"vectorstore: database connection: {location.connection}", file=sys.stderr, flush=True)
     settings = Settings(
         dsn=location.dsn,
         api_keys=api_keys,
         embedding_api_key=embedding_key,
         host=options.host,
         port=options.port or spec.server.port,
+        extra_secrets=(os.environ.get("PGPASSWORD", ""),),
     )
+    logs.add_secrets(settings.secret_values())
     try:
         return asyncio.run(_serve(spec, settings))
     except OSError as exc:
@@ -75,11 +79,12 @@ def serve(options: ServeOptions) -> int:
 async def _serve(spec: Spec, settings: Settings) -> int:
     from aiohttp import web
 
+    from vectorstore.api.protocol import EdgeAppRunner
     from vectorstore.app import create_app
     from vectorstore.state import READINESS
 
     app = create_app(spec, settings=settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = EdgeAppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
