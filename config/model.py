@@ -121,14 +121,19 @@ class LiteLLM:
     api_key_env: str
     namespace: str
     pod_selector: dict[str, str]
-    search_defaults: dict[str, Any]
+    search_overrides: dict[str, Any]
+    """Values LiteLLM merges over every search request: they override callers, they are not defaults."""
+    auth_key: str
+    """Name of the `auth.keys` entry LiteLLM sends."""
+    deployment_name: str
+    deployment_container: str
 
 
 @dataclass(frozen=True)
 class Registry:
     name: str
     description: str | None
-    search_defaults: dict[str, Any]
+    search_overrides: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,8 @@ class Spec:
     prune: bool
     source_text: str = field(repr=False, compare=False)
     """The spec file exactly as written; render ships it in the ConfigMap."""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """What `vectorstore validate` warns about (FILE:LINE:COL: $.path: warning: ...); the spec is valid."""
 
     @property
     def service_url(self) -> str:
@@ -187,6 +194,11 @@ class Spec:
 
     def store_by_name(self, name: str) -> Store | None:
         return next((store for store in self.stores if store.name == name), None)
+
+    @property
+    def litellm_key(self) -> ApiKey:
+        """The `auth.keys` entry LiteLLM sends (`litellm.auth_key`); its secret is what LiteLLM's pod needs."""
+        return next(key for key in self.api_keys if key.name == self.litellm.auth_key)
 
 
 def _resources(data: dict[str, Any]) -> Resources:
@@ -286,12 +298,26 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             api_key_env=litellm["api_key_env"],
             namespace=litellm.get("namespace", data["namespace"]),
             pod_selector=dict(sorted(litellm["pod_selector"].items())),
-            search_defaults=dict(litellm.get("search_defaults", {})),
+            search_overrides=search_overrides(litellm),
+            auth_key=litellm.get("auth_key") or default_litellm_key(data["auth"]["keys"]),
+            deployment_name=litellm["deployment"]["name"],
+            deployment_container=litellm["deployment"]["container"],
         ),
         stores=stores,
         prune=data["reconcile"]["prune"],
         source_text=source_text,
     )
+
+
+def search_overrides(section: dict[str, Any]) -> dict[str, Any]:
+    """`search_overrides`, read under its deprecated old name `search_defaults` too (a check refuses both)."""
+    return {**section.get("search_defaults", {}), **section.get("search_overrides", {})}
+
+
+def default_litellm_key(keys: list[dict[str, Any]]) -> str:
+    """The key LiteLLM sends when `litellm.auth_key` is omitted: the one named `litellm`, else the first."""
+    key_names = [key["name"] for key in keys]
+    return "litellm" if "litellm" in key_names else key_names[0]
 
 
 def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, Any]) -> Store:
@@ -306,7 +332,7 @@ def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, A
         registry=Registry(
             name=registry["name"],
             description=registry.get("description", data.get("description")),
-            search_defaults={**litellm.get("search_defaults", {}), **registry.get("search_defaults", {})},
+            search_overrides={**search_overrides(litellm), **search_overrides(registry)},
         )
         if registry
         else None,

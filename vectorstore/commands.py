@@ -35,7 +35,10 @@ def _configure_logging() -> None:
 
 def _load(path: Path) -> Spec:
     try:
-        return load_spec(path)
+        spec = load_spec(path)
+        for warning in spec.warnings:
+            print(f"vectorstore: spec {warning}", file=sys.stderr, flush=True)
+        return spec
     except SpecError as exc:
         raise StartupError(f"the spec is invalid:\n{exc}") from None
     except OSError as exc:
