@@ -272,6 +272,19 @@ async def test_search_queries_are_bounded_before_the_upstream(
             answer = await response.json()
             assert response.status == 400 and answer["error"]["code"] == "query_too_long", answer
             assert str(MAX_QUERY_TOKENS) in answer["error"]["message"]
+        # The prototype's rows the server embeds itself are one upstream input too.
+        alpha = ids["vector_store_id"]
+        for path, body in (
+            (f"/v1/vector_stores/{alpha}/embeddings", {"content": "z" * 100_000}),
+            (
+                f"/v1/vector_stores/{alpha}/embeddings/batch",
+                {"embeddings": [{"content": "ok"}, {"content": "word " * 9000}]},
+            ),
+        ):
+            response = await http.post(path, json=body)
+            answer = await response.json()
+            assert response.status == 400 and answer["error"]["code"] == "input_too_long", answer
+            assert answer["error"]["param"] in ("content", "embeddings[1].content"), answer
         assert module_upstream.calls == calls, "a refused query never reaches the embedding upstream"
         # Just under the bound is searched (" word" is one cl100k token).
         fits = f"{uuid.uuid4()} " + "word " * (MAX_QUERY_TOKENS - 100)

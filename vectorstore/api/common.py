@@ -14,12 +14,21 @@ from aiohttp import hdrs, web
 
 from vectorstore.api import auth
 from vectorstore.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType, store_not_found
+from vectorstore.ingest.chunking import count_tokens
 from vectorstore.storage import files, stores
 from vectorstore.values import MAX_JSON_DEPTH, as_float, is_number, shown, too_deep
 
 # JSON bodies are parsed in memory: cap them below the upload limit (files are multipart, not JSON).
 # 16 MiB fits a prototype batch of 2,048 embeddings of 768 floats.
 MAX_JSON_BYTES = 16 * 1024 * 1024
+MAX_INPUT_TOKENS = 8192
+"""Text the server embeds for a request (a search query, a prototype row without its vector) is one input of
+the embedding upstream: OpenAI's embedding models take at most 8,192 tokens per input."""
+MAX_INPUT_CHARS = 65536
+"""Refused before counting tokens, so a hostile text costs nothing to turn down."""
+# Under this many characters a text can't reach MAX_INPUT_TOKENS (a cl100k token is at least one UTF-8 byte, a
+# character at most four), so most texts are never counted.
+_UNCOUNTED_CHARS = MAX_INPUT_TOKENS // 4
 POLL_AFTER_MS = "250"
 """`openai-poll-after-ms` on retrieves: the SDK's pollers would otherwise wait a whole second per poll."""
 
@@ -79,6 +88,29 @@ def _require_json_content_type(request: web.Request) -> None:
 def _refuse_constant(name: str) -> Any:
     # Python's json reads NaN, Infinity and -Infinity; JSON (RFC 8259) has no such numbers.
     raise ValueError(f"{name} is not a JSON value (numbers must be finite)")
+
+
+def embeddable(text: str, param: str, *, code: str = "input_too_long") -> str:
+    """The text, or 400 when it is longer than one embedding input may be: more than MAX_INPUT_TOKENS
+    (cl100k_base, counted exactly) or MAX_INPUT_CHARS."""
+    if len(text) <= _UNCOUNTED_CHARS:
+        return text
+    if len(text) > MAX_INPUT_CHARS:
+        raise BadRequest(
+            f"'{param}' is {len(text)} characters long; it may have at most {MAX_INPUT_TOKENS} tokens "
+            f"and {MAX_INPUT_CHARS} characters (one embedding input).",
+            param=param,
+            code=code,
+        )
+    tokens = count_tokens(text)
+    if tokens > MAX_INPUT_TOKENS:
+        raise BadRequest(
+            f"'{param}' is {tokens} tokens long; it may have at most {MAX_INPUT_TOKENS} tokens (cl100k_base), "
+            "one embedding input.",
+            param=param,
+            code=code,
+        )
+    return text
 
 
 def _kind(value: Any) -> str:
@@ -191,7 +223,7 @@ def query_int(request: web.Request, key: str, *, default: int, lo: int, hi: int)
     except ValueError:
         raise BadRequest(f"'{key}' must be an integer; got '{text[:40]}'.", param=key) from None
     if not lo <= value <= hi:
-        raise BadRequest(f"'{key}' must be between {lo} and {hi}; got {value}.", param=key)
+        raise BadRequest(f"'{key}' must be between {lo} and {hi}; got {shown(value)}.", param=key)
     return value
 
 

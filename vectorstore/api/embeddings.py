@@ -70,6 +70,9 @@ def _item(value: Any, path: str, dimensions: int) -> _Item:
                     param=f"{prefix}embedding[{index}]",
                 )
         embedding = [number for number in floats if number is not None]
+    if embedding is None:
+        # The server embeds it: one upstream input, bounded like a search query.
+        common.embeddable(content, f"{prefix}content")
     return _Item(content, embedding, metadata)
 
 

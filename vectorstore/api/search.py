@@ -11,7 +11,6 @@ from psycopg import errors as pg_errors
 from vectorstore import state
 from vectorstore.api import auth, common
 from vectorstore.errors import BadRequest, store_not_found
-from vectorstore.ingest.chunking import count_tokens
 from vectorstore.search.filters import compile_filters
 from vectorstore.search.vector import run_search
 from vectorstore.storage import stores
@@ -20,13 +19,8 @@ routes = web.RouteTableDef()
 
 _FIELDS = {"query", "filters", "max_num_results", "ranking_options", "rewrite_query", "limit", "return_metadata"}
 _MAX_QUERIES = 32
-MAX_QUERY_TOKENS = 8192
-"""A query is embedded as one input: OpenAI's embedding models take at most 8,192 tokens per input."""
-MAX_QUERY_CHARS = 65536
-"""Refused before counting tokens, so a hostile query costs nothing to turn down."""
-# Under this many characters a text can't reach MAX_QUERY_TOKENS (a token is at least one UTF-8 byte, a character
-# at most four), so most queries are never counted.
-_UNCOUNTED_CHARS = MAX_QUERY_TOKENS // 4
+MAX_QUERY_TOKENS = common.MAX_INPUT_TOKENS
+MAX_QUERY_CHARS = common.MAX_INPUT_CHARS
 # A store's shape (table, dimensions, distance, model) never changes while it has data, and a deleted store's
 # table is gone (caught below), so a short-lived cache spares one registry query per search.
 _CACHE_SECONDS = 10.0
@@ -42,7 +36,7 @@ def _query(body: dict[str, Any]) -> tuple[str, list[str]]:
     if isinstance(value, str):
         if not value.strip():
             raise BadRequest("'query' must not be empty.", param="query")
-        return _bounded(value), [value]
+        return common.embeddable(value, "query", code="query_too_long"), [value]
     if isinstance(value, list):
         if not value or len(value) > _MAX_QUERIES:
             raise BadRequest(f"'query' must hold 1 to {_MAX_QUERIES} strings.", param="query")
@@ -50,31 +44,10 @@ def _query(body: dict[str, Any]) -> tuple[str, list[str]]:
             if not isinstance(item, str) or not item.strip():
                 raise BadRequest(f"'query[{i}]' must be a non-empty string.", param=f"query[{i}]")
         # Several queries are searched as one text: one embedding, one ranking.
-        return _bounded("\n".join(value)), list(value)
+        return common.embeddable("\n".join(value), "query", code="query_too_long"), list(value)
     if value is None:
         raise BadRequest("Missing required parameter: 'query'.", param="query")
     raise BadRequest("'query' must be a string or an array of strings.", param="query")
-
-
-def _bounded(text: str) -> str:
-    """The query text, or 400 when it is longer than one embedding input may be (MAX_QUERY_TOKENS)."""
-    if len(text) <= _UNCOUNTED_CHARS:
-        return text
-    if len(text) > MAX_QUERY_CHARS:
-        raise BadRequest(
-            f"'query' is {len(text)} characters long; a query may have at most {MAX_QUERY_TOKENS} tokens "
-            f"and {MAX_QUERY_CHARS} characters.",
-            param="query",
-            code="query_too_long",
-        )
-    tokens = count_tokens(text)
-    if tokens > MAX_QUERY_TOKENS:
-        raise BadRequest(
-            f"'query' is {tokens} tokens long; a query may have at most {MAX_QUERY_TOKENS} tokens (cl100k_base).",
-            param="query",
-            code="query_too_long",
-        )
-    return text
 
 
 async def _store(request: web.Request, store_id: str) -> stores.StoreRecord:
