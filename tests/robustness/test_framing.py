@@ -72,7 +72,11 @@ async def test_malformed_framing_gets_a_short_json_400_without_echo(shared_serve
     assert "Traceback" not in new and KEY not in new, new
 
 
-async def test_the_server_still_serves_after_framing_errors(shared_server: ServerProcess) -> None:
+async def test_the_server_still_serves_after_framing_errors_and_counts_them(shared_server: ServerProcess) -> None:
     async with shared_server.session() as http:
         response = await http.get("/v1/vector_stores")
         assert response.status == 200
+        metrics = await (await http.get("/metrics")).text()
+    counted = [line for line in metrics.splitlines() if 'route="malformed"' in line and "_total" in line]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) >= len(FRAMINGS), counted
+    assert KEY not in metrics

@@ -175,10 +175,16 @@ async def test_numbers_too_big_for_a_float_get_400(
             f"/v1/vector_stores/{alpha}/file_batches",
             {"files": [{"file_id": "file-x", "attributes": big_attributes}]},
         ),
-        (
-            "POST",
-            f"/v1/vector_stores/{alpha}/files",
-            {"file_id": "file-x", "chunking_strategy": {"type": "static", "static": {"max_chunk_size_tokens": BIG}}},
+        *(
+            (
+                "POST",
+                f"/v1/vector_stores/{alpha}/files",
+                {"file_id": "file-x", "chunking_strategy": {"type": "static", "static": static}},
+            )
+            for static in (
+                {"max_chunk_size_tokens": BIG, "chunk_overlap_tokens": 10},
+                {"max_chunk_size_tokens": 400, "chunk_overlap_tokens": -BIG},
+            )
         ),
         ("POST", "/v1/vector_stores", {"name": "big", "expires_after": {"anchor": "last_active_at", "days": BIG}}),
         ("POST", f"/v1/vector_stores/{alpha}/embeddings", {"content": "x", "embedding": [BIG] + [0.0] * 7}),

@@ -7,8 +7,9 @@ sender's Authorization header), and it logs an ERROR traceback that anyone can t
 
 aiohttp has no hook for this (aio-libs/aiohttp#3287 is open), so `EdgeAppRunner` gives each connection a
 `RequestHandler` whose `handle_error` answers `{"error": {...}}` with a fixed reason that quotes nothing,
-and logs one warning line. Everything else about the protocol is aiohttp's own. tests/robustness/
-test_framing.py sends each malformed request over a raw socket to a real `vectorstore serve`.
+logs one warning line and counts it in /metrics (route `malformed`). Everything else about the protocol is
+aiohttp's own. tests/robustness/test_framing.py sends each malformed request over a raw socket to a real
+`vectorstore serve`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from vectorstore.errors import ApiError, BadRequest, InternalError
+from vectorstore.observability import metrics
 
 log = logging.getLogger("vectorstore")
 
@@ -71,6 +73,8 @@ class EdgeRequestHandler(RequestHandler):
             log.warning("refused a malformed HTTP request from %s: %s (%s)", request.remote, reason, type(exc).__name__)
             error = BadRequest(f"The request is not valid HTTP/1.1: {reason}.", code="malformed_request")
             error.status = status
+            # No route and no method can be trusted: one series for all of them.
+            metrics.observe_request("other", metrics.MALFORMED_ROUTE, status, 0.0)
         elif status == 504:
             log.warning("a request handler timed out")
             error = InternalError("The server timed out while processing the request.", code="timeout")

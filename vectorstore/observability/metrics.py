@@ -43,6 +43,8 @@ _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 CLIENT_CLOSED: Final = 499
 UNMATCHED_ROUTE: Final = "unmatched"
 """Route label of requests no route matched (404s, scanners): one series, whatever the path."""
+MALFORMED_ROUTE: Final = "malformed"
+"""Route label of requests aiohttp's HTTP parser refused (bad framing): they never reach a route."""
 
 HTTP_REQUESTS: Final = Counter(
     "vectorstore_http_requests_total",
