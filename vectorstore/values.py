@@ -18,21 +18,36 @@ own limit (16 compound levels) needs 34; nothing in the API needs more."""
 
 _JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS: Final = bytes(byte for byte in range(256) if byte not in b"[]{}")
-_BRACKET_STEP: Final = [1 if byte in b"[{" else -1 if byte in b"]}" else 0 for byte in range(256)]
+# `{` and `}` become `[` and `]`: for depth, an object is an array.
+_SAME_BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
+_BRACKET_STEP: Final = [1 if byte == ord("[") else -1 if byte == ord("]") else 0 for byte in range(256)]
 
 
 def too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether arrays and objects nest more than `limit` levels deep in a JSON text, found without parsing
     it (brackets inside strings don't count).
 
-    Linear and in C for the most part: a text with few brackets is done after two counts; otherwise strings
-    are cut out by one regex, every byte but the brackets by `bytes.translate`, and the running depth is an
-    `accumulate`.
+    Linear, and in C almost entirely. A text with few brackets is done after two counts. Otherwise strings are
+    cut out by one regex and every other byte but the brackets by `bytes.translate`; then each pass removes
+    every innermost `[]` pair (one level, everywhere at once) until nothing is left, or a run of openers
+    longer than the levels left to spend proves the text too deep. A wide, shallow body is gone in a pass or
+    two, a deep one is caught by the run check at once.
     """
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return False
-    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > limit
+    brackets = _JSON_STRING.sub(b"", raw).translate(_SAME_BRACKETS, _NOT_BRACKETS)
+    removed = 0
+    while brackets:
+        if b"[" * (limit + 1 - removed) in brackets:
+            return True
+        shorter = brackets.replace(b"[]", b"")
+        if len(shorter) == len(brackets):
+            break  # unbalanced leftovers: not JSON, measured exactly below (the parser will refuse it anyway)
+        brackets = shorter
+        removed += 1
+    if not brackets:
+        return removed > limit
+    return removed + max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > limit
 
 
 def as_float(value: Any) -> float | None:
