@@ -60,7 +60,9 @@ async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[
             code="json_too_deep",
         )
     try:
-        data = json.loads(raw, parse_constant=_refuse_constant)
+        # What json.loads does with bytes, with one decoder for every request (json.loads with options builds a
+        # decoder per call).
+        data = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"The request body is not valid JSON: {exc}.", param="body") from None
     except RecursionError:
@@ -88,6 +90,9 @@ def _require_json_content_type(request: web.Request) -> None:
 def _refuse_constant(name: str) -> Any:
     # Python's json reads NaN, Infinity and -Infinity; JSON (RFC 8259) has no such numbers.
     raise ValueError(f"{name} is not a JSON value (numbers must be finite)")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def embeddable(text: str, param: str, *, code: str = "input_too_long") -> str:

@@ -8,9 +8,9 @@ Secrets never reach the output: the `Authorization` header is not logged at all,
 configured secret value (API keys, the embedding key, the database password) and anything that looks like a
 bearer token in every field of every record, whichever logger wrote it and wherever the field came from (the
 message, its arguments, `extra=` fields of any type, the traceback, the request id taken from the client). It
-runs twice: as a filter on the handler, and on the formatter's finished entry. It is the backstop for a future
-log line that interpolates something it should not. A client's `x-request-id` equal to a secret is not taken
-as the request id at all, so it is neither logged nor echoed.
+runs as a filter on the handler (a formatter can also take one, to redact its finished entries). It is the
+backstop for a future log line that interpolates something it should not. A client's `x-request-id` equal to
+a secret is not taken as the request id at all, so it is neither logged nor echoed.
 """
 
 from __future__ import annotations
@@ -176,7 +176,9 @@ def configure(level: int | str = logging.INFO, secrets: Iterable[str] = (), stre
     handler = logging.StreamHandler(stream or sys.stderr)
     handler._vectorstore = True  # type: ignore[attr-defined]
     _redactor = Redactor(secrets)
-    handler.setFormatter(JsonFormatter(_redactor))
+    # The filter alone: it redacts every field the formatter writes (the request id included). Redacting the
+    # formatted entry again would double the cost of every line (measured: ~100 µs per access line here).
+    handler.setFormatter(JsonFormatter())
     handler.addFilter(RedactingFilter(_redactor))
     root.addHandler(handler)
     root.setLevel(level)
