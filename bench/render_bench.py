@@ -42,7 +42,7 @@ auth:
   keys:
     - {name: litellm, api_key: {secret: keys, key: litellm}, scope: read}
 embedding: {base_url: "http://litellm:4000", model: text-embedding-3-small, dimensions: 1536}
-litellm: {search_defaults: {max_num_results: 5}}
+litellm: {search_overrides: {max_num_results: 5}}
 stores:
 """
 
@@ -54,7 +54,7 @@ def spec_text(stores: int) -> str:
             f"  - name: store-{i:04d}\n"
             f"    description: 'Store {i}: documents for team {i % 37}, \"quoted\" and unicode — 運用'\n"
             f"    metadata: {{team: t{i % 37}, tier: 'gold'}}\n"
-            f"    registry: {{name: store-{i:04d}, search_defaults: {{max_num_results: {1 + i % 20}}}}}\n"
+            f"    registry: {{name: store-{i:04d}, search_overrides: {{max_num_results: {1 + i % 20}}}}}\n"
         )
     return "".join(lines)
 

@@ -454,6 +454,38 @@ def source_secret_envs(data: Any) -> list[Finding]:
     return findings
 
 
+def _search_override_sections(data: Any) -> Iterator[tuple[JsonPath, dict[str, Any]]]:
+    """(path, mapping) of every place that takes `search_overrides`: `litellm` and each store's `registry`."""
+    litellm = _get(data, "litellm")
+    if isinstance(litellm, dict):
+        yield ("litellm",), litellm
+    for index, store in enumerate(_dicts(_get(data, "stores"))):
+        registry = store.get("registry")
+        if isinstance(registry, dict):
+            yield ("stores", index, "registry"), registry
+
+
+def search_overrides_once(data: Any) -> list[Finding]:
+    return [
+        (
+            (*path, "search_defaults"),
+            "give only `search_overrides`: `search_defaults` is its deprecated old name, and both are set here",
+        )
+        for path, section in _search_override_sections(data)
+        # `search_overrides` is filled in empty when omitted: only a written, non-empty one counts.
+        if "search_defaults" in section and section.get("search_overrides")
+    ]
+
+
+def litellm_auth_key(data: Any) -> list[Finding]:
+    name = _get(data, "litellm", "auth_key")
+    key_names = [key.get("name") for key in _dicts(_get(data, "auth", "keys"))]
+    if isinstance(name, str) and name not in key_names:
+        known = ", ".join(str(key) for key in key_names)
+        return [(("litellm", "auth_key"), f"{name!r} is not an auth.keys name (known: {known})")]
+    return []
+
+
 ALL_CHECKS = (
     uniqueness,
     key_store_limits,
@@ -470,12 +502,64 @@ ALL_CHECKS = (
     source_volumes,
     source_urls,
     source_secret_envs,
+    search_overrides_once,
+    litellm_auth_key,
 )
 
 
 def semantic_findings(data: Any) -> list[Finding]:
     findings: list[Finding] = []
     for check in ALL_CHECKS:
+        findings += check(data)
+    return findings
+
+
+# Warnings: the spec is valid and works, but probably not as its author thinks. `vectorstore validate` prints
+# them like errors (with `warning:`) and still exits 0. Each has an example in tests/specs/warnings/.
+
+
+def deprecated_search_defaults(data: Any) -> list[Finding]:
+    return [
+        (
+            (*path, "search_defaults"),
+            "`search_defaults` is deprecated: rename it `search_overrides`. LiteLLM merges these values over every "
+            "search request, so they override what each caller asks for; they are not defaults",
+        )
+        for path, section in _search_override_sections(data)
+        if "search_defaults" in section and not section.get("search_overrides")
+    ]
+
+
+def litellm_secret_elsewhere(data: Any) -> list[Finding]:
+    """LiteLLM in another namespace can't read the Secret its Deployment patch points at."""
+    namespace, other = _get(data, "namespace"), _get(data, "litellm", "namespace")
+    if not isinstance(other, str) or other == namespace:
+        return []
+    keys = _dicts(_get(data, "auth", "keys"))
+    wanted = _get(data, "litellm", "auth_key")
+    key_names = [key.get("name") for key in keys]
+    if not keys:
+        return []
+    chosen = wanted if isinstance(wanted, str) else ("litellm" if "litellm" in key_names else key_names[0])
+    secret = next((_get(key, "api_key", "secret") for key in keys if key.get("name") == chosen), None)
+    if not isinstance(secret, str):
+        return []
+    return [
+        (
+            ("litellm", "namespace"),
+            f"LiteLLM runs in namespace {other!r}, but the Secret {secret!r} holding its key is expected in "
+            f"{namespace!r}, the spec's: litellm-deployment-patch.yaml reads it in {other!r}, so a copy must "
+            "exist there",
+        )
+    ]
+
+
+ALL_WARNINGS = (deprecated_search_defaults, litellm_secret_elsewhere)
+
+
+def semantic_warnings(data: Any) -> list[Finding]:
+    findings: list[Finding] = []
+    for check in ALL_WARNINGS:
         findings += check(data)
     return findings
 

@@ -10,13 +10,14 @@ from config.spec import check_file, schema_text
 
 
 def validate(files: Sequence[Path]) -> int:
-    """Print every problem of every file, one per line; 0 if all are valid, 1 otherwise."""
+    """Print every problem and warning of every file, one per line; 0 if all are valid (warnings or not),
+    1 otherwise."""
     invalid = 0
     for path in files:
-        problems = check_file(path).problems
-        for problem in problems:
+        result = check_file(path)
+        for problem in sorted([*result.problems, *result.warnings], key=lambda p: (p.line, p.column, p.level)):
             print(problem, file=sys.stderr)
-        if problems:
+        if result.problems:
             invalid += 1
     if invalid:
         print(f"{invalid} of {len(files)} spec file(s) invalid", file=sys.stderr)

@@ -122,6 +122,7 @@ class Embedding:
     max_retries: int
     batch_size: int
     query_cache_size: int
+    query_cache_bytes: int
 
 
 @dataclass(frozen=True)
@@ -163,14 +164,19 @@ class LiteLLM:
     api_key_env: str
     namespace: str
     pod_selector: dict[str, str]
-    search_defaults: dict[str, Any]
+    search_overrides: dict[str, Any]
+    """Values LiteLLM merges over every search request: they override callers, they are not defaults."""
+    auth_key: str
+    """Name of the `auth.keys` entry LiteLLM sends."""
+    deployment_name: str
+    deployment_container: str
 
 
 @dataclass(frozen=True)
 class Registry:
     name: str
     description: str | None
-    search_defaults: dict[str, Any]
+    search_overrides: dict[str, Any]
 
 
 SourceKind = Literal["path", "git", "s3"]
@@ -305,6 +311,8 @@ class Spec:
     sync: Sync
     source_text: str = field(repr=False, compare=False)
     """The spec file exactly as written; render ships it in the ConfigMap."""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """What `vectorstore validate` warns about (FILE:LINE:COL: $.path: warning: ...); the spec is valid."""
 
     @property
     def service_url(self) -> str:
@@ -349,6 +357,11 @@ class Spec:
         """A declared store's search settings, or the top-level ones for a store created through the API."""
         store = self.store_by_id(store_id)
         return store.search if store is not None else self.search
+
+    @property
+    def litellm_key(self) -> ApiKey:
+        """The `auth.keys` entry LiteLLM sends (`litellm.auth_key`); its secret is what LiteLLM's pod needs."""
+        return next(key for key in self.api_keys if key.name == self.litellm.auth_key)
 
 
 def _resources(data: dict[str, Any]) -> Resources:
@@ -437,6 +450,7 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             max_retries=embedding["max_retries"],
             batch_size=embedding["batch_size"],
             query_cache_size=embedding["query_cache_size"],
+            query_cache_bytes=embedding["query_cache_bytes"],
         ),
         server=Server(
             image=server["image"],
@@ -451,7 +465,10 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             api_key_env=litellm["api_key_env"],
             namespace=litellm.get("namespace", data["namespace"]),
             pod_selector=dict(sorted(litellm["pod_selector"].items())),
-            search_defaults=dict(litellm.get("search_defaults", {})),
+            search_overrides=search_overrides(litellm),
+            auth_key=litellm.get("auth_key") or default_litellm_key(data["auth"]["keys"]),
+            deployment_name=litellm["deployment"]["name"],
+            deployment_container=litellm["deployment"]["container"],
         ),
         stores=stores,
         prune=data["reconcile"]["prune"],
@@ -489,6 +506,17 @@ def _search(data: dict[str, Any], defaults: Search | None) -> Search:
     )
 
 
+def search_overrides(section: dict[str, Any]) -> dict[str, Any]:
+    """`search_overrides`, read under its deprecated old name `search_defaults` too (a check refuses both)."""
+    return {**section.get("search_defaults", {}), **section.get("search_overrides", {})}
+
+
+def default_litellm_key(keys: list[dict[str, Any]]) -> str:
+    """The key LiteLLM sends when `litellm.auth_key` is omitted: the one named `litellm`, else the first."""
+    key_names = [key["name"] for key in keys]
+    return "litellm" if "litellm" in key_names else key_names[0]
+
+
 def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, Any], search: Search) -> Store:
     overrides = data.get("embedding", {})
     builtin = embedding["provider"] == "builtin"
@@ -502,7 +530,7 @@ def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, A
         registry=Registry(
             name=registry["name"],
             description=registry.get("description", data.get("description")),
-            search_defaults={**litellm.get("search_defaults", {}), **registry.get("search_defaults", {})},
+            search_overrides={**search_overrides(litellm), **search_overrides(registry)},
         )
         if registry
         else None,

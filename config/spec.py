@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -23,16 +23,19 @@ SUPPORTED_VERSION = 1
 
 @dataclass(frozen=True, order=True)
 class Problem:
-    """One thing wrong with a spec, printed as FILE:LINE:COL: $.path: message."""
+    """One thing wrong with a spec, printed as FILE:LINE:COL: $.path: message (`warning: message` for a
+    warning, which leaves the spec valid)."""
 
     file: str
     line: int
     column: int
     path: str
     message: str
+    level: str = "error"
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.path}: {self.message}"
+        prefix = "warning: " if self.level == "warning" else ""
+        return f"{self.file}:{self.line}:{self.column}: {self.path}: {prefix}{self.message}"
 
 
 class SpecError(Exception):
@@ -95,10 +98,12 @@ def apply_defaults(data: Any, node: dict[str, Any] | None = None) -> Any:
                     and not sub_resolved.get("required")
                     and key not in node.get("required", [])
                     and not sub_resolved.get("minProperties")
+                    and not sub.get("deprecated")
                 ):
                     # An optional section with nothing required becomes {} so its defaults apply. A required
                     # one stays missing, so the error names it rather than its first field; so does one that
-                    # must name something (minProperties, such as a source's `volume`) until written.
+                    # must name something (minProperties, such as a source's `volume`) until written, and a
+                    # deprecated one, whose presence means the author wrote it (checks warn about it).
                     data[key] = {}
                 else:
                     continue
@@ -193,13 +198,25 @@ def check_document(document: LoadedDocument, data: Any, filename: str) -> list[P
     ]
     located += [(path, message, False) for path, message in literal]
     located += [(path, message, False) for path, message in checks.semantic_findings(data)]
+    return _locate(document, located, filename, "error")
 
+
+def warnings_of(document: LoadedDocument, data: Any, filename: str) -> list[Problem]:
+    """What is valid but probably not meant (checks.ALL_WARNINGS), located like problems; at the key itself."""
+    return _locate(
+        document, [(path, message, True) for path, message in checks.semantic_warnings(data)], filename, "warning"
+    )
+
+
+def _locate(
+    document: LoadedDocument, located: list[tuple[JsonPath, str, bool]], filename: str, level: str
+) -> list[Problem]:
     problems: set[Problem] = set()
     for path, message, at_key in located:
         position: Position = (
             document.key_positions.get(path) or document.position_of(path) if at_key else document.position_of(path)
         )
-        problems.add(Problem(filename, position.line, position.column, checks.format_path(path), message))
+        problems.add(Problem(filename, position.line, position.column, checks.format_path(path), message, level))
     return sorted(problems)
 
 
@@ -207,6 +224,7 @@ def check_document(document: LoadedDocument, data: Any, filename: str) -> list[P
 class CheckResult:
     spec: Spec | None
     problems: list[Problem]
+    warnings: list[Problem] = field(default_factory=list)
 
 
 def check_bytes(raw: bytes, filename: str) -> CheckResult:
@@ -219,9 +237,11 @@ def check_bytes(raw: bytes, filename: str) -> CheckResult:
     # Defaults are filled into the loaded data itself: nothing else holds on to it.
     data = apply_defaults(document.data)
     problems = check_document(document, data, filename)
+    warnings = warnings_of(document, data, filename)
     if problems:
-        return CheckResult(None, problems)
-    return CheckResult(build_spec(data, raw.decode("utf-8").removeprefix("\ufeff")), [])
+        return CheckResult(None, problems, warnings)
+    spec = build_spec(data, raw.decode("utf-8").removeprefix("\ufeff"))
+    return CheckResult(replace(spec, warnings=tuple(str(warning) for warning in warnings)), [], warnings)
 
 
 def check_file(path: str | Path) -> CheckResult:

@@ -13,6 +13,8 @@ from render.output import OutputError, diff, write
 def render_command(spec: Path, output: Path, *, check: bool) -> int:
     """0 when written (or, with check, up to date); 1 on a bad spec, a stale directory or a write error."""
     result = check_file(spec)
+    for warning in result.warnings:
+        print(warning, file=sys.stderr)
     if result.spec is None:
         for problem in result.problems:
             print(problem, file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Spec in, files out: one YAML file per object, a kustomization.yaml listing them, and litellm.yml.
+"""Spec in, files out: one YAML file per object, a kustomization.yaml listing them, litellm.yml and the patch for
+LiteLLM's Deployment.
 
 Pure and deterministic: the same spec gives the same bytes, with no timestamps or environment in them.
 """
@@ -12,6 +13,10 @@ from render.yamlout import dump
 
 KUSTOMIZATION = "kustomization.yaml"
 LITELLM_FILE = "litellm.yml"
+LITELLM_PATCH_FILE = "litellm-deployment-patch.yaml"
+NOT_RESOURCES = frozenset({KUSTOMIZATION, LITELLM_FILE, LITELLM_PATCH_FILE})
+"""Files that are no object of this directory: litellm.yml is LiteLLM's config, the patch is for LiteLLM's
+Deployment (applied where LiteLLM is deployed)."""
 
 
 def documents(spec: Spec) -> list[Document]:
@@ -32,11 +37,13 @@ def kustomization(resources: list[str]) -> Document:
 
 
 def render_files(spec: Spec) -> dict[str, str]:
-    """File name -> content, sorted by name. litellm.yml is not a Kubernetes object, so not a resource."""
+    """File name -> content, sorted by name. litellm.yml and LiteLLM's Deployment patch are not this
+    directory's objects, so not resources."""
     objects = documents(spec)
     files = {file_name(document): dump(document) for document in objects}
-    if len(files) != len(objects):
+    if len(files) != len(objects) or set(files) & NOT_RESOURCES:
         raise AssertionError("two rendered objects share a file name")
     files[KUSTOMIZATION] = dump(kustomization(sorted(files)))
     files[LITELLM_FILE] = dump(litellm.document(spec), header=litellm.LITELLM_HEADER)
+    files[LITELLM_PATCH_FILE] = dump(litellm.deployment_patch(spec), header=litellm.deployment_patch_header(spec))
     return dict(sorted(files.items()))

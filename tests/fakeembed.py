@@ -3,7 +3,7 @@
 `fake_vector(text, dims)` is a unit vector seeded by the text's SHA-256: the same text always gives the same
 vector, so a query equal to a stored chunk's text finds that chunk with score 1.0, and tests can compute
 expected results without a model. Switches make it misbehave: fail with a status, be slow, answer with the
-wrong dimensions, or rate-limit with Retry-After.
+wrong dimensions, rate-limit with Retry-After, or answer 401 quoting the Authorization header it received.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class FakeEmbedder:
     retry_after: str = "0"
     delay_seconds: float = 0.0
     wrong_dimensions: bool = False
+    reflect_authorization: bool = False
+    """Answer 401 quoting the Authorization header it got, as LiteLLM's proxy does for a wrong key."""
     calls: list[Call] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     port: int = 0
@@ -59,6 +61,7 @@ class FakeEmbedder:
         self.rate_limit_times = 0
         self.delay_seconds = 0.0
         self.wrong_dimensions = False
+        self.reflect_authorization = False
         self.calls.clear()
 
     @property
@@ -71,6 +74,18 @@ class FakeEmbedder:
         self.calls.append(Call(body["model"], list(inputs), request.headers.get("Authorization"), body))
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
+        if self.reflect_authorization:
+            received = request.headers.get("Authorization", "")
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"Authentication Error, invalid key. Received: {received}",
+                        "type": "auth_error",
+                        "code": "401",
+                    }
+                },
+                status=401,
+            )
         if self.rate_limit_times > 0:
             self.rate_limit_times -= 1
             return web.json_response(

@@ -1,7 +1,8 @@
 """The spec validator, driven by example folders the suite discovers on its own.
 
 tests/specs/valid/*.yaml must pass. Each tests/specs/invalid/*.yaml ends with `# expect: LINE:COL $.path: message`
-lines; the validator must report exactly those problems (message compared as a prefix), no more.
+lines; the validator must report exactly those problems (message compared as a prefix), no more. Each
+tests/specs/warnings/*.yaml is valid and has `# warn: LINE:COL $.path: message` lines: exactly those warnings.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ HERE = Path(__file__).parent
 REPO = HERE.parent
 VALID = sorted((HERE / "specs" / "valid").glob("*.yaml"))
 INVALID = sorted((HERE / "specs" / "invalid").glob("*.yaml"))
+WARNINGS = sorted((HERE / "specs" / "warnings").glob("*.yaml"))
 EXPECT = re.compile(r"^# expect: (?P<line>\d+):(?P<column>\d+) (?P<path>\$\S*): (?P<message>.+)$", re.M)
+WARN = re.compile(r"^# warn: (?P<line>\d+):(?P<column>\d+) (?P<path>\$\S*): (?P<message>.+)$", re.M)
 
 
 def test_example_folders_are_populated() -> None:
@@ -55,6 +58,54 @@ def test_invalid_specs_report_exactly_the_expected_problems(path: Path) -> None:
             and problem.message.startswith(want["message"])
             for problem in problems
         ), f"missing {want}; got:\n" + "\n".join(map(str, problems))
+
+
+@pytest.mark.parametrize("path", WARNINGS, ids=lambda p: p.stem)
+def test_warning_specs_are_valid_and_warn_exactly_as_expected(path: Path) -> None:
+    expected = [match.groupdict() for match in WARN.finditer(path.read_text())]
+    assert expected, f"{path.name} has no `# warn:` lines"
+    result = check_file(path)
+    assert result.problems == [] and result.spec is not None
+    assert len(result.warnings) == len(expected), "\n".join(map(str, result.warnings))
+    for want in expected:
+        assert any(
+            (warning.line, warning.column, warning.path) == (int(want["line"]), int(want["column"]), want["path"])
+            and warning.level == "warning"
+            and warning.message.startswith(want["message"])
+            for warning in result.warnings
+        ), f"missing {want}; got:\n" + "\n".join(map(str, result.warnings))
+    # The typed spec carries them, printed as `vectorstore validate` prints them.
+    assert list(result.spec.warnings) == [str(warning) for warning in result.warnings]
+    assert all(": warning: " in text for text in result.spec.warnings)
+
+
+def test_validate_prints_warnings_and_exits_0() -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", "import sys, cli; sys.exit(cli.main(sys.argv[1:]))", "validate", *map(str, WARNINGS)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == sum(len(WARN.findall(path.read_text())) for path in WARNINGS)
+    assert all(re.match(r"^\S+:\d+:\d+: \$\S*: warning: ", line) for line in lines), lines
+
+
+def test_every_warning_has_an_example() -> None:
+    fired = set()
+    for path in WARNINGS:
+        data = apply_defaults(copy.deepcopy(load_yaml(path.read_bytes()).data))
+        fired |= {check.__name__ for check in semantic.ALL_WARNINGS if check(data)}
+    assert fired == {check.__name__ for check in semantic.ALL_WARNINGS}
+
+
+def test_the_old_search_defaults_render_like_search_overrides() -> None:
+    old = load_spec(HERE / "specs" / "warnings" / "deprecated-search-defaults.yaml")
+    assert old.litellm.search_overrides == {"max_num_results": 5}
+    docs, notes = old.stores
+    assert docs.registry is not None and docs.registry.search_overrides == {"max_num_results": 3}
+    assert notes.registry is not None and notes.registry.search_overrides == {"max_num_results": 5}
 
 
 def test_every_semantic_check_has_a_negative_example() -> None:
@@ -112,7 +163,7 @@ def test_derived_names_are_shared() -> None:
     assert (runbooks.model, runbooks.dimensions, runbooks.vector_type) == ("nomic-embed-text", 768, "vector")
     handbook = spec.store_by_name("handbook")
     assert handbook is not None and handbook.vector_type == "halfvec"  # 3,072 dimensions
-    assert handbook.registry is not None and handbook.registry.search_defaults == {"max_num_results": 3}
+    assert handbook.registry is not None and handbook.registry.search_overrides == {"max_num_results": 3}
     assert spec.database.cluster.parameters == {"jit": "off", "max_connections": "200", "shared_buffers": "512MB"}
     assert spec.embedding.base_url == "https://litellm.example.com"
 

@@ -21,8 +21,9 @@ from config import Spec
 from vectorstore.api import auth
 from vectorstore.api.middleware import error_middleware
 from vectorstore.embeddings.client import EmbeddingClient
+from vectorstore.observability.logs import Redactor
 from vectorstore.settings import Settings
-from vectorstore.state import EMBEDDER, FILE_COUNTS, POOL, READINESS, SETTINGS, SPEC, Readiness
+from vectorstore.state import EMBEDDER, FILE_COUNTS, POOL, READINESS, REDACTOR, SETTINGS, SPEC, Readiness
 from vectorstore.storage import database, reconcile
 from vectorstore.storage.migrations import MigrationError, migrate
 from vectorstore.storage.stores import no_file_counts
@@ -136,6 +137,7 @@ def create_app(spec: Spec, *, settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[READINESS] = Readiness()
     app[FILE_COUNTS] = no_file_counts
+    app[REDACTOR] = Redactor(settings.secret_values())
     app[auth.AUTHENTICATOR] = auth.Authenticator(spec, settings.api_keys)
     # Order matters: teardown runs in reverse, so the readiness task stops before the pool closes.
     app.cleanup_ctx.append(_pool_ctx)

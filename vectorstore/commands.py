@@ -38,7 +38,10 @@ def _configure_logging() -> None:
 
 def _load(path: Path) -> Spec:
     try:
-        return load_spec(path)
+        spec = load_spec(path)
+        for warning in spec.warnings:
+            print(f"vectorstore: spec {warning}", file=sys.stderr, flush=True)
+        return spec
     except SpecError as exc:
         raise StartupError(f"the spec is invalid:\n{exc}") from None
     except OSError as exc:
@@ -85,6 +88,8 @@ def serve(options: ServeOptions) -> int:
         print(f"vectorstore serve: can't start the database: {exc}", file=sys.stderr)
         return 2
     print(f"vectorstore: database: {location.description}", file=sys.stderr, flush=True)
+    if location.connection is not None:
+        print(f"vectorstore: database connection: {location.connection}", file=sys.stderr, flush=True)
     settings = Settings(
         dsn=location.dsn,
         api_keys=api_keys,
@@ -93,7 +98,9 @@ def serve(options: ServeOptions) -> int:
         host=options.host,
         port=options.port or spec.server.port,
         **source_settings(spec, options.spec, options.data_dir, os.environ),
+        extra_secrets=(os.environ.get("PGPASSWORD", ""),),
     )
+    logs.add_secrets(settings.secret_values())
     try:
         return asyncio.run(_serve(spec, settings))
     except OSError as exc:
@@ -106,11 +113,12 @@ def serve(options: ServeOptions) -> int:
 async def _serve(spec: Spec, settings: Settings) -> int:
     from aiohttp import web
 
+    from vectorstore.api.protocol import EdgeAppRunner
     from vectorstore.app import create_app
     from vectorstore.state import READINESS
 
     app = create_app(spec, settings=settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = EdgeAppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -82,6 +82,14 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(ApiError):
+    """415: a body in a format the route doesn't read (JSON routes want `application/json`)."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class UpstreamError(ApiError):
     """502: the embedding upstream failed; the message carries its status."""
 

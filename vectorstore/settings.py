@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from config import Spec
 
 log = logging.getLogger("vectorstore")
@@ -32,7 +35,7 @@ class Settings:
     reconcile: bool = True
     """Reconcile the declared stores at startup; tests turn it off to exercise an unreconciled database."""
     pool_timeout: float = 3.0
-    """Seconds a request waits for a pooled connection before 503 (all busy, or the database gone)."""
+    """Seconds a request waits for a pooled connection before 503 when all are busy."""
     spec_dir: Path | None = None
     """Relative source `path`s start here (the spec file's directory); the working directory when None."""
     sources_dir: Path | None = None
@@ -44,6 +47,21 @@ class Settings:
     source_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Values of the sources' secret env vars (S3 and git credentials) found at startup; a missing one fails
     its source."""
+    extra_secrets: tuple[str, ...] = field(default=(), repr=False)
+    """More values never to show (`PGPASSWORD`, which libpq reads from the environment, not the DSN)."""
+
+    def secret_values(self) -> list[str]:
+        """Every secret this server knows: API keys, the embedding and rerank keys, the sources' credentials,
+        the database password. Logs and every client-facing message are redacted of them."""
+        values = [*self.api_keys.values(), *self.extra_secrets, *self.source_env.values()]
+        values += [key for key in (self.embedding_api_key, self.rerank_api_key) if key]
+        try:
+            password = conninfo_to_dict(self.dsn).get("password")
+        except psycopg.Error:
+            password = None
+        if password:
+            values.append(str(password))
+        return [value for value in values if value]
 
 
 def resolve_secrets(spec: Spec, environ: Mapping[str, str]) -> tuple[dict[str, str], str | None]:

@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from config import Spec
 from vectorstore.embeddings.client import EmbeddingClient
+from vectorstore.observability.logs import Redactor
 from vectorstore.settings import Settings
 from vectorstore.storage.stores import FileCountsProvider
 
@@ -39,6 +40,8 @@ POOL: web.AppKey[Pool] = web.AppKey("pool")
 EMBEDDER = web.AppKey("embedder", EmbeddingClient)
 READINESS = web.AppKey("readiness", Readiness)
 FILE_COUNTS: web.AppKey[FileCountsProvider] = web.AppKey("file_counts")
+REDACTOR = web.AppKey("redactor", Redactor)
+"""Every secret the server knows (Settings.secret_values), for what leaves it other than logs."""
 
 
 def spec(request: web.Request) -> Spec:

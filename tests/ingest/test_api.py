@@ -341,15 +341,21 @@ async def test_keys_limited_to_a_store_see_only_their_files(ingest_server: Runni
 
 async def test_raw_routes_without_prefix_and_errors(ingest_server: RunningServer) -> None:
     async with aiohttp.ClientSession() as http:
+        # JSON where multipart is read: 415, as the contract says.
         async with http.post(ingest_server.url("/files"), headers=auth(), json={"purpose": "assistants"}) as response:
-            assert response.status == 400
+            assert response.status == 415
             body = await response.json()
-            assert body["error"]["param"] == "file"
-        form = aiohttp.FormData()
+            assert body["error"]["param"] == "file" and body["error"]["code"] == "unsupported_media_type"
+        # Multipart without the file (a form without files would go url-encoded: 415 as above).
+        form = aiohttp.FormData(default_to_multipart=True)
         form.add_field("purpose", "assistants")
         async with http.post(ingest_server.url("/files"), headers=auth(), data=form) as response:
             assert response.status == 400
             assert (await response.json())["error"]["param"] == "file"
+        form = aiohttp.FormData()
+        form.add_field("purpose", "assistants")
+        async with http.post(ingest_server.url("/files"), headers=auth(), data=form) as response:
+            assert response.status == 415
         async with http.get(
             ingest_server.url(f"/vector_stores/{STORE_ID}/file_batches/vsfb_x"), headers=auth()
         ) as response:

@@ -60,6 +60,13 @@ def test_json_and_jsonl_validated() -> None:
         extract_text(b'{"a": 1}\n{bad\n', "x.jsonl")
 
 
+def test_json_nested_deeper_than_the_parser_recurses_is_text_not_a_crash() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    assert extract_text(deep.encode(), "deep.json") == deep
+    text = extract_text(f'{{"a": 1}}\n{deep}\n'.encode(), "deep.jsonl")
+    assert text.startswith('{"a": 1}') and deep in text
+
+
 def test_pdf_text_across_pages() -> None:
     pdf = make_pdf([["The first page says hello."], ["Page two talks about vectors.", "And a second line."]])
     text = extract_text(pdf, "doc.pdf")

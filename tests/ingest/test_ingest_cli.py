@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,15 @@ def _options(server: RunningServer, *paths: Path, store: str = "docs") -> Ingest
     return options
 
 
-async def _run(server: RunningServer, *paths: Path, store: str = "docs") -> tuple[int, str]:
-    out = io.StringIO()
+class _Terminal(io.StringIO):
+    """Output that says it is a terminal, as a user's shell is."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def _run(server: RunningServer, *paths: Path, store: str = "docs", tty: bool = False) -> tuple[int, str]:
+    out = _Terminal() if tty else io.StringIO()
     code = await asyncio.to_thread(lambda: asyncio.run(run(_options(server, *paths, store=store), WRITE_KEY, out)))
     return code, out.getvalue()
 
@@ -55,6 +63,10 @@ async def test_ingest_folder_skips_known_files_and_reports_failures(
     assert "3 ingested (3 chunks), 0 already there, 1 failed" in output
     assert "FAILED" in output and "empty.txt" in output and "invalid_file" in output
     assert ".hidden" not in output
+    # Not a terminal: one plain line per file, with the rate, and no control characters.
+    lines = [line for line in output.splitlines() if line.startswith("[")]
+    assert len(lines) == 4 and all("files/s" in line for line in lines), output
+    assert "\x1b" not in output and "\r" not in output
     files = [f async for f in oai.vector_stores.files.list(STORE_ID)]
     assert sorted(f.status for f in files) == ["completed", "completed", "completed", "failed"]
     [hit] = (await oai.vector_stores.search(STORE_ID, query="Beta is the second letter.", max_num_results=1)).data
@@ -89,3 +101,21 @@ async def test_ingest_by_store_id_and_bad_arguments(
     assert await asyncio.to_thread(ingest, _options(ingest_server, tmp_path / "missing.txt")) == 2
     assert await asyncio.to_thread(ingest, _options(ingest_server, note, store="nope")) == 2
     assert await asyncio.to_thread(ingest, _options(ingest_server, note)) == 0
+
+
+async def test_ingest_on_a_terminal_shows_a_progress_bar(ingest_server: RunningServer, tmp_path: Path) -> None:
+    docs = tmp_path / "many"
+    docs.mkdir()
+    for index in range(12):
+        (docs / f"note-{index:02d}.txt").write_text(f"Note number {index} is about progress bars.\n")
+    (docs / "empty.txt").write_bytes(b"")
+    code, output = await _run(ingest_server, docs, tty=True)
+    assert code == 1, output
+    assert "\x1b[" in output, "a live display, drawn with terminal control sequences"
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)
+    # The bar's last state: every file, the chunks, the failure, a rate and the elapsed time.
+    assert "13/13 files, 12 chunks, 1 failed, 0 skipped" in plain, plain
+    assert re.search(r"\d+\.\d files/s, ETA", plain), plain
+    assert "FAILED" in plain and "empty.txt" in plain
+    # And the summary after it.
+    assert "12 ingested (12 chunks), 0 already there, 1 failed" in plain

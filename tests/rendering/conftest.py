@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from config import Spec, load_spec
-from render.manifests import render_files
+from render.manifests import NOT_RESOURCES, render_files
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -57,10 +57,11 @@ def rendered(case_spec: Spec) -> dict[str, str]:
 
 @pytest.fixture
 def objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
-    """The rendered Kubernetes objects, parsed back (litellm.yml and kustomization.yaml left out)."""
+    """The rendered Kubernetes objects, parsed back (litellm.yml, LiteLLM's Deployment patch and
+    kustomization.yaml left out)."""
     out = []
     for name, text in rendered.items():
-        if name in ("litellm.yml", "kustomization.yaml"):
+        if name in NOT_RESOURCES:
             continue
         out.append(yaml.safe_load(text))
     return out

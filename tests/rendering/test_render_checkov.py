@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from render.manifests import LITELLM_PATCH_FILE
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
@@ -38,6 +40,10 @@ def _committed_renders(into: Path) -> Path:
     shutil.copytree(REPO / "manifests", into / "stack")
     for case in sorted((HERE / "golden").iterdir()):
         shutil.copytree(case, into / case.name)
+    # The patch for LiteLLM's own Deployment is a fragment of someone else's object, not one of ours: checkov
+    # would judge LiteLLM's pod by the one env entry it adds.
+    for patch in into.rglob(LITELLM_PATCH_FILE):
+        patch.unlink()
     return into
 
 

@@ -45,4 +45,7 @@ def test_output_does_not_depend_on_libyaml(case_spec: Spec, rendered: dict[str, 
     files[manifests.LITELLM_FILE] = yamlout.dump(
         litellm.document(case_spec), header=litellm.LITELLM_HEADER, dumper=python
     )
+    files[manifests.LITELLM_PATCH_FILE] = yamlout.dump(
+        litellm.deployment_patch(case_spec), header=litellm.deployment_patch_header(case_spec), dumper=python
+    )
     assert dict(sorted(files.items())) == rendered

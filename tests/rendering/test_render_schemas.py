@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from config import Spec, check_bytes, names
+from render.manifests import LITELLM_PATCH_FILE, NOT_RESOURCES
 
 KUBERNETES_VERSION = "1.37"  # the newest schemas kubernetes-validate ships
 CORE_API_GROUPS = ("v1", "apps/v1", "networking.k8s.io/v1", "policy/v1")
@@ -226,13 +227,49 @@ def test_litellm_snippet(case_spec: Spec, rendered: dict[str, str]) -> None:
         assert not params["api_base"].endswith("/v1")
         assert params["api_key"] == f"os.environ/{case_spec.litellm.api_key_env}"
         assert params.get("vector_store_description") == store.registry.description
-        for key, value in store.registry.search_defaults.items():
+        for key, value in store.registry.search_overrides.items():
             assert params[key] == value
+
+
+def test_litellm_deployment_patch(case_spec: Spec, rendered: dict[str, str]) -> None:
+    """A strategic-merge patch for LiteLLM's Deployment: only the env var litellm.yml's api_key names, from the
+    Secret key of the auth key LiteLLM sends (the one the server reads as VECTORSTORE_API_KEY_<NAME>)."""
+    text = rendered[LITELLM_PATCH_FILE]
+    assert "PG_VECTOR_API_KEY" in text, "the header names the error LiteLLM gives without it"
+    patch = yaml.safe_load(text)
+    assert (patch["apiVersion"], patch["kind"]) == ("apps/v1", "Deployment")
+    assert patch["metadata"] == {"name": case_spec.litellm.deployment_name, "namespace": case_spec.litellm.namespace}
+    assert set(patch) == {"apiVersion", "kind", "metadata", "spec"}
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    key = case_spec.litellm_key
+    assert container == {
+        "name": case_spec.litellm.deployment_container,
+        "env": [
+            {
+                "name": case_spec.litellm.api_key_env,
+                "valueFrom": {"secretKeyRef": {"name": key.api_key.secret, "key": key.api_key.key}},
+            }
+        ],
+    }
+    # The server reads the very same Secret key.
+    deployment = next(obj for obj in _objects(rendered) if obj["kind"] == "Deployment")
+    server_env = {env["name"]: env for env in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert server_env[key.api_key.env]["valueFrom"] == container["env"][0]["valueFrom"]
+
+
+def _objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    return [yaml.safe_load(text) for name, text in rendered.items() if name not in NOT_RESOURCES]
+
+
+def test_litellm_snippet_recommends_the_error_failure_mode(rendered: dict[str, str]) -> None:
+    text = rendered["litellm.yml"]
+    assert "#   vector_store_search_failure_mode: error" in text and "# litellm_settings:" in text
+    assert "override" in text
 
 
 def test_kustomization_lists_every_object(rendered: dict[str, str]) -> None:
     kustomization = yaml.safe_load(rendered["kustomization.yaml"])
-    assert kustomization["resources"] == sorted(set(rendered) - {"kustomization.yaml", "litellm.yml"})
+    assert kustomization["resources"] == sorted(set(rendered) - NOT_RESOURCES)
 
 
 def test_the_cases_cover_every_kind_render_can_emit() -> None:
@@ -241,7 +278,7 @@ def test_the_cases_cover_every_kind_render_can_emit() -> None:
     kinds = set()
     for path in [*(root.parent.parent / "manifests").glob("*.yaml"), *(root / "golden").glob("*/*.yaml")]:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if path.name != "kustomization.yaml":
+        if path.name not in NOT_RESOURCES:
             kinds.add(document["kind"])
     assert kinds == {
         "Cluster",

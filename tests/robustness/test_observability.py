@@ -202,6 +202,37 @@ def test_redacting_filter_covers_message_args_extras_and_bearer() -> None:
     assert logs.RedactingFilter(["short"]).secrets == set()
 
 
+def test_redaction_covers_every_field_whatever_its_source() -> None:
+    """The request id comes from the client (a key sent as `x-request-id` once reached warning lines) and extra
+    fields may be any type: every field of the finished line is redacted, by the filter and by the formatter."""
+    for handler_setup in ("filter", "formatter"):
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        if handler_setup == "filter":
+            handler.setFormatter(logs.JsonFormatter())
+            handler.addFilter(logs.RedactingFilter([SECRET]))
+        else:
+            handler.setFormatter(logs.JsonFormatter(logs.Redactor([SECRET])))
+        logger = logging.getLogger(f"vectorstore.redact-{handler_setup}")
+        logger.addHandler(handler)
+        logger.propagate = False
+        token = logs.request_id_var.set(SECRET)
+        try:
+            logger.warning("upstream failed", extra={"nested": {"k": [SECRET, 1]}, SECRET[:8]: (SECRET,)})
+        finally:
+            logs.request_id_var.reset(token)
+            logger.removeHandler(handler)
+        text = stream.getvalue()
+        assert SECRET not in text, (handler_setup, text)
+        line = _lines(stream)[0]
+        assert line["request_id"] == logs.REDACTED and line["nested"] == {"k": [logs.REDACTED, 1]}, line
+
+
+def test_a_secret_is_never_taken_as_the_request_id(log_stream: io.StringIO) -> None:
+    assert logs.accept_request_id("litellm-abc123") == "litellm-abc123"
+    assert logs.accept_request_id(SECRET) != SECRET
+
+
 async def test_openapi_route_serves_the_committed_document(client: TestClient[web.Request, web.Application]) -> None:
     response = await client.get(observability.OPENAPI_PATH)
     assert response.status == 200

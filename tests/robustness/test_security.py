@@ -17,6 +17,7 @@ from robustness.harness import (
     EMBEDDING_KEY,
     KEYS,
     ServerProcess,
+    Upstream,
     attach,
     declared_store_ids,
     upload,
@@ -253,6 +254,33 @@ async def test_keys_never_appear_in_logs(shared_server: ServerProcess) -> None:
     assert lines and all(isinstance(json.loads(line), dict) for line in lines)
 
 
+async def test_a_key_sent_as_request_id_reaches_no_log_line(
+    shared_server: ServerProcess, module_upstream: Upstream
+) -> None:
+    """The way the review found it: the key as `x-request-id` on a request that logs warnings (the upstream fails,
+    and the server logs each retry while serving the request)."""
+    alpha = declared_store_ids(shared_server.spec)["alpha"]
+    before = len(shared_server.logs())
+    module_upstream.mode = "500"
+    try:
+        async with shared_server.session(key=None) as http:
+            for name, key in KEYS.items():
+                response = await http.post(
+                    f"/v1/vector_stores/{alpha}/search",
+                    json={"query": f"request id {name}"},
+                    headers={"Authorization": f"Bearer {key}", "x-request-id": key},
+                )
+                assert response.status in (404, 502), await response.text()
+                assert response.headers["x-request-id"] != key
+                assert key not in await response.text()
+    finally:
+        module_upstream.mode = "ok"
+    logs = shared_server.logs()[before:]
+    assert '"level": "warning"' in logs and "retry" in logs, "the requests did log warnings"
+    for secret in (*KEYS.values(), EMBEDDING_KEY):
+        assert secret not in logs, f"a key leaked into the logs: {secret[:10]}..."
+
+
 def test_rendered_manifests_hold_no_secret_value() -> None:
     directory = REPO / "manifests"
     documents = [
@@ -262,7 +290,8 @@ def test_rendered_manifests_hold_no_secret_value() -> None:
         if isinstance(doc, dict)
     ]
     assert documents, "manifests/ is rendered and committed"
-    secret_envs = {"PGPASSWORD", EMBEDDING_API_KEY_ENV}
+    # LiteLLM's Deployment patch wires its key too (litellm.api_key_env of config/stack.yaml).
+    secret_envs = {"PGPASSWORD", EMBEDDING_API_KEY_ENV, "VECTOR_STORE_API_KEY"}
     checked = 0
     for doc in documents:
         assert doc.get("kind") != "Secret" or not (doc.get("data") or doc.get("stringData")), doc["metadata"]
@@ -271,7 +300,7 @@ def test_rendered_manifests_hold_no_secret_value() -> None:
             if name in secret_envs or name.startswith(API_KEY_ENV_PREFIX):
                 assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), env
                 checked += 1
-    assert checked >= 2, "the Deployment wires the keys and the database password from secrets"
+    assert checked >= 3, "the Deployment wires the keys and the database password from secrets, the patch LiteLLM's"
     # LiteLLM's snippet references its key through os.environ, never a literal.
     litellm = directory / "litellm.yml"
     if litellm.exists():

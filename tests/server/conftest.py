@@ -20,6 +20,7 @@ from fakeembed import FakeEmbedder
 from openai import AsyncOpenAI
 
 from config import Spec, load_spec
+from vectorstore.api.protocol import EdgeAppRunner
 from vectorstore.app import create_app
 from vectorstore.settings import Settings
 from vectorstore.state import READINESS
@@ -114,7 +115,8 @@ async def start_server(
         dsn=dsn, api_keys=keys, embedding_api_key=embedding_api_key, pool_timeout=2.0, **settings_fields
     )
     app = create_app(spec, settings=settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    # The runner `vectorstore serve` uses: malformed HTTP gets the same answer here.
+    runner = EdgeAppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)

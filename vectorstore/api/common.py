@@ -6,29 +6,45 @@ Every helper raises `BadRequest` naming the parameter, so handlers never hand-ro
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import psycopg
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from vectorstore.api import auth
-from vectorstore.errors import BadRequest, NotFound, PayloadTooLarge, store_not_found
+from vectorstore.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType, store_not_found
+from vectorstore.ingest.chunking import count_tokens
 from vectorstore.storage import files, stores
+from vectorstore.values import MAX_JSON_DEPTH, as_float, is_number, shown, too_deep
 
 # JSON bodies are parsed in memory: cap them below the upload limit (files are multipart, not JSON).
 # 16 MiB fits a prototype batch of 2,048 embeddings of 768 floats.
 MAX_JSON_BYTES = 16 * 1024 * 1024
+MAX_INPUT_TOKENS = 8192
+"""Text the server embeds for a request (a search query, a prototype row without its vector) is one input of
+the embedding upstream: OpenAI's embedding models take at most 8,192 tokens per input."""
+MAX_INPUT_CHARS = 65536
+"""Refused before counting tokens, so a hostile text costs nothing to turn down."""
+# Under this many characters a text can't reach MAX_INPUT_TOKENS (a cl100k token is at least one UTF-8 byte, a
+# character at most four), so most texts are never counted.
+_UNCOUNTED_CHARS = MAX_INPUT_TOKENS // 4
 POLL_AFTER_MS = "250"
 """`openai-poll-after-ms` on retrieves: the SDK's pollers would otherwise wait a whole second per poll."""
 
 
 async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    """The request's JSON object. An empty body is `{}` when allowed (the OpenAI client may send one on DELETE)."""
+    """The request's JSON object. An empty body is `{}` when allowed (the OpenAI client may send one on DELETE).
+
+    Refused before it is parsed: a body that says it is not JSON (415; a body with no Content-Type at all is
+    read as JSON, as the prototype did), one over the size limit (413), and one nested deeper than
+    MAX_JSON_DEPTH (400), which would otherwise exhaust the parser's recursion.
+    """
     limit = min(MAX_JSON_BYTES, request.app._client_max_size)
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The JSON body is larger than the limit of {limit} bytes.")
+    if request.body_exists:
+        _require_json_content_type(request)
     raw = await request.read()
     if len(raw) > limit:
         raise PayloadTooLarge(f"The JSON body is larger than the limit of {limit} bytes.")
@@ -36,13 +52,70 @@ async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[
         if allow_empty:
             return {}
         raise BadRequest("The request body must be a JSON object.", param="body")
+    if too_deep(raw):
+        raise BadRequest(
+            f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; "
+            f"{MAX_JSON_DEPTH} is the limit.",
+            param="body",
+            code="json_too_deep",
+        )
     try:
-        data = json.loads(raw)
+        # What json.loads does with bytes, with one decoder for every request (json.loads with options builds a
+        # decoder per call).
+        data = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"The request body is not valid JSON: {exc}.", param="body") from None
+    except RecursionError:
+        # The depth check above should make this unreachable; a 400 all the same, never a 500.
+        raise BadRequest(
+            f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep.", param="body"
+        ) from None
     if not isinstance(data, dict):
         raise BadRequest(f"The request body must be a JSON object, not {_kind(data)}.", param="body")
     return data
+
+
+def _require_json_content_type(request: web.Request) -> None:
+    if hdrs.CONTENT_TYPE not in request.headers:
+        return
+    media_type = request.content_type
+    if media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json")):
+        return
+    raise UnsupportedMediaType(
+        f"This route reads a JSON body: send it with 'Content-Type: application/json' (got '{media_type[:80]}').",
+        param="body",
+    )
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN, Infinity and -Infinity; JSON (RFC 8259) has no such numbers.
+    raise ValueError(f"{name} is not a JSON value (numbers must be finite)")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def embeddable(text: str, param: str, *, code: str = "input_too_long") -> str:
+    """The text, or 400 when it is longer than one embedding input may be: more than MAX_INPUT_TOKENS
+    (cl100k_base, counted exactly) or MAX_INPUT_CHARS."""
+    if len(text) <= _UNCOUNTED_CHARS:
+        return text
+    if len(text) > MAX_INPUT_CHARS:
+        raise BadRequest(
+            f"'{param}' is {len(text)} characters long; it may have at most {MAX_INPUT_TOKENS} tokens "
+            f"and {MAX_INPUT_CHARS} characters (one embedding input).",
+            param=param,
+            code=code,
+        )
+    tokens = count_tokens(text)
+    if tokens > MAX_INPUT_TOKENS:
+        raise BadRequest(
+            f"'{param}' is {tokens} tokens long; it may have at most {MAX_INPUT_TOKENS} tokens (cl100k_base), "
+            "one embedding input.",
+            param=param,
+            code=code,
+        )
+    return text
 
 
 def _kind(value: Any) -> str:
@@ -95,14 +168,13 @@ def opt_int(body: Mapping[str, Any], key: str, *, lo: int, hi: int, param: str |
     name = param or key
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (isinstance(value, float) and not value.is_integer())
-    ):
+    if not is_number(value):
         raise BadRequest(f"'{name}' must be an integer, not {_kind(value)}.", param=name)
+    if isinstance(value, float) and not value.is_integer():
+        # Covers NaN and the infinities too, which are floats and not integers.
+        raise BadRequest(f"'{name}' must be an integer; got {shown(value)}.", param=name)
     if not lo <= value <= hi:
-        raise BadRequest(f"'{name}' must be between {lo} and {hi}; got {value}.", param=name)
+        raise BadRequest(f"'{name}' must be between {lo} and {hi}; got {shown(value)}.", param=name)
     return int(value)
 
 
@@ -110,11 +182,13 @@ def opt_number(body: Mapping[str, Any], key: str, *, lo: float, hi: float, param
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value):
         raise BadRequest(f"'{param}' must be a number, not {_kind(value)}.", param=param)
-    if not lo <= value <= hi:
-        raise BadRequest(f"'{param}' must be between {lo} and {hi}; got {value}.", param=param)
-    return float(value)
+    number = as_float(value)
+    if number is None or not lo <= number <= hi:
+        # NaN, an infinity or an integer too big for a float: all outside the range, and said so.
+        raise BadRequest(f"'{param}' must be a number between {lo} and {hi}; got {shown(value)}.", param=param)
+    return number
 
 
 def opt_bool(body: Mapping[str, Any], key: str, *, param: str | None = None) -> bool | None:
@@ -161,7 +235,7 @@ def query_int(request: web.Request, key: str, *, default: int, lo: int, hi: int)
     except ValueError:
         raise BadRequest(f"'{key}' must be an integer; got '{text[:40]}'.", param=key) from None
     if not lo <= value <= hi:
-        raise BadRequest(f"'{key}' must be between {lo} and {hi}; got {value}.", param=key)
+        raise BadRequest(f"'{key}' must be between {lo} and {hi}; got {shown(value)}.", param=key)
     return value
 
 

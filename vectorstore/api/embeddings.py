@@ -18,6 +18,7 @@ from vectorstore.api import common
 from vectorstore.errors import BadRequest
 from vectorstore.search import statistics
 from vectorstore.storage import stores, tables
+from vectorstore.values import as_float, is_number, shown
 
 routes = web.RouteTableDef()
 
@@ -46,10 +47,15 @@ def _item(value: Any, path: str, dimensions: int) -> _Item:
             raise BadRequest(
                 f"'{prefix}metadata.{key}' must be a string, number or boolean.", param=f"{prefix}metadata.{key}"
             )
+        if is_number(item) and as_float(item) is None:
+            raise BadRequest(
+                f"'{prefix}metadata.{key}' must be a finite number a 64-bit float can hold; got {shown(item)}.",
+                param=f"{prefix}metadata.{key}",
+            )
     raw = value.get("embedding")
     embedding: list[float] | None = None
     if raw is not None:
-        if not isinstance(raw, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
+        if not isinstance(raw, list) or not all(is_number(x) for x in raw):
             raise BadRequest(f"'{prefix}embedding' must be an array of numbers.", param=f"{prefix}embedding")
         if len(raw) != dimensions:
             raise BadRequest(
@@ -57,7 +63,17 @@ def _item(value: Any, path: str, dimensions: int) -> _Item:
                 param=f"{prefix}embedding",
                 code="dimension_mismatch",
             )
-        embedding = [float(x) for x in raw]
+        floats = [as_float(x) for x in raw]
+        for index, number in enumerate(floats):
+            if number is None:
+                raise BadRequest(
+                    f"'{prefix}embedding[{index}]' must be a finite number a float can hold; got {shown(raw[index])}.",
+                    param=f"{prefix}embedding[{index}]",
+                )
+        embedding = [number for number in floats if number is not None]
+    if embedding is None:
+        # The server embeds it: one upstream input, bounded like a search query.
+        common.embeddable(content, f"{prefix}content")
     return _Item(content, embedding, metadata)
 
 

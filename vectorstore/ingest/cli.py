@@ -15,11 +15,15 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+from rich.console import Console
+from rich.progress import BarColumn, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Column
 
 from vectorstore.ingest.extract import ExtractError, detect_kind
 from vectorstore.options import IngestOptions
@@ -43,19 +47,62 @@ class Outcome:
     error: str | None = None
 
 
-@dataclass
 class Progress:
-    total: int
-    stream: TextIO
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    chunks: int = 0
-    started: float = field(default_factory=time.monotonic)
+    """Each file's outcome as it ends, and the counts the summary prints.
+
+    On a terminal, a live bar (rich): files done of total, chunks, failed and skipped, rate and ETA,
+    with failures printed above it as they happen. Anywhere else (CI logs, a pipe) one plain line per file,
+    with the same counts, rate and ETA, so a log shows progress without control characters.
+    """
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.done = 0
+        self.skipped = 0
+        self.failed = 0
+        self.chunks = 0
+        self.started = time.monotonic()
+        self._bar: RichProgress | None = None
+        self._task: TaskID | None = None
+        if stream.isatty():
+            console = Console(file=stream, force_terminal=True)
+            # One line in 80 columns: the bar takes what the counts leave, and the counts never wrap.
+            counts = (
+                "{task.completed}/{task.total} files, {task.fields[chunks]} chunks, {task.fields[failed]} failed, "
+                "{task.fields[skipped]} skipped, {task.fields[rate]} files/s, ETA"
+            )
+            self._bar = RichProgress(
+                BarColumn(bar_width=None),
+                TextColumn(counts, table_column=Column(no_wrap=True)),
+                TimeRemainingColumn(),
+                console=console,
+                expand=True,
+            )
+            self._task = self._bar.add_task("ingest", total=total, chunks=0, skipped=0, failed=0, rate="-")
 
     @property
     def interactive(self) -> bool:
-        return self.stream.isatty()
+        return self._bar is not None
+
+    def __enter__(self) -> Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    @property
+    def rate(self) -> float:
+        """Files per second so far."""
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float | None:
+        """Seconds left at the rate so far; None before the first file ends."""
+        return (self.total - self.done) / self.rate if self.done and self.rate > 0 else None
 
     def show(self, outcome: Outcome) -> None:
         if outcome.status == "skipped":
@@ -65,21 +112,26 @@ class Progress:
         else:
             self.chunks += outcome.chunks
         self.done += 1
-        if self.interactive:
-            width = 30
-            filled = width * self.done // max(1, self.total)
-            bar = "=" * filled + ">" * (filled < width) + " " * (width - filled - 1)
-            self.stream.write(
-                f"\r[{bar[:width]}] {self.done}/{self.total} files, {self.chunks} chunks, "
-                f"{self.skipped} skipped, {self.failed} failed"
+        if self._bar is not None and self._task is not None:
+            if outcome.status == "failed":
+                self._bar.console.print(f"FAILED {outcome.path}: {outcome.error}", markup=False, highlight=False)
+            self._bar.update(
+                self._task,
+                advance=1,
+                chunks=self.chunks,
+                skipped=self.skipped,
+                failed=self.failed,
+                rate=f"{self.rate:.1f}",
             )
-            if self.done == self.total:
-                self.stream.write("\n")
-        else:
-            detail = f"{outcome.chunks} chunks" if outcome.status == "completed" else outcome.status
-            if outcome.error:
-                detail += f": {outcome.error}"
-            self.stream.write(f"[{self.done}/{self.total}] {outcome.path}: {detail}\n")
+            return
+        detail = f"{outcome.chunks} chunks" if outcome.status == "completed" else outcome.status
+        if outcome.error:
+            detail += f": {outcome.error}"
+        eta = self.eta()
+        timing = f"{self.rate:.1f} files/s" + (
+            f", ETA {eta:.0f}s" if eta is not None and self.done < self.total else ""
+        )
+        self.stream.write(f"[{self.done}/{self.total}] {outcome.path}: {detail} ({timing})\n")
         self.stream.flush()
 
 
@@ -210,15 +262,16 @@ async def run(options: IngestOptions, key: str, stream: TextIO) -> int:
             if isinstance(path_attribute, str):
                 by_path.setdefault(path_attribute, []).append(str(item["id"]))
         stream.write(f"ingesting {len(files)} file(s) into {store_id} at {options.base_url}\n")
-        progress = Progress(len(files), stream)
         limit = asyncio.Semaphore(UPLOAD_CONCURRENCY)
-        outcomes = await asyncio.gather(
-            *(_one(api, store_id, path, existing, by_path, strategy, limit, progress) for path in files)
-        )
+        with Progress(len(files), stream) as progress:
+            outcomes = await asyncio.gather(
+                *(_one(api, store_id, path, existing, by_path, strategy, limit, progress) for path in files)
+            )
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     completed = sum(outcome.status == "completed" for outcome in outcomes)
+    elapsed = time.monotonic() - progress.started
     stream.write(
-        f"done in {time.monotonic() - progress.started:.1f}s: {completed} ingested ({progress.chunks} chunks), "
+        f"done in {elapsed:.1f}s ({progress.rate:.1f} files/s): {completed} ingested ({progress.chunks} chunks), "
         f"{progress.skipped} already there, {len(failed)} failed\n"
     )
     for outcome in failed:

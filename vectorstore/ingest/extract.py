@@ -173,6 +173,9 @@ def _check_json(text: str, filename: str) -> None:
         raise InvalidFile(
             f"{filename!r} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
         ) from None
+    except RecursionError:
+        # Nested deeper than Python's parser recurses: JSON allows it, and the text is searchable as it is.
+        pass
 
 
 def _check_jsonl(text: str, filename: str) -> None:
@@ -185,6 +188,8 @@ def _check_jsonl(text: str, filename: str) -> None:
             raise InvalidFile(
                 f"{filename!r} line {number} is not valid JSON (column {error.colno}: {error.msg})"
             ) from None
+        except RecursionError:
+            continue  # as in _check_json
 
 
 def _pdf_text(data: bytes, filename: str) -> str:

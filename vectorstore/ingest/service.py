@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from vectorstore import state
+from vectorstore.errors import ApiError
 from vectorstore.ingest.worker import BATCHES_PER_COPY, Worker
 from vectorstore.storage import files, stores
 
@@ -25,8 +26,15 @@ def wake(app: web.Application) -> None:
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    redactor = app[state.REDACTOR]
+
     async def embed(store: stores.StoreRecord, texts: list[str]) -> list[list[float]]:
-        return await app[state.EMBEDDER].embed(texts, model=store.model, dimensions=store.dimensions)
+        try:
+            return await app[state.EMBEDDER].embed(texts, model=store.model, dimensions=store.dimensions)
+        except ApiError as exc:
+            # The message becomes a failed file's `last_error`, which clients read: no secret may be in it.
+            exc.message = redactor.redact(exc.message)
+            raise
 
     spec = app[state.SPEC]
     worker = Worker(

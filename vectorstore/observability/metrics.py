@@ -44,6 +44,8 @@ _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 CLIENT_CLOSED: Final = 499
 UNMATCHED_ROUTE: Final = "unmatched"
 """Route label of requests no route matched (404s, scanners): one series, whatever the path."""
+MALFORMED_ROUTE: Final = "malformed"
+"""Route label of requests aiohttp's HTTP parser refused (bad framing): they never reach a route."""
 
 HTTP_REQUESTS: Final = Counter(
     "vectorstore_http_requests_total",
@@ -299,7 +301,13 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED_ROUTE
 
 
+# Method labels are bounded like route labels: a client picks the method, and /metrics is public, so an
+# arbitrary token (even an API key sent as the method) must never become a series.
+_METHOD_LABELS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    method = method if method in _METHOD_LABELS else "other"
     HTTP_REQUESTS.labels(method, route, str(status)).inc()
     HTTP_LATENCY.labels(method, route).observe(seconds)
 

@@ -16,6 +16,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from vectorstore.errors import BadRequest
+from vectorstore.values import as_float, shown
 
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
 COMPOUNDS = ("and", "or")
@@ -26,10 +27,16 @@ MAX_IN_VALUES = 1000
 Compiled = tuple[sql.Composable, list[Any]]
 
 
-def _scalar_type(value: Any) -> str | None:
+def _scalar_type(value: Any, path: str) -> str | None:
+    """The JSONB type of a filter value; None when it is no scalar. A number no 64-bit float can hold
+    (an integer of hundreds of digits, an infinity) is refused here: attributes never hold one."""
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, (int, float)):
+        if as_float(value) is None:
+            raise BadRequest(
+                f"'{path}' must be a finite number a 64-bit float can hold; got {shown(value)}.", param=path
+            )
         return "number"
     if isinstance(value, str):
         return "string"
@@ -56,7 +63,7 @@ def _flat(value: dict[str, Any], param: str) -> Compiled:
     parts: list[sql.Composable] = []
     params: list[Any] = []
     for key, item in value.items():
-        if _scalar_type(item) is None:
+        if _scalar_type(item, f"{param}.{key}") is None:
             raise BadRequest(f"'{param}.{key}' must be a string, number or boolean.", param=f"{param}.{key}")
         parts.append(sql.SQL("attributes @> %s"))
         params.append(Jsonb({key: item}))
@@ -95,14 +102,14 @@ def _compile(value: Any, path: str, depth: int) -> Compiled:
                 f"'{vpath}' must be a non-empty array (at most {MAX_IN_VALUES}) for '{kind}'.", param=vpath
             )
         for i, element in enumerate(item):
-            if _scalar_type(element) is None:
+            if _scalar_type(element, f"{vpath}[{i}]") is None:
                 raise BadRequest(f"'{vpath}[{i}]' must be a string, number or boolean.", param=f"{vpath}[{i}]")
         # The attribute (as a one-element array) is contained in the list: JSONB containment compares typed.
         expr: sql.Composable = sql.SQL("(%s::jsonb @> jsonb_build_array(attributes -> %s))")
         if kind == "nin":
             expr = sql.SQL("NOT ") + expr
         return expr, [Jsonb(item), key]
-    scalar = _scalar_type(item)
+    scalar = _scalar_type(item, vpath)
     if scalar is None:
         raise BadRequest(f"'{vpath}' must be a string, number or boolean for '{kind}'.", param=vpath)
     if kind == "eq":

@@ -8,7 +8,6 @@ request, never kept as counters, so `file_counts` can't drift from the files it 
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from config import names
 from vectorstore.errors import BadRequest
 from vectorstore.ingest.chunking import Strategy
 from vectorstore.storage import stores, tables
+from vectorstore.values import as_float, shown
 
 Status = Literal["in_progress", "completed", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("in_progress", "completed", "failed", "cancelled")
@@ -228,8 +228,12 @@ def validate_attributes(value: object, param: str = "attributes") -> dict[str, A
         elif isinstance(item, bool):
             pass
         elif isinstance(item, (int, float)):
-            if not math.isfinite(item):
-                raise BadRequest(f"'{param}.{key}' must be a finite number.", param=f"{param}.{key}")
+            if as_float(item) is None:
+                # NaN, an infinity, or an integer of hundreds of digits: OpenAI's numbers are 64-bit floats.
+                raise BadRequest(
+                    f"'{param}.{key}' must be a finite number a 64-bit float can hold; got {shown(item)}.",
+                    param=f"{param}.{key}",
+                )
         else:
             raise BadRequest(f"'{param}.{key}' must be a string, number or boolean.", param=f"{param}.{key}")
     return dict(value)
