@@ -222,7 +222,19 @@ def pool(data: Any) -> list[Finding]:
     return []
 
 
-ALL_CHECKS = (uniqueness, key_store_limits, dimensions, chunking, images, secret_sources, pool)
+def read_replicas(data: Any) -> list[Finding]:
+    instances = _get(data, "database", "cluster", "instances")
+    if _get(data, "database", "read_replicas") is True and isinstance(instances, int) and instances < 2:
+        return [
+            (
+                ("database", "read_replicas"),
+                f"needs replicas to read from: set database.cluster.instances to 2 or more (it is {instances})",
+            )
+        ]
+    return []
+
+
+ALL_CHECKS = (uniqueness, key_store_limits, dimensions, chunking, images, secret_sources, pool, read_replicas)
 
 
 def semantic_findings(data: Any) -> list[Finding]:

@@ -56,6 +56,10 @@ class Cluster:
     def rw_host(self) -> str:
         return names.database_rw_host(self.name)
 
+    @property
+    def ro_host(self) -> str:
+        return names.database_ro_host(self.name)
+
 
 @dataclass(frozen=True)
 class Database:
@@ -69,6 +73,8 @@ class Database:
     password: SecretRef
     pool_min_size: int
     pool_max_size: int
+    read_replicas: bool = False
+    """Searches go to the replicas (`<cluster>-ro`) through a second pool, with read-your-writes."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,7 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             password=SecretRef(credentials_secret, names.DATABASE_PASSWORD_KEY, "PGPASSWORD"),
             pool_min_size=db["pool"]["min_size"],
             pool_max_size=db["pool"]["max_size"],
+            read_replicas=db["read_replicas"],
         ),
         secrets=tuple(
             SecretSource(
