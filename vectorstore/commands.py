@@ -13,10 +13,10 @@ from typing import Any
 
 import psycopg
 
-from config import Spec, SpecError, load_spec
+from config import Spec, SpecError, load_spec, names
 from vectorstore.observability import logs
 from vectorstore.options import PlanOptions, ServeOptions
-from vectorstore.settings import Settings, StartupError, resolve_secrets
+from vectorstore.settings import Settings, StartupError, resolve_read_dsn, resolve_secrets
 from vectorstore.storage import database, reconcile
 from vectorstore.storage.migrations import schema_ready
 
@@ -55,9 +55,18 @@ def serve(options: ServeOptions) -> int:
     except Exception as exc:  # the embedded database failing to start, mostly
         print(f"vectorstore serve: can't start the database: {exc}", file=sys.stderr)
         return 2
+    try:
+        read_dsn = resolve_read_dsn(spec, location.dsn, os.environ)
+    except StartupError as exc:
+        location.close()
+        print(f"vectorstore serve: {exc}", file=sys.stderr)
+        return 2
     print(f"vectorstore: database: {location.description}", file=sys.stderr, flush=True)
+    if read_dsn is not None:
+        print(f"vectorstore: searches: read replicas ({names.DATABASE_READ_URL_ENV})", file=sys.stderr, flush=True)
     settings = Settings(
         dsn=location.dsn,
+        read_dsn=read_dsn,
         api_keys=api_keys,
         embedding_api_key=embedding_key,
         host=options.host,

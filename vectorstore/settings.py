@@ -10,7 +10,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from config import Spec
+import psycopg
+
+from config import Spec, names
 
 log = logging.getLogger("vectorstore")
 
@@ -31,6 +33,10 @@ class Settings:
     """Reconcile the declared stores at startup; tests turn it off to exercise an unreconciled database."""
     pool_timeout: float = 3.0
     """Seconds a request waits for a pooled connection before 503 (all busy, or the database gone)."""
+    read_dsn: str | None = None
+    """The read replicas (database.read_replicas with DATABASE_READ_URL set): searches go there."""
+    replica_wait_seconds: float = 0.05
+    """How long a search waits for a replica to replay the writes it must see before it goes to the primary."""
 
 
 def resolve_secrets(spec: Spec, environ: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
@@ -57,3 +63,34 @@ def resolve_secrets(spec: Spec, environ: Mapping[str, str]) -> tuple[dict[str, s
                 spec.embedding.base_url,
             )
     return keys, embedding_key
+
+
+def resolve_read_dsn(spec: Spec, primary_dsn: str, environ: Mapping[str, str]) -> str | None:
+    """The replicas' DSN: DATABASE_READ_URL's settings over the primary's, so `host=<cluster>-ro` alone means
+    the same port, database and credentials. None (with a warning when spec and environment disagree) when
+    searches stay on the primary."""
+    read_url = environ.get(names.DATABASE_READ_URL_ENV, "").strip()
+    if not spec.database.read_replicas:
+        if read_url:
+            log.warning(
+                "%s is set but the spec has database.read_replicas off: searches use the primary",
+                names.DATABASE_READ_URL_ENV,
+            )
+        return None
+    if not read_url:
+        log.warning(
+            "database.read_replicas is on but %s is not set: searches use the primary "
+            "(the rendered Deployment sets it to host=%s)",
+            names.DATABASE_READ_URL_ENV,
+            spec.database.cluster.ro_host,
+        )
+        return None
+    try:
+        overrides = psycopg.conninfo.conninfo_to_dict(read_url)
+        return psycopg.conninfo.make_conninfo(primary_dsn, **{k: v for k, v in overrides.items() if v is not None})
+    except psycopg.ProgrammingError:
+        # Not echoed: the value may hold a password.
+        raise StartupError(
+            f"{names.DATABASE_READ_URL_ENV} is not a libpq connection string or URI "
+            "(for example host=mycluster-ro, or postgresql://host:5432/db)"
+        ) from None

@@ -211,6 +211,10 @@ class ServerProcess:
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment variables, over server_env's."""
+    args: tuple[str, ...] = ()
+    """Extra `vectorstore serve` arguments."""
 
     @property
     def base_url(self) -> str:
@@ -220,7 +224,8 @@ class ServerProcess:
         code = "import sys, cli; sys.exit(cli.main(sys.argv[1:]))"
         argv = [sys.executable, "-c", code, "serve", "--spec", str(self.spec), "--host", HOST, "--port", str(self.port)]
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(argv, env=server_env(self.dsn), stdout=log, stderr=subprocess.STDOUT)
+        env = {**server_env(self.dsn), **self.env}
+        self.process = subprocess.Popen([*argv, *self.args], env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return self
 

@@ -90,11 +90,14 @@ async def search(request: web.Request) -> web.Response:
     record = await _store(request, store_id)
     embedding = await state.embedder(request).embed_query(text, model=record.model, dimensions=record.dimensions)
     try:
-        async with state.pool(request).connection() as conn:
-            if where is None:
-                hits = await run_search(conn, record.layout, embedding, limit=limit, ef_search=record.ef_search)
-            else:
-                hits = await run_search(
+        # On a read replica that has replayed the caller's writes when database.read_replicas is on.
+        if where is None:
+            hits = await state.reads(request).run(
+                lambda conn: run_search(conn, record.layout, embedding, limit=limit, ef_search=record.ef_search)
+            )
+        else:
+            hits = await state.reads(request).run(
+                lambda conn: run_search(
                     conn,
                     record.layout,
                     embedding,
@@ -103,6 +106,7 @@ async def search(request: web.Request) -> web.Response:
                     where=where,
                     where_params=params,
                 )
+            )
     except pg_errors.UndefinedTable:
         request.app[_CACHE].pop(store_id, None)
         raise store_not_found(store_id) from None

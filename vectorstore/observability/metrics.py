@@ -92,6 +92,25 @@ INGEST_LATENCY: Final = Histogram(
     registry=REGISTRY,
 )
 
+REPLICA_SEARCHES: Final = Counter(
+    "vectorstore_replica_searches_total",
+    "Searches served by a read replica (database.read_replicas), after it had replayed the primary's writes.",
+    registry=REGISTRY,
+)
+REPLICA_FALLBACKS: Final = Counter(
+    "vectorstore_replica_fallbacks_total",
+    "Searches the primary served although read replicas are on, by reason: `lagging` (the replica had not "
+    "replayed the writes the search must see within the wait), `unavailable` (no replica connection: down, "
+    "unreachable or busy), `failed` (the replica broke or cancelled the query midway).",
+    ["reason"],
+    registry=REGISTRY,
+)
+PRIMARY_LSN_READS: Final = Counter(
+    "vectorstore_primary_lsn_reads_total",
+    "Queries of the primary's WAL position for read-your-writes on replicas; concurrent searches share one.",
+    registry=REGISTRY,
+)
+
 GaugeSource = Callable[[], Iterable[Metric]]
 
 
@@ -126,21 +145,35 @@ def remove_gauge_source(name: str) -> None:
     _SOURCES.sources.pop(name, None)
 
 
-def pool_gauges(stats: Callable[[], Mapping[str, int]]) -> GaugeSource:
-    """A source for psycopg_pool's `get_stats()`: size, idle, busy, waiting clients, and the configured maximum."""
+def pool_gauges(stats: Callable[[], Mapping[str, int]], prefix: str = "vectorstore_db_pool") -> GaugeSource:
+    """A source for psycopg_pool's `get_stats()`: size, idle, busy, waiting clients, and the configured maximum.
+
+    `prefix` names the pool: `vectorstore_db_pool` (the primary) or `vectorstore_db_read_pool` (the replicas).
+    """
 
     def collect() -> Iterator[Metric]:
         values = stats()
         size = values.get("pool_size", 0)
         available = values.get("pool_available", 0)
         for name, doc, value in (
-            ("vectorstore_db_pool_size", "Connections the pool holds now.", size),
-            ("vectorstore_db_pool_available", "Idle connections in the pool.", available),
-            ("vectorstore_db_pool_in_use", "Connections lent to requests or workers.", max(size - available, 0)),
-            ("vectorstore_db_pool_waiting", "Clients waiting for a connection.", values.get("requests_waiting", 0)),
-            ("vectorstore_db_pool_max", "Configured maximum pool size.", values.get("pool_max", 0)),
+            ("size", "Connections the pool holds now.", size),
+            ("available", "Idle connections in the pool.", available),
+            ("in_use", "Connections lent to requests or workers.", max(size - available, 0)),
+            ("waiting", "Clients waiting for a connection.", values.get("requests_waiting", 0)),
+            ("max", "Configured maximum pool size.", values.get("pool_max", 0)),
         ):
-            yield GaugeMetricFamily(name, doc, value=value)
+            yield GaugeMetricFamily(f"{prefix}_{name}", doc, value=value)
+
+    return collect
+
+
+def replica_up_gauge(up: Callable[[], bool]) -> GaugeSource:
+    def collect() -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "vectorstore_replica_up",
+            "1 while searches go to the read replicas, 0 while the primary serves them.",
+            value=1 if up() else 0,
+        )
 
     return collect
 
