@@ -21,6 +21,9 @@ HALFVEC_MAX_INDEXED_DIMENSIONS = 4000
 
 VectorType = Literal["vector", "halfvec"]
 
+MAX_SERVER_WORKERS = 32
+"""server.workers' maximum in schema.json, also the bound of `vectorstore serve --workers` (a test keeps them equal)."""
+
 
 def vector_type_for(dimensions: int) -> VectorType:
     """`halfvec` above 2,000 dimensions, where pgvector can no longer index `vector`."""
@@ -114,6 +117,7 @@ class Embedding:
 class Server:
     image: str
     replicas: int
+    workers: int
     port: int
     resources: Resources
     max_upload_bytes: int
@@ -281,6 +285,7 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
         server=Server(
             image=server["image"],
             replicas=server["replicas"],
+            workers=server["workers"],
             port=server["port"],
             resources=_resources(server["resources"]),
             max_upload_bytes=server["max_upload_bytes"],

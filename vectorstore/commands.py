@@ -8,8 +8,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -72,8 +73,13 @@ def serve(options: ServeOptions) -> int:
         host=options.host,
         port=options.port or spec.server.port,
     )
+    workers = options.workers or spec.server.workers
     try:
-        return asyncio.run(_serve(spec, settings))
+        if workers > 1:
+            from vectorstore.workers import run_workers
+
+            return run_workers(spec, settings, workers)
+        return run_loop(_serve(spec, settings))
     except OSError as exc:
         print(f"vectorstore serve: can't listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -81,7 +87,42 @@ def serve(options: ServeOptions) -> int:
         location.close()
 
 
-async def _serve(spec: Spec, settings: Settings) -> int:
+def serve_worker(spec: Spec, settings: Settings, *, index: int, parent: int) -> int:
+    """One of `serve --workers N`'s processes (vectorstore.workers): the same server, on a shared port."""
+    _configure_logging()
+    logs.add_secrets([*settings.api_keys.values(), settings.embedding_api_key or "", os.environ.get("PGPASSWORD", "")])
+    try:
+        return run_loop(_serve(spec, settings, reuse_port=True, parent=parent))
+    except OSError as exc:
+        print(
+            f"vectorstore serve: worker {index} can't listen on {settings.host}:{settings.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 2
+
+
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run the server on uvloop when it is installed (a faster event loop and transports: see
+    docs/benchmarks.md), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    # A worker whose parent is gone (killed without passing on a signal) must not serve on alone.
+    while os.getppid() == parent:  # noqa: ASYNC110 - nothing to wait on: the kernel re-parents us silently
+        await asyncio.sleep(1.0)
+    stop.set()
+
+
+async def _serve(spec: Spec, settings: Settings, *, reuse_port: bool = False, parent: int | None = None) -> int:
     from aiohttp import web
 
     from vectorstore.app import create_app
@@ -95,15 +136,17 @@ async def _serve(spec: Spec, settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_parent(parent, stop)) if parent is not None else None
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
         await site.start()
-        print(
-            f"vectorstore: serving on http://{settings.host}:{settings.port} (spec '{spec.name}', "
-            f"{len(spec.stores)} declared store(s))",
-            file=sys.stderr,
-            flush=True,
-        )
+        if parent is None:  # a worker's parent announces all of them once
+            print(
+                f"vectorstore: serving on http://{settings.host}:{settings.port} (spec '{spec.name}', "
+                f"{len(spec.stores)} declared store(s))",
+                file=sys.stderr,
+                flush=True,
+            )
         readiness = app[READINESS]
         fatal = asyncio.create_task(readiness.fatal.wait())
         stopped = asyncio.create_task(stop.wait())
@@ -115,6 +158,8 @@ async def _serve(spec: Spec, settings: Settings) -> int:
             return 1
         return 0
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await runner.cleanup()
 
 
@@ -130,7 +175,7 @@ def plan(options: PlanOptions) -> int:
         print(f"vectorstore plan: can't start the database: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_plan(spec, location.dsn))
+        return run_loop(_plan(spec, location.dsn))
     except psycopg.OperationalError as exc:
         print(
             f"vectorstore plan: can't connect to the database ({location.description}): {str(exc).strip()}",

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import psycopg
 from aiohttp import web
 
@@ -22,6 +23,17 @@ from vectorstore.storage import files, stores
 MAX_JSON_BYTES = 16 * 1024 * 1024
 POLL_AFTER_MS = "250"
 """`openai-poll-after-ms` on retrieves: the SDK's pollers would otherwise wait a whole second per poll."""
+
+
+def json_response(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A JSON response encoded by orjson: about 15 times faster than `json.dumps` on a page of search results
+    (bench/search_http.py profiles). orjson refuses integers beyond 64 bits, which a stored attribute may hold:
+    those pages take the standard library's path."""
+    try:
+        body = orjson.dumps(data)
+    except TypeError:
+        body = json.dumps(data, ensure_ascii=False).encode()
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
 async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:

@@ -122,7 +122,7 @@ async def search(request: web.Request) -> web.Response:
         for hit in hits
         if threshold is None or hit.score >= threshold
     ]
-    return web.json_response(
+    return common.json_response(
         {
             "object": "vector_store.search_results.page",
             "search_query": search_query,

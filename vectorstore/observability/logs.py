@@ -16,10 +16,10 @@ import asyncio
 import contextvars
 import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import IO, Any, Final
@@ -35,7 +35,8 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("vec
 # Printable, no spaces or quotes, bounded: an incoming id is copied into logs and a header, so it must not be
 # able to forge log lines or headers, or grow them without bound.
 _SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
-_BEARER: Final = re.compile(r"(?i)\b(bearer)\s+[^\s\"',;]+")
+_BEARER_PATTERN: Final = r"\b(bearer)\s+[^\s\"',;]+"
+_BEARER: Final = re.compile(f"(?i:{_BEARER_PATTERN})")
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
 _STANDARD_ATTRS: Final = frozenset(
@@ -44,7 +45,8 @@ _STANDARD_ATTRS: Final = frozenset(
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex, for a quarter of the cost (one per request).
+    return os.urandom(16).hex()
 
 
 def accept_request_id(value: str | None) -> str:
@@ -75,6 +77,7 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_text:
             # Left by RedactingFilter, which renders the traceback early so it can redact it.
             entry["exc"] = record.exc_text
+        # json.dumps, not orjson: the `"key": "value"` spacing is the documented format that log queries match.
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
@@ -84,17 +87,21 @@ class RedactingFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self.secrets: set[str] = set()
+        self._pattern = _BEARER
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
         # Very short values would redact ordinary words; real keys and passwords are longer than this.
         self.secrets.update(secret for secret in secrets if len(secret) >= 6)
+        # One pattern, one scan per string: the secrets, longest first (so one that contains another is
+        # replaced whole), then bearer tokens, which match case-insensitively.
+        alternatives = [re.escape(secret) for secret in sorted(self.secrets, key=len, reverse=True)]
+        self._pattern = re.compile("|".join([*alternatives, f"(?i:{_BEARER_PATTERN})"]))
 
     def redact(self, text: str) -> str:
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return _BEARER.sub(rf"\1 {REDACTED}", text)
+        if self._pattern.search(text) is None:
+            return text
+        return self._pattern.sub(_replacement, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         # Format once, redact the result, and drop the args: the formatter then sees only clean text.
@@ -110,6 +117,11 @@ class RedactingFilter(logging.Filter):
             if key not in _STANDARD_ATTRS and isinstance(value, str):
                 setattr(record, key, self.redact(value))
         return True
+
+
+def _replacement(match: re.Match[str]) -> str:
+    # Group 1 is the word "bearer" (in the client's case) of a bearer token; anything else is a secret value.
+    return f"{match.group(1)} {REDACTED}" if match.group(1) else REDACTED
 
 
 _redactor: RedactingFilter | None = None
@@ -129,6 +141,12 @@ def configure(level: int | str = logging.INFO, secrets: Iterable[str] = (), stre
     handler.addFilter(_redactor)
     root.addHandler(handler)
     root.setLevel(level)
+    # The JSON lines carry no caller, thread or process fields: spare every record finding them (the access
+    # line is written once per request). The logging docs' "Optimization" section lists these switches.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Our access line replaces aiohttp's (which is not JSON and would double every request).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 

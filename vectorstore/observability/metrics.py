@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Final, ParamSpec, TypeVar
@@ -30,6 +31,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
@@ -290,9 +292,21 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED_ROUTE
 
 
+# Labelled children by label values: `labels()` validates and locks on every call, and the label sets are
+# bounded (route templates, methods, statuses), so each child is looked up once per process.
+_REQUEST_COUNTERS: dict[tuple[str, str, int], Counter] = {}
+_REQUEST_LATENCIES: dict[tuple[str, str], Histogram] = {}
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_LATENCY.labels(method, route).observe(seconds)
+    counter = _REQUEST_COUNTERS.get((method, route, status))
+    if counter is None:
+        counter = _REQUEST_COUNTERS[(method, route, status)] = HTTP_REQUESTS.labels(method, route, str(status))
+    latency = _REQUEST_LATENCIES.get((method, route))
+    if latency is None:
+        latency = _REQUEST_LATENCIES[(method, route)] = HTTP_LATENCY.labels(method, route)
+    counter.inc()
+    latency.observe(seconds)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -319,5 +333,15 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def render() -> tuple[bytes, str]:
-    """The exposition text and its content type."""
+    """The exposition text and its content type.
+
+    Under `serve --workers N` (vectorstore/workers.py sets PROMETHEUS_MULTIPROC_DIR) the counters and
+    histograms live in files every worker writes, and this sums them; the scrape-time gauges are this
+    worker's own. process_* series are left out there: they would describe whichever worker answered.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_SOURCES)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

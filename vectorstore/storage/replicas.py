@@ -41,10 +41,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import psycopg
-from pgvector.psycopg import register_vector_async
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from vectorstore.observability import metrics
+from vectorstore.storage.database import configure_connection
 
 log = logging.getLogger("vectorstore")
 
@@ -247,7 +247,7 @@ def make_replica_pool(dsn: str, *, min_size: int, max_size: int) -> Pool:
         max_size=max_size,
         open=False,
         kwargs={"autocommit": True, "application_name": "vectorstore-read"},
-        configure=register_vector_async,
+        configure=configure_connection,
         # A replica that is gone should cost a request at most this long once; then the router stops asking.
         timeout=1.0,
         # Keep retrying a replica that is away for long: the router probes, and CNPG brings replicas back.
