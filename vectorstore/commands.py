@@ -78,7 +78,7 @@ def serve(options: ServeOptions) -> int:
         if workers > 1:
             from vectorstore.workers import run_workers
 
-            return run_workers(spec, settings, workers)
+            return run_workers(spec, settings, workers, serve_worker)
         return run_loop(_serve(spec, settings))
     except OSError as exc:
         print(f"vectorstore serve: can't listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
@@ -87,7 +87,7 @@ def serve(options: ServeOptions) -> int:
         location.close()
 
 
-def serve_worker(spec: Spec, settings: Settings, *, index: int, parent: int) -> int:
+def serve_worker(spec: Spec, settings: Settings, index: int, parent: int) -> int:
     """One of `serve --workers N`'s processes (vectorstore.workers): the same server, on a shared port."""
     _configure_logging()
     logs.add_secrets([*settings.api_keys.values(), settings.embedding_api_key or "", os.environ.get("PGPASSWORD", "")])

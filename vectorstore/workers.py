@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from types import FrameType
 
 from config import Spec
@@ -36,7 +37,12 @@ STOP_SECONDS = 30.0
 """How long the parent waits for a stopping child (ingestion gives its current file 20 s) before SIGKILL."""
 
 
-def run_workers(spec: Spec, settings: Settings, count: int) -> int:
+Worker = Callable[[Spec, Settings, int, int], int]
+"""What each child runs: (spec, settings, worker index, parent pid) -> exit code. A module-level function,
+so that `spawn` can name it to the child (vectorstore.commands.serve_worker)."""
+
+
+def run_workers(spec: Spec, settings: Settings, count: int, worker: Worker) -> int:
     """Start `count` worker processes on settings' host and port; return the exit code once they are done."""
     context = multiprocessing.get_context("spawn")
     metrics_dir = tempfile.mkdtemp(prefix="vectorstore-metrics-")
@@ -50,7 +56,9 @@ def run_workers(spec: Spec, settings: Settings, count: int) -> int:
 
     handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     children = [
-        context.Process(target=_child, args=(spec, settings, index, os.getpid()), name=f"vectorstore-worker-{index}")
+        context.Process(
+            target=_child, args=(worker, spec, settings, index, os.getpid()), name=f"vectorstore-worker-{index}"
+        )
         for index in range(count)
     ]
     code = 0
@@ -96,7 +104,5 @@ def run_workers(spec: Spec, settings: Settings, count: int) -> int:
     return code
 
 
-def _child(spec: Spec, settings: Settings, index: int, parent: int) -> None:
-    from vectorstore.commands import serve_worker
-
-    sys.exit(serve_worker(spec, settings, index=index, parent=parent))
+def _child(worker: Worker, spec: Spec, settings: Settings, index: int, parent: int) -> None:
+    sys.exit(worker(spec, settings, index, parent))
