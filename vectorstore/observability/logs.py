@@ -141,14 +141,18 @@ def configure(level: int | str = logging.INFO, secrets: Iterable[str] = (), stre
     handler.addFilter(_redactor)
     root.addHandler(handler)
     root.setLevel(level)
-    # The JSON lines carry no caller, thread or process fields: spare every record finding them (the access
-    # line is written once per request). The logging docs' "Optimization" section lists these switches.
+    # Our access line replaces aiohttp's (which is not JSON and would double every request).
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def skip_unused_record_fields() -> None:
+    """For a server process: the JSON lines carry no caller, thread or process fields, so spare every record
+    finding them (the access line is written once per request). Process-wide, hence not part of `configure`,
+    which tests call too. The logging docs' "Optimization" section lists these switches."""
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    # Our access line replaces aiohttp's (which is not JSON and would double every request).
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def add_secrets(secrets: Iterable[str]) -> None:
