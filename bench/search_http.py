@@ -14,9 +14,10 @@ Two figures per cell:
 - **HTTP / SQL**: requests per second through the server over the floor's. Client, server and PostgreSQL
   share the machine, so this depends on how much CPU the client takes.
 - **server / PostgreSQL CPU per search**: CPU time of the server's processes (the parent and its workers)
-  over CPU time of PostgreSQL's processes (the postmaster and every backend), both read from /proc over the
-  HTTP run and divided by the searches served. It doesn't depend on where the client runs. (Only with a
-  PostgreSQL on this machine: the embedded one, or VECTORSTORE_BENCH_DSN pointing at a local server.)
+  over CPU time of the PostgreSQL backends serving the bench database (not PostgreSQL's background
+  processes), both read from /proc over the HTTP run and divided by the searches served. It doesn't depend
+  on where the client runs. (Only with a PostgreSQL on this machine: the embedded one, or
+  VECTORSTORE_BENCH_DSN pointing at a local server.)
 
 BENCH_SERVER_CODE replaces the server's `python -c` code, to measure another tree of the code.
 """
@@ -44,7 +45,7 @@ from typing import Any
 import aiohttp
 import psycopg
 from _db import bench_server, fresh_database, wait_ready
-from _proc import parent_of, self_cpu_seconds, tree_cpu_seconds
+from _proc import self_cpu_seconds, tree_cpu_seconds
 from pgvector.psycopg import register_vector_async
 from psycopg_pool import AsyncConnectionPool
 
@@ -112,14 +113,14 @@ async def drive(
     )
 
 
-def start_server(spec_path: Path, port: int, dsn: str, workers: int) -> subprocess.Popen[bytes]:
+def start_server(spec_path: Path, port: int, dsn: str, workers: int, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": dsn, "VECTORSTORE_API_KEY_BENCH": KEY}
     code = os.environ.get("BENCH_SERVER_CODE", "import sys, cli; sys.exit(cli.main())")
     argv = [sys.executable, "-c", code, "serve", "--spec", str(spec_path), "--port", str(port)]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    log = open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "ab")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=log)
 
 
 async def load_rows(dsn: str, spec: Spec, rows: int, dims: int) -> stores.StoreRecord:
@@ -191,12 +192,34 @@ async def measure(
     return cells
 
 
-def postmaster_of(dsn: str) -> int | None:
-    """The local postmaster's pid (the parent of our own backend), if PostgreSQL runs on this machine."""
-    with psycopg.connect(dsn) as conn:
-        backend = conn.info.backend_pid
-    parent = parent_of(backend)
-    return parent if parent is not None and Path(f"/proc/{parent}").exists() else None
+class BackendCpu:
+    """CPU seconds of the PostgreSQL backends serving the bench database's clients (the server's pools or the
+    floor's), from /proc: the SQL work, without the checkpointer, WAL writer or autovacuum, whose steady cost
+    would otherwise be spread over however many searches a run makes. A backend that exits keeps the last
+    value seen. Only for a PostgreSQL on this machine."""
+
+    def __init__(self, dsn: str) -> None:
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.seen: dict[int, float] = {}
+
+    @staticmethod
+    def local(dsn: str) -> BackendCpu | None:
+        meter = BackendCpu(dsn)
+        if Path(f"/proc/{meter.conn.info.backend_pid}/stat").exists():
+            return meter
+        meter.conn.close()
+        return None
+
+    def __call__(self) -> float:
+        rows = self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchall()
+        for (pid,) in rows:
+            cpu = tree_cpu_seconds(int(pid))
+            if cpu:
+                self.seen[int(pid)] = cpu
+        return sum(self.seen.values())
 
 
 async def bench(args: argparse.Namespace, dsn: str) -> None:
@@ -217,7 +240,7 @@ async def bench(args: argparse.Namespace, dsn: str) -> None:
         )
     )
     spec = load_spec(spec_path)
-    postmaster = postmaster_of(dsn)
+    backends = BackendCpu.local(dsn)
     vectors = [fake_vector(t, args.dims) for t in TEXTS]
     # Bodies encoded once: the client's own JSON work is not the server's cost.
     bodies = [json.dumps({"query": t, "max_num_results": 10}).encode() for t in TEXTS]
@@ -233,8 +256,8 @@ async def bench(args: argparse.Namespace, dsn: str) -> None:
     table: list[tuple[int, int, Run, Run]] = []
     loads = [os.getloadavg()[0]]
     meters: dict[str, Callable[[], float]] = {"client": self_cpu_seconds}
-    if postmaster is not None:
-        meters["postgres"] = lambda: tree_cpu_seconds(postmaster)
+    if backends is not None:
+        meters["postgres"] = backends
 
     async def via_sql(i: int) -> None:
         assert record is not None
@@ -248,7 +271,8 @@ async def bench(args: argparse.Namespace, dsn: str) -> None:
         for workers in args.workers:
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            server = start_server(spec_path, port, dsn, workers)
+            log_path = workdir / f"server-{workers}.log"
+            server = start_server(spec_path, port, dsn, workers, log_path)
             try:
                 async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
                     if not await wait_ready(http, base + "/ready", seconds=60):
@@ -261,6 +285,11 @@ async def bench(args: argparse.Namespace, dsn: str) -> None:
                     calls_before = len(upstream.calls)
                     table += await measure(args, workers, http, url, bodies, headers, via_sql, meters, server.pid)
                     assert len(upstream.calls) == calls_before, "timed searches reached the upstream: the cache missed"
+            except BaseException:
+                # The server's own account of what went wrong (its warnings and errors), not the access lines.
+                lines = log_path.read_text(errors="replace").splitlines()
+                print("\n".join(line for line in lines if '"vectorstore.access"' not in line)[-4000:], file=sys.stderr)
+                raise
             finally:
                 server.terminate()
                 server.wait(timeout=60)
@@ -268,6 +297,8 @@ async def bench(args: argparse.Namespace, dsn: str) -> None:
     finally:
         await pool.close()
         await upstream.close()
+        if backends is not None:
+            backends.conn.close()
     print(
         f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}; {args.rows} rows x "
         f"{args.dims} dims, k=10, pool {spec.database.pool_max_size} per process, {args.seconds}s x {args.repeats} "

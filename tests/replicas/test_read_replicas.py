@@ -98,7 +98,7 @@ async def test_read_your_writes_across_servers_with_replay_delay(
 ) -> None:
     """upload_and_poll through one server, search at once through another: never a miss, however late the
     standby applies commits. A direct look at the standby proves it had not applied them yet."""
-    dbs.pair.standby.set("recovery_min_apply_delay", "400ms")
+    dbs.pair.standby.set("recovery_min_apply_delay", "1s")
     spec = replica_spec(tmp_path / "stack.yaml", fake_embedder.base_url)
     first, second = await start_reading_server(spec, dbs), await start_reading_server(spec, dbs)
     clients = [openai_client(first), openai_client(second)]
