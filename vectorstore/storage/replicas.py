@@ -86,11 +86,11 @@ class PrimaryLsn:
         return await asyncio.shield(batch)
 
     async def _fetch(self, batch: asyncio.Future[int], previous: asyncio.Task[None] | None) -> None:
-        if previous is not None:
-            # One query in flight at a time; callers keep joining `batch` meanwhile.
-            with contextlib.suppress(BaseException):
-                await previous
         try:
+            if previous is not None:
+                # One query in flight at a time; callers keep joining `batch` meanwhile. (`wait`: whatever
+                # the previous one raised is its callers' business.)
+                await asyncio.wait([previous])
             async with self._pool.connection() as conn:
                 # Close the batch before the query goes out: whoever asks from now on may have seen a commit
                 # this query would not cover, so they wait for the next one.
@@ -98,8 +98,16 @@ class PrimaryLsn:
                     self._next = None
                 self.queries += 1
                 metrics.PRIMARY_LSN_READS.inc()
-                cur = await conn.execute(_PRIMARY_LSN_SQL)
-                row = await cur.fetchone()
+                # Autocommit: one round trip, where the pool's transactional default would add BEGIN and COMMIT.
+                autocommit = conn.autocommit
+                if not autocommit:
+                    await conn.set_autocommit(True)
+                try:
+                    cur = await conn.execute(_PRIMARY_LSN_SQL)
+                    row = await cur.fetchone()
+                finally:
+                    if not autocommit:
+                        await conn.set_autocommit(False)
             assert row is not None
             batch.set_result(int(row[0]))
         except Exception as exc:
