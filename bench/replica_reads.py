@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -184,6 +185,7 @@ async def run(args: argparse.Namespace, pair: Any, label: str, read_url: str | N
         server.terminate()
         server.wait(timeout=60)
         await upstream.close()
+        shutil.rmtree(spec_path.parent, ignore_errors=True)
     count = len(latencies)
     return {
         "label": label,

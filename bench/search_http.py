@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -299,6 +300,7 @@ async def bench(args: argparse.Namespace, dsn: str) -> None:
         await upstream.close()
         if backends is not None:
             backends.conn.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}; {args.rows} rows x "
         f"{args.dims} dims, k=10, pool {spec.database.pool_max_size} per process, {args.seconds}s x {args.repeats} "
