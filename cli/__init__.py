@@ -59,6 +59,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    # The same bound as the spec's server.workers, so the flag and the field accept the same values.
+    from config.model import MAX_SERVER_WORKERS
+
+    value = _positive(text)
+    if value > MAX_SERVER_WORKERS:
+        raise argparse.ArgumentTypeError(f"{value} is more than {MAX_SERVER_WORKERS} worker processes")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vectorstore",
@@ -83,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="embedded PostgreSQL data directory, used when neither PG* nor DATABASE_URL is set",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        help="server processes sharing the port, each with its own pool (default: server.workers from the spec)",
     )
 
     plan = commands.add_parser("plan", help="show what reconcile would change; exit 3 if anything")
@@ -130,7 +146,9 @@ def _options(args: argparse.Namespace) -> Options:
         case "render":
             return RenderOptions(spec=args.spec, output=args.output, check=args.check)
         case "serve":
-            return ServeOptions(spec=args.spec, host=args.host, port=args.port, data_dir=args.data_dir)
+            return ServeOptions(
+                spec=args.spec, host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers
+            )
         case "plan":
             return PlanOptions(spec=args.spec, data_dir=args.data_dir)
         case "sync":

@@ -486,6 +486,18 @@ def litellm_auth_key(data: Any) -> list[Finding]:
     return []
 
 
+def read_replicas(data: Any) -> list[Finding]:
+    instances = _get(data, "database", "cluster", "instances")
+    if _get(data, "database", "read_replicas") is True and isinstance(instances, int) and instances < 2:
+        return [
+            (
+                ("database", "read_replicas"),
+                f"needs replicas to read from: set database.cluster.instances to 2 or more (it is {instances})",
+            )
+        ]
+    return []
+
+
 ALL_CHECKS = (
     uniqueness,
     key_store_limits,
@@ -504,6 +516,7 @@ ALL_CHECKS = (
     source_secret_envs,
     search_overrides_once,
     litellm_auth_key,
+    read_replicas,
 )
 
 

@@ -34,6 +34,9 @@ BUILTIN_MODEL = "wordllama/l2_supercat"
 BUILTIN_DIMENSIONS = 256
 BUILTIN_ALLOWED_DIMENSIONS = (64, 128, 256)
 
+MAX_SERVER_WORKERS = 32
+"""server.workers' maximum in schema.json, also the bound of `vectorstore serve --workers` (a test keeps them equal)."""
+
 
 def vector_type_for(dimensions: int, quantization: Quantization = "none") -> VectorType:
     """The column type: `halfvec` when asked for, or for `none` above 2,000 dimensions, where pgvector can no
@@ -74,6 +77,10 @@ class Cluster:
     def rw_host(self) -> str:
         return names.database_rw_host(self.name)
 
+    @property
+    def ro_host(self) -> str:
+        return names.database_ro_host(self.name)
+
 
 @dataclass(frozen=True)
 class Database:
@@ -87,6 +94,8 @@ class Database:
     password: SecretRef
     pool_min_size: int
     pool_max_size: int
+    read_replicas: bool = False
+    """Searches go to the replicas (`<cluster>-ro`) through a second pool, with read-your-writes."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,7 @@ class Rerank:
 class Server:
     image: str
     replicas: int
+    workers: int
     port: int
     resources: Resources
     max_upload_bytes: int
@@ -417,6 +427,7 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             password=SecretRef(credentials_secret, names.DATABASE_PASSWORD_KEY, "PGPASSWORD"),
             pool_min_size=db["pool"]["min_size"],
             pool_max_size=db["pool"]["max_size"],
+            read_replicas=db["read_replicas"],
         ),
         secrets=tuple(
             SecretSource(
@@ -455,6 +466,7 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
         server=Server(
             image=server["image"],
             replicas=server["replicas"],
+            workers=server["workers"],
             port=server["port"],
             resources=_resources(server["resources"]),
             max_upload_bytes=server["max_upload_bytes"],

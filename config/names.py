@@ -26,6 +26,9 @@ API_KEY_ENV_PREFIX = "VECTORSTORE_API_KEY_"
 DATABASE_USERNAME_KEY = "username"
 DATABASE_PASSWORD_KEY = "password"  # noqa: S105 - the key name CNPG uses, not a value
 DATABASE_PORT = 5432
+# Where the server finds the replicas: a libpq connection string whose settings override the primary's (so
+# `host=<cluster>-ro` alone means the same database, user and password on the replicas).
+DATABASE_READ_URL_ENV = "DATABASE_READ_URL"
 HEALTH_PATH = "/health"
 READY_PATH = "/ready"
 METRICS_PATH = "/metrics"
@@ -53,6 +56,16 @@ def service_url(app_name: str, namespace: str, port: int) -> str:
 def database_rw_host(cluster_name: str) -> str:
     """CNPG's read-write service for the primary; the server lives in the same namespace."""
     return f"{cluster_name}-rw"
+
+
+def database_ro_host(cluster_name: str) -> str:
+    """CNPG's read-only service: it balances connections over the streaming replicas (never the primary)."""
+    return f"{cluster_name}-ro"
+
+
+def database_read_url(cluster_name: str) -> str:
+    """The value of DATABASE_READ_URL in the Deployment: only the host differs from the primary's settings."""
+    return f"host={database_ro_host(cluster_name)}"
 
 
 def config_map_name(app_name: str) -> str:

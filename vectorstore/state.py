@@ -17,6 +17,7 @@ from config import Spec
 from vectorstore.embeddings.client import EmbeddingClient
 from vectorstore.observability.logs import Redactor
 from vectorstore.settings import Settings
+from vectorstore.storage.replicas import ReadRouter
 from vectorstore.storage.stores import FileCountsProvider
 
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
@@ -37,6 +38,7 @@ class Readiness:
 SPEC = web.AppKey("spec", Spec)
 SETTINGS = web.AppKey("settings", Settings)
 POOL: web.AppKey[Pool] = web.AppKey("pool")
+READS = web.AppKey("reads", ReadRouter)
 EMBEDDER = web.AppKey("embedder", EmbeddingClient)
 READINESS = web.AppKey("readiness", Readiness)
 FILE_COUNTS: web.AppKey[FileCountsProvider] = web.AppKey("file_counts")
@@ -50,6 +52,12 @@ def spec(request: web.Request) -> Spec:
 
 def pool(request: web.Request) -> Pool:
     return request.app[POOL]
+
+
+def reads(request: web.Request) -> ReadRouter:
+    """Where searches run: `await state.reads(request).run(lambda conn: ...)` picks a caught-up replica when
+    `database.read_replicas` is on, else the primary. Only reads that decide nothing belong there."""
+    return request.app[READS]
 
 
 def embedder(request: web.Request) -> EmbeddingClient:

@@ -7,6 +7,7 @@ below assert exactly which file, filename and attributes come back.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -429,3 +430,23 @@ async def test_ingestion_leaves_statistics_current(oai: AsyncOpenAI, ingest_serv
         )
         analyzed, rows, lexemes = await cur.fetchone() or (False, 0, 0)
     assert analyzed and rows > 1 and lexemes > 5
+
+
+async def test_attributes_beyond_64_bits_come_back_exactly(oai: AsyncOpenAI, ingest_server: RunningServer) -> None:
+    # Raw HTTP: the SDK's models would turn every number into a float on the way in and out.
+    big = 123456789012345678901234567890
+    uploaded = await oai.files.create(file=("big.txt", ALPHA.encode(), "text/plain"), purpose="assistants")
+    base = ingest_server.url(f"/v1/vector_stores/{STORE_ID}")
+    async with aiohttp.ClientSession(headers=auth(WRITE_KEY)) as http:
+        body = {"file_id": uploaded.id, "attributes": {"big": big, "n": 7}}
+        async with http.post(f"{base}/files", json=body) as response:
+            assert response.status == 200, await response.text()
+        for _ in range(100):
+            async with http.get(f"{base}/files/{uploaded.id}") as response:
+                if (await response.json())["status"] == "completed":
+                    break
+            await asyncio.sleep(0.1)
+        async with http.post(f"{base}/search", json={"query": ALPHA}) as response:
+            page = json.loads(await response.read())
+    assert page["data"][0]["attributes"] == {"big": big, "n": 7}
+    assert type(page["data"][0]["attributes"]["big"]) is int and type(page["data"][0]["attributes"]["n"]) is int

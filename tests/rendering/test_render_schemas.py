@@ -124,7 +124,11 @@ def test_deployment_wiring(case_spec: Spec, objects: list[dict[str, Any]]) -> No
         if any(s.kind == "git" for store in case_spec.stores for s in store.sources)
         else set()
     )
-    assert set(env) == {"PGHOST", "PGPORT", "PGDATABASE"} | {ref.env for ref in refs} | git
+    read_replicas = {names.DATABASE_READ_URL_ENV} if case_spec.database.read_replicas else set()
+    assert set(env) == {"PGHOST", "PGPORT", "PGDATABASE"} | read_replicas | {ref.env for ref in refs} | git
+    if read_replicas:
+        # Only the host differs from the primary's: the same port, database and credentials variables.
+        assert env[names.DATABASE_READ_URL_ENV]["value"] == f"host={case_spec.database.cluster.name}-ro"
     for ref in refs:
         assert env[ref.env]["valueFrom"] == {"secretKeyRef": {"name": ref.secret, "key": ref.key}}
     assert container["command"] == ["vectorstore", "serve", "--spec", names.SPEC_MOUNT_PATH, "--host", "0.0.0.0"]  # noqa: S104

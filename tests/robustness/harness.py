@@ -218,6 +218,10 @@ class ServerProcess:
     process: subprocess.Popen[bytes] | None = None
     data_dir: Path | None = None
     """Serve from the embedded PostgreSQL in this directory (no DATABASE_URL) instead of `dsn`."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment variables, over server_env's."""
+    args: tuple[str, ...] = ()
+    """Extra `vectorstore serve` arguments."""
 
     @property
     def base_url(self) -> str:
@@ -226,12 +230,12 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         code = "import sys, cli; sys.exit(cli.main(sys.argv[1:]))"
         argv = [sys.executable, "-c", code, "serve", "--spec", str(self.spec), "--host", HOST, "--port", str(self.port)]
-        env = server_env(self.dsn)
+        env = {**server_env(self.dsn), **self.env}
         if self.data_dir is not None:
             argv += ["--data-dir", str(self.data_dir)]
             del env["DATABASE_URL"]
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen([*argv, *self.args], env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return self
 

@@ -108,11 +108,19 @@ async def start_server(
     api_keys: Mapping[str, str] | None = None,
     wait_ready: bool = True,
     embedding_api_key: str | None = "upstream-key",
+    read_dsn: str | None = None,
+    replica_wait_seconds: float = 0.05,
     **settings_fields: Any,
 ) -> RunningServer:
     keys = dict(api_keys) if api_keys is not None else {key.name: KEY_VALUES[key.name] for key in spec.api_keys}
     settings = Settings(
-        dsn=dsn, api_keys=keys, embedding_api_key=embedding_api_key, pool_timeout=2.0, **settings_fields
+        dsn=dsn,
+        api_keys=keys,
+        embedding_api_key=embedding_api_key,
+        pool_timeout=2.0,
+        read_dsn=read_dsn,
+        replica_wait_seconds=replica_wait_seconds,
+        **settings_fields,
     )
     app = create_app(spec, settings=settings)
     # The runner `vectorstore serve` uses: malformed HTTP gets the same answer here.

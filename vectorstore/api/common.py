@@ -9,6 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import psycopg
 from aiohttp import hdrs, web
 
@@ -31,6 +32,17 @@ MAX_INPUT_CHARS = 65536
 _UNCOUNTED_CHARS = MAX_INPUT_TOKENS // 4
 POLL_AFTER_MS = "250"
 """`openai-poll-after-ms` on retrieves: the SDK's pollers would otherwise wait a whole second per poll."""
+
+
+def json_response(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A JSON response encoded by orjson: about 15 times faster than `json.dumps` on a page of search results
+    (bench/search_http.py profiles). orjson refuses integers beyond 64 bits, which a stored attribute may hold:
+    those pages take the standard library's path."""
+    try:
+        body = orjson.dumps(data)
+    except TypeError:
+        body = json.dumps(data, ensure_ascii=False).encode()
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
 async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:

@@ -158,6 +158,7 @@ async def search(request: web.Request) -> web.Response:
     reranker = request.app[RERANKER] if settings.rerank and ranker != "none" else None
     fetch = max(limit, reranker.settings.candidates) if reranker is not None else limit
     try:
+        # On a read replica that has replayed the caller's writes when database.read_replicas is on.
         hits = await _run(request, record, query_text, mode, weights, where, params, limit=fetch)
     except pg_errors.UndefinedTable:
         request.app[_CACHE].pop(store_id, None)
@@ -179,7 +180,7 @@ async def search(request: web.Request) -> web.Response:
         for hit in hits
         if threshold is None or hit.score >= threshold
     ]
-    return web.json_response(
+    return common.json_response(
         {
             "object": "vector_store.search_results.page",
             "search_query": search_query,
@@ -206,25 +207,28 @@ async def _run(
     limit: int,
 ) -> list[Hit]:
     """Hits of the store for the query in `mode`, best first; falls back to the vector ranking when the store's
-    keyword index is still being built or the query has no indexable term."""
+    keyword index is still being built or the query has no indexable term. Each statement runs on a read
+    replica that has replayed the caller's writes when database.read_replicas is on (storage/replicas.py)."""
     fallback = "none"
     if mode != "vector" and record.text_search != "ready":
         mode, fallback = "vector", "upgrading"
     exact = exact_is_cheap(record.analyzed_rows)
     stats = text.TextStats(record.id, record.analyzed_rows, record.text_avg_length, record.text_min_freq)
+    reads = state.reads(request)
     if mode == "keyword":
-        async with state.pool(request).connection() as conn:
-            result = await hybrid.run_keyword(
+        result = await reads.run(
+            lambda conn: hybrid.run_keyword(
                 conn, record.layout, stats, query_text, limit=limit, where=where, where_params=params
             )
+        )
         if result.terms > 0:
             metrics.count_search("keyword")
             return result.hits
         mode, fallback = "vector", "no_terms"
     embedding = await state.embedder(request).embed_query(query_text, model=record.model, dimensions=record.dimensions)
-    async with state.pool(request).connection() as conn:
-        if mode == "hybrid":
-            result = await hybrid.run_hybrid(
+    if mode == "hybrid":
+        result = await reads.run(
+            lambda conn: hybrid.run_hybrid(
                 conn,
                 record.layout,
                 stats,
@@ -238,9 +242,11 @@ async def _run(
                 where_params=params,
                 exact=exact,
             )
-            metrics.count_search("hybrid", "none" if result.terms else "no_terms")
-            return result.hits
-        hits = await run_search(
+        )
+        metrics.count_search("hybrid", "none" if result.terms else "no_terms")
+        return result.hits
+    hits = await reads.run(
+        lambda conn: run_search(
             conn,
             record.layout,
             embedding,
@@ -250,5 +256,6 @@ async def _run(
             where_params=params,
             exact=exact,
         )
+    )
     metrics.count_search("vector", fallback)
     return hits

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Final, ParamSpec, TypeVar
@@ -31,6 +32,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
@@ -116,6 +118,25 @@ RERANK_FALLBACKS: Final = Counter(
     registry=REGISTRY,
 )
 
+REPLICA_SEARCHES: Final = Counter(
+    "vectorstore_replica_searches_total",
+    "Searches served by a read replica (database.read_replicas), after it had replayed the primary's writes.",
+    registry=REGISTRY,
+)
+REPLICA_FALLBACKS: Final = Counter(
+    "vectorstore_replica_fallbacks_total",
+    "Searches the primary served although read replicas are on, by reason: `lagging` (the replica had not "
+    "replayed the writes the search must see within the wait), `unavailable` (no replica connection: down, "
+    "unreachable or busy), `failed` (the replica broke or cancelled the query midway).",
+    ["reason"],
+    registry=REGISTRY,
+)
+PRIMARY_LSN_READS: Final = Counter(
+    "vectorstore_primary_lsn_reads_total",
+    "Queries of the primary's WAL position for read-your-writes on replicas; concurrent searches share one.",
+    registry=REGISTRY,
+)
+
 GaugeSource = Callable[[], Iterable[Metric]]
 
 
@@ -150,21 +171,35 @@ def remove_gauge_source(name: str) -> None:
     _SOURCES.sources.pop(name, None)
 
 
-def pool_gauges(stats: Callable[[], Mapping[str, int]]) -> GaugeSource:
-    """A source for psycopg_pool's `get_stats()`: size, idle, busy, waiting clients, and the configured maximum."""
+def pool_gauges(stats: Callable[[], Mapping[str, int]], prefix: str = "vectorstore_db_pool") -> GaugeSource:
+    """A source for psycopg_pool's `get_stats()`: size, idle, busy, waiting clients, and the configured maximum.
+
+    `prefix` names the pool: `vectorstore_db_pool` (the primary) or `vectorstore_db_read_pool` (the replicas).
+    """
 
     def collect() -> Iterator[Metric]:
         values = stats()
         size = values.get("pool_size", 0)
         available = values.get("pool_available", 0)
         for name, doc, value in (
-            ("vectorstore_db_pool_size", "Connections the pool holds now.", size),
-            ("vectorstore_db_pool_available", "Idle connections in the pool.", available),
-            ("vectorstore_db_pool_in_use", "Connections lent to requests or workers.", max(size - available, 0)),
-            ("vectorstore_db_pool_waiting", "Clients waiting for a connection.", values.get("requests_waiting", 0)),
-            ("vectorstore_db_pool_max", "Configured maximum pool size.", values.get("pool_max", 0)),
+            ("size", "Connections the pool holds now.", size),
+            ("available", "Idle connections in the pool.", available),
+            ("in_use", "Connections lent to requests or workers.", max(size - available, 0)),
+            ("waiting", "Clients waiting for a connection.", values.get("requests_waiting", 0)),
+            ("max", "Configured maximum pool size.", values.get("pool_max", 0)),
         ):
-            yield GaugeMetricFamily(name, doc, value=value)
+            yield GaugeMetricFamily(f"{prefix}_{name}", doc, value=value)
+
+    return collect
+
+
+def replica_up_gauge(up: Callable[[], bool]) -> GaugeSource:
+    def collect() -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "vectorstore_replica_up",
+            "1 while searches go to the read replicas, 0 while the primary serves them.",
+            value=1 if up() else 0,
+        )
 
     return collect
 
@@ -304,12 +339,22 @@ def route_label(request: web.Request) -> str:
 # Method labels are bounded like route labels: a client picks the method, and /metrics is public, so an
 # arbitrary token (even an API key sent as the method) must never become a series.
 _METHOD_LABELS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Labelled children by label values: `labels()` validates and locks on every call, and the label sets are
+# bounded (route templates, methods, statuses), so each child is looked up once per process.
+_REQUEST_COUNTERS: dict[tuple[str, str, int], Counter] = {}
+_REQUEST_LATENCIES: dict[tuple[str, str], Histogram] = {}
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     method = method if method in _METHOD_LABELS else "other"
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_LATENCY.labels(method, route).observe(seconds)
+    counter = _REQUEST_COUNTERS.get((method, route, status))
+    if counter is None:
+        counter = _REQUEST_COUNTERS[(method, route, status)] = HTTP_REQUESTS.labels(method, route, str(status))
+    latency = _REQUEST_LATENCIES.get((method, route))
+    if latency is None:
+        latency = _REQUEST_LATENCIES[(method, route)] = HTTP_LATENCY.labels(method, route)
+    counter.inc()
+    latency.observe(seconds)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -336,7 +381,17 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def render() -> tuple[bytes, str]:
-    """The exposition text and its content type."""
+    """The exposition text and its content type.
+
+    Under `serve --workers N` (vectorstore/workers.py sets PROMETHEUS_MULTIPROC_DIR) the counters and
+    histograms live in files every worker writes, and this sums them; the scrape-time gauges are this
+    worker's own. process_* series are left out there: they would describe whichever worker answered.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_SOURCES)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 

@@ -15,13 +15,16 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 from pgvector.psycopg import register_vector_async
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from config import Spec
@@ -105,6 +108,26 @@ def locate_database(data_dir: Path | None, environ: Mapping[str, str] | None = N
         embedded=server,
         connection=_embedded_connection(server),
     )
+
+
+# 19 digits in a row may be an integer beyond 64 bits, which orjson would turn into a float: such values (rare:
+# attributes are numbers of any size) take the standard library's exact path.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def loads_json(data: bytes | bytearray | memoryview | str) -> Any:
+    """JSON/JSONB column values: orjson, about 8 times faster than `json.loads` on attributes, whose every search
+    hit carries one; identical results (JSONB holds no NaN, no lone surrogates, no duplicate keys)."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if _LONG_DIGITS.search(raw):
+        return json.loads(raw)
+    return orjson.loads(raw)
+
+
+async def configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """What every pooled connection needs: the vector types, and the fast JSON loader."""
+    await register_vector_async(conn)
+    set_json_loads(loads_json, conn)
 
 
 def _embedded_connection(server: Any) -> str:
@@ -219,7 +242,7 @@ def make_pool(dsn: str, spec: Spec, *, timeout: float = 3.0) -> GuardedPool:
         min_size=spec.database.pool_min_size,
         max_size=spec.database.pool_max_size,
         open=False,
-        configure=register_vector_async,
+        configure=configure_connection,
         # Fail a request with 503 rather than queue it for long when every connection is busy: a few seconds,
         # well under any client's timeout. A database known to be gone fails at once (GuardedPool).
         timeout=timeout,

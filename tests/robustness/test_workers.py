@@ -1,0 +1,92 @@
+"""`vectorstore serve --workers 2`: two processes on one port, metrics summed over them, supervised together."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from robustness.harness import KEYS, ServerProcess, Upstream, write_spec
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid and b"spawn_main" in cmdline:
+                found.append(int(entry))
+    return sorted(found)
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@pytest.fixture
+def workers(fresh_dsn: str, upstream: Upstream, tmp_path: Path) -> Iterator[ServerProcess]:
+    spec = write_spec(tmp_path / "spec.yaml", upstream.base_url)
+    server = ServerProcess(spec, fresh_dsn, tmp_path / "server.log", args=("--workers", "2")).start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop(grace=20.0)
+
+
+async def _metric(base_url: str, pattern: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"{base_url}/metrics") as response:
+        text = await response.text()
+    match = re.search(pattern + r" ([0-9.e+]+)", text)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_two_workers_share_the_port_and_their_metrics(workers: ServerProcess) -> None:
+    assert workers.process is not None
+    children = _children(workers.process.pid)
+    assert len(children) == 2, children
+    before = {pid: _cpu_ticks(pid) for pid in children}
+    requests = 200
+    # A new connection per request: the kernel spreads connections (not requests) over the workers.
+    connector = aiohttp.TCPConnector(force_close=True)
+    headers = {"Authorization": f"Bearer {KEYS['reader']}"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
+        for _ in range(requests):
+            async with http.get(f"{workers.base_url}/v1/vector_stores") as response:
+                assert response.status == 200
+    assert all(_cpu_ticks(pid) > before[pid] for pid in children), "both workers served requests"
+    # Whichever worker answers the scrape reports the requests of both.
+    series = r'vectorstore_http_requests_total\{method="GET",route="/v1/vector_stores",status="200"\}'
+    for _ in range(4):
+        assert await _metric(workers.base_url, series) == requests
+    assert "with 2 worker processes" in workers.logs()
+
+
+def test_a_worker_that_dies_takes_the_others_down(workers: ServerProcess) -> None:
+    assert workers.process is not None
+    children = _children(workers.process.pid)
+    os.kill(children[0], signal.SIGKILL)
+    code = workers.process.wait(40)
+    assert code == 1
+    assert "worker 0 exited with -9; stopping the others" in workers.logs()
+    # The parent returns only after its other worker has stopped.
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in children[1:])
+
+
+def test_sigterm_stops_every_worker_gracefully(workers: ServerProcess) -> None:
+    assert workers.process is not None
+    children = _children(workers.process.pid)
+    workers.signal(signal.SIGTERM)
+    code = workers.process.wait(40)
+    assert code == 0
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in children)
