@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from localhttp import serve_locally
 
 
 def fake_vector(text: str, dimensions: int) -> list[float]:
@@ -108,11 +109,7 @@ class FakeEmbedder:
     async def start(self) -> FakeEmbedder:
         app = web.Application()
         app.router.add_post("/v1/embeddings", self._embeddings)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._runner, self.port = await serve_locally(app)
         return self
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ without writing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -158,16 +159,8 @@ async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> N
         if changed & set(_INDEX_FIELDS):
             assert store is not None
             values |= {"hnsw_m": store.hnsw_m, "hnsw_ef_construction": store.hnsw_ef_construction}
-            layout = tables.Layout(
-                record.id,
-                record.table_name,
-                record.dimensions,
-                record.distance,
-                record.vector_type,
-                store.hnsw_m,
-                store.hnsw_ef_construction,
-                record.language,
-                record.quantization,
+            layout = dataclasses.replace(
+                record.layout, hnsw_m=store.hnsw_m, hnsw_ef_construction=store.hnsw_ef_construction
             )
             await conn.execute(tables.drop_index_statement(layout))
             for statement in tables.index_statements(layout):
