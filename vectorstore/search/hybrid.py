@@ -104,6 +104,7 @@ def hybrid_statement(
     depth: int,
     weights: Weights,
     exact: bool,
+    ef_search: int = 0,
 ) -> tuple[sql.Composed, list[Any]]:
     terms, terms_params = text.terms_cte(stats, layout.language, query_text)
     leg, leg_params = text.keyword_leg(stats, layout.ident, where, where_params, depth)
@@ -128,7 +129,7 @@ def hybrid_statement(
     params: list[Any] = [
         *terms_params,
         *leg_params,
-        *nearest_params(layout, embedding, where_params, depth, exact=exact),
+        *nearest_params(layout, embedding, where_params, depth, exact=exact, ef_search=ef_search),
         top if top > 0 else 1.0,
         weights.embedding,
         weights.text,
@@ -195,6 +196,7 @@ async def run_hybrid(
         depth=depth,
         weights=weights,
         exact=exact,
+        ef_search=ef_search,
     )
     rows = await execute(conn, statement, params, ef_search=index_ef_search(layout, ef_search, depth))
     terms, keyword_rows = (int(rows[0][7]), int(rows[0][8])) if rows else (0, 0)
