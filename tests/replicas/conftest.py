@@ -64,8 +64,11 @@ def replica_spec(path: Path, embed_url: str, **server: Any) -> Spec:
 
 
 async def start_reading_server(
-    spec: Spec, dbs: Databases, *, read_dsn: str | None = None, replica_wait_seconds: float = 0.05
+    spec: Spec, dbs: Databases, *, read_dsn: str | None = None, replica_wait_seconds: float = 5.0
 ) -> RunningServer:
+    """A server reading from the standby. Tests of routing give the standby seconds to replay (on a loaded
+    machine it can take longer than the production 50 ms, which would send a search to the primary and make
+    them flaky); the read-your-writes test passes the production wait to see the fallback."""
     return await start_server(
         spec,
         dbs.primary,

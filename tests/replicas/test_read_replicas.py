@@ -100,7 +100,9 @@ async def test_read_your_writes_across_servers_with_replay_delay(
     standby applies commits. A direct look at the standby proves it had not applied them yet."""
     dbs.pair.standby.set("recovery_min_apply_delay", "1s")
     spec = replica_spec(tmp_path / "stack.yaml", fake_embedder.base_url)
-    first, second = await start_reading_server(spec, dbs), await start_reading_server(spec, dbs)
+    wait = 0.05  # the production default: a standby 1 s behind is passed over, not waited for
+    first = await start_reading_server(spec, dbs, replica_wait_seconds=wait)
+    second = await start_reading_server(spec, dbs, replica_wait_seconds=wait)
     clients = [openai_client(first), openai_client(second)]
     lagging_before = fallbacks("lagging")
     standby_was_behind = 0
