@@ -70,15 +70,20 @@ def source_settings(spec: Spec, spec_path: Path, data_dir: Path | None, environ:
     }
 
 
+def _check_builtin_installed(spec: Spec) -> None:
+    """`embedding.provider: builtin` needs the optional `builtin` extra: say so before starting anything."""
+    if spec.embedding.provider == "builtin" and importlib.util.find_spec("wordllama") is None:
+        from vectorstore.embeddings.builtin import INSTALL_HINT
+
+        raise StartupError(INSTALL_HINT)
+
+
 def serve(options: ServeOptions) -> int:
     _configure_logging()
     try:
         spec = _load(options.spec)
         api_keys, embedding_key = resolve_secrets(spec, os.environ)
-        if spec.embedding.provider == "builtin" and importlib.util.find_spec("wordllama") is None:
-            from vectorstore.embeddings.builtin import INSTALL_HINT
-
-            raise StartupError(INSTALL_HINT)
+        _check_builtin_installed(spec)
         rerank_key = resolve_rerank_key(spec, os.environ)
         logs.add_secrets([*api_keys.values(), embedding_key or "", rerank_key or "", os.environ.get("PGPASSWORD", "")])
         location = database.locate_database(options.data_dir)
@@ -214,8 +219,12 @@ def plan(options: PlanOptions) -> int:
         print(f"vectorstore plan: can't start the database: {exc}", file=sys.stderr)
         return 2
     settings = Settings(
-        dsn=location.dsn, api_keys={}, **source_settings(spec, options.spec, options.data_dir, os.environ)
+        dsn=location.dsn,
+        api_keys={},
+        **source_settings(spec, options.spec, options.data_dir, os.environ),
+        extra_secrets=(os.environ.get("PGPASSWORD", ""),),
     )
+    logs.add_secrets(settings.secret_values())
     try:
         return run_loop(_plan(spec, settings))
     except psycopg.OperationalError as exc:
@@ -253,6 +262,7 @@ def sync(options: SyncOptions) -> int:
     _configure_logging()
     try:
         spec = _load(options.spec)
+        _check_builtin_installed(spec)
         embedding_key = os.environ.get(spec.embedding.api_key.env) if spec.embedding.api_key else None
         logs.add_secrets([embedding_key or "", os.environ.get("PGPASSWORD", "")])
         location = database.locate_database(options.data_dir)
@@ -269,7 +279,9 @@ def sync(options: SyncOptions) -> int:
         api_keys={},
         embedding_api_key=embedding_key or None,
         **source_settings(spec, options.spec, options.data_dir, os.environ),
+        extra_secrets=(os.environ.get("PGPASSWORD", ""),),
     )
+    logs.add_secrets(settings.secret_values())
     try:
         return run_loop(run_sync(spec, settings, sys.stdout))
     except psycopg.OperationalError as exc:

@@ -149,3 +149,15 @@ async def test_changing_quantization_is_refused_with_data(db: psycopg.AsyncConne
         await reconcile.reconcile(db, spec_with(tmp_path, "halfvec"))
     cur = await db.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=sql.Identifier(record.table_name)))
     assert await cur.fetchone() == (1,)
+
+
+async def test_binary_pages_past_ef_search_limits(db: psycopg.AsyncConnection[Any]) -> None:
+    """A large page or rerank depth must not ask pgvector for an ef_search above its 1,000 maximum."""
+    record, vectors = await quantized_store(db, "binary")
+    stats = text.TextStats(record.id, record.analyzed_rows, record.text_avg_length, record.text_min_freq)
+    result = await hybrid.run_hybrid(
+        db, record.layout, stats, "topic 3", vectors[3], limit=100, depth=hybrid.depth_for(100, 200), ef_search=100
+    )
+    assert len(result.hits) == 100
+    hits = await run_search(db, record.layout, vectors[3], limit=200, ef_search=900)
+    assert len(hits) == 200 and hits[0].id == "r3"

@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from vectorstore import state
-from vectorstore.errors import ApiError
-from vectorstore.ingest.worker import BATCHES_PER_COPY, Worker
-from vectorstore.storage import files, stores
+from vectorstore.ingest.worker import BATCHES_PER_COPY, Worker, redacted_embed
+from vectorstore.storage import files
 
 WORKER = web.AppKey("ingest_worker", Worker)
 
@@ -26,20 +25,10 @@ def wake(app: web.Application) -> None:
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    redactor = app[state.REDACTOR]
-
-    async def embed(store: stores.StoreRecord, texts: list[str]) -> list[list[float]]:
-        try:
-            return await app[state.EMBEDDER].embed(texts, model=store.model, dimensions=store.dimensions)
-        except ApiError as exc:
-            # The message becomes a failed file's `last_error`, which clients read: no secret may be in it.
-            exc.message = redactor.redact(exc.message)
-            raise
-
     spec = app[state.SPEC]
     worker = Worker(
         app[state.SETTINGS].dsn,
-        embed,
+        redacted_embed(app[state.EMBEDDER], app[state.REDACTOR]),
         concurrency=spec.server.ingest_concurrency,
         batch_chunks=spec.embedding.batch_size * BATCHES_PER_COPY,
     )

@@ -33,10 +33,12 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from vectorstore.embeddings.client import EmbeddingClient
 from vectorstore.errors import ApiError
 from vectorstore.ingest.chunking import Chunk, chunk_text
 from vectorstore.ingest.extract import ExtractError, extract_text
 from vectorstore.observability import metrics
+from vectorstore.observability.logs import Redactor
 from vectorstore.search import statistics
 from vectorstore.storage import files, stores, tables
 
@@ -50,6 +52,20 @@ RETRY_DELAYS = (5.0, 30.0)
 
 Embed = Callable[[stores.StoreRecord, list[str]], Awaitable[list[list[float]]]]
 """One vector per text, with the store's model and dimensions."""
+
+
+def redacted_embed(embedder: EmbeddingClient, redactor: Redactor) -> Embed:
+    """The worker's `embed` through `embedder`, its errors redacted: an error's message becomes a failed file's
+    `last_error`, which clients read, so no secret may be in it whatever the upstream answered."""
+
+    async def embed(store: stores.StoreRecord, texts: list[str]) -> list[list[float]]:
+        try:
+            return await embedder.embed(texts, model=store.model, dimensions=store.dimensions)
+        except ApiError as exc:
+            exc.message = redactor.redact(exc.message)
+            raise
+
+    return embed
 
 
 @dataclass(frozen=True)

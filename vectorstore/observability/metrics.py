@@ -415,18 +415,24 @@ SOURCE_UP: Final = Gauge(
     "1 when the last sync of the source could read it, 0 when it could not.",
     ["store", "source"],
     registry=REGISTRY,
+    # Under `serve --workers`, the value the latest sync wrote, whichever worker ran it (not one per pid).
+    multiprocess_mode="mostrecent",
 )
 SOURCE_LAST_SUCCESS: Final = Gauge(
     "vectorstore_source_last_success_timestamp_seconds",
     "Unix time at which the last successful sync of the source finished.",
     ["store", "source"],
     registry=REGISTRY,
+    # Under `serve --workers`, the value the latest sync wrote, whichever worker ran it (not one per pid).
+    multiprocess_mode="mostrecent",
 )
 SOURCE_DURATION: Final = Gauge(
     "vectorstore_source_last_sync_duration_seconds",
     "How long the last sync of the source took (listing, reading changed files, queueing them).",
     ["store", "source"],
     registry=REGISTRY,
+    # Under `serve --workers`, the value the latest sync wrote, whichever worker ran it (not one per pid).
+    multiprocess_mode="mostrecent",
 )
 
 

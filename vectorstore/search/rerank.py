@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from config.model import Rerank
 from vectorstore.observability import metrics
@@ -81,7 +82,7 @@ class Reranker:
             metrics.observe_rerank(time.perf_counter() - started)
             return ranked
         metrics.observe_rerank(time.perf_counter() - started, reason)
-        log.warning("rerank endpoint %s failed (%s); keeping the fused order", self.url, reason)
+        log.warning("rerank endpoint %s failed (%s); keeping the fused order", URL(self.url).with_user(None), reason)
         return None
 
     async def _request(self, query: str, documents: Sequence[str], top_n: int) -> list[Ranked]:

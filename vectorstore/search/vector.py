@@ -44,8 +44,12 @@ BINARY_RESCORE_FACTOR = 10
 MIN_BINARY_CANDIDATES = 400
 
 
+# pgvector accepts hnsw.ef_search from 1 to 1,000; past that PostgreSQL refuses the setting.
+MAX_EF_SEARCH = 1000
+
+
 def binary_candidates(limit: int, ef_search: int = 0) -> int:
-    return max(MIN_BINARY_CANDIDATES, ef_search, BINARY_RESCORE_FACTOR * limit)
+    return min(MAX_EF_SEARCH, max(MIN_BINARY_CANDIDATES, ef_search, BINARY_RESCORE_FACTOR * limit))
 
 
 def exact_is_cheap(rows: float) -> bool:
@@ -150,7 +154,7 @@ def nearest_params(
 def index_ef_search(layout: Layout, ef_search: int, limit: int) -> int:
     """The `hnsw.ef_search` a search of `limit` rows needs: at least what the index walk must return."""
     wanted = binary_candidates(limit, ef_search) if layout.quantization == "binary" else limit
-    return max(ef_search, wanted)
+    return min(MAX_EF_SEARCH, max(ef_search, wanted))
 
 
 _HIT_COLUMNS = sql.SQL("id, file_id, filename, content, attributes")

@@ -20,11 +20,12 @@ import psycopg
 
 from config import Spec
 from vectorstore.embeddings.client import EmbeddingClient
-from vectorstore.ingest.worker import BATCHES_PER_COPY, Worker, running
+from vectorstore.ingest.worker import BATCHES_PER_COPY, Worker, redacted_embed, running
+from vectorstore.observability.logs import Redactor
 from vectorstore.settings import Settings
 from vectorstore.sources.engine import OTHER_REPLICA, StoreResult, Syncer
 from vectorstore.sources.service import context
-from vectorstore.storage import reconcile, stores
+from vectorstore.storage import reconcile
 from vectorstore.storage.migrations import migrate
 
 POLL_SECONDS = 0.5
@@ -48,13 +49,9 @@ async def run_sync(spec: Spec, settings: Settings, out: TextIO) -> int:
         await migrate(conn)
         await reconcile.reconcile(conn, spec, source="sync")
     embedder = EmbeddingClient.from_spec(spec.embedding, settings.embedding_api_key)
-
-    async def embed(store: stores.StoreRecord, texts: list[str]) -> list[list[float]]:
-        return await embedder.embed(texts, model=store.model, dimensions=store.dimensions)
-
     worker = Worker(
         settings.dsn,
-        embed,
+        redacted_embed(embedder, Redactor(settings.secret_values())),
         concurrency=spec.server.ingest_concurrency,
         batch_chunks=spec.embedding.batch_size * BATCHES_PER_COPY,
         name="sync-ingest",
