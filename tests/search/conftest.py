@@ -10,6 +10,7 @@ import pytest
 from fakeembed import fake_vector
 from pgvector.psycopg import register_vector_async
 
+from config.model import Quantization
 from vectorstore.search import statistics
 from vectorstore.storage import stores, tables
 from vectorstore.storage.migrations import migrate
@@ -25,7 +26,13 @@ async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
 
 
 async def new_store(
-    conn: psycopg.AsyncConnection[Any], store_id: str = STORE_ID, *, language: str = "english", dims: int = DIMS
+    conn: psycopg.AsyncConnection[Any],
+    store_id: str = STORE_ID,
+    *,
+    language: str = "english",
+    dims: int = DIMS,
+    ef_search: int = 40,
+    quantization: Quantization = "none",
 ) -> stores.StoreRecord:
     async with conn.transaction():
         return await stores.insert(
@@ -41,8 +48,9 @@ async def new_store(
                 distance="cosine",
                 hnsw_m=16,
                 hnsw_ef_construction=64,
-                ef_search=40,
+                ef_search=ef_search,
                 language=language,
+                quantization=quantization,
             ),
         )
 

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from config import Spec, load_spec
 from config.model import Quantization
-from search.conftest import DIMS
+from search.conftest import DIMS, new_store
 from vectorstore.search import hybrid, statistics, text, vector
 from vectorstore.search.filters import compile_filters
 from vectorstore.search.vector import NO_FILTER, binary_candidates, nearest_params, run_search, search_statement
@@ -25,24 +25,7 @@ ROWS = 1500
 async def quantized_store(
     conn: psycopg.AsyncConnection[Any], quantization: Quantization, *, dims: int = 64
 ) -> tuple[stores.StoreRecord, list[list[float]]]:
-    async with conn.transaction():
-        record = await stores.insert(
-            conn,
-            stores.NewStore(
-                id=f"vs_q{quantization}",
-                name=quantization,
-                description=None,
-                metadata={},
-                declared=False,
-                model="m",
-                dimensions=dims,
-                distance="cosine",
-                hnsw_m=16,
-                hnsw_ef_construction=64,
-                ef_search=100,
-                quantization=quantization,
-            ),
-        )
+    record = await new_store(conn, f"vs_q{quantization}", dims=dims, ef_search=100, quantization=quantization)
     rng = random.Random(quantization)
     # Clustered vectors, like real embeddings: 30 centres with noise around them.
     centres = [[rng.gauss(0, 1) for _ in range(dims)] for _ in range(30)]

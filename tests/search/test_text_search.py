@@ -32,6 +32,23 @@ async def keyword(
     return await hybrid.run_keyword(conn, record.layout, stats_of(record), query, limit=limit, **kw)
 
 
+async def fused(
+    conn: psycopg.AsyncConnection[Any],
+    record: stores.StoreRecord,
+    query: str,
+    vector_of: str,
+    *,
+    limit: int = 5,
+    depth: int = 40,
+    **kw: Any,
+) -> hybrid.Result:
+    """A hybrid search for `query` whose query vector is the fake embedder's vector of `vector_of`."""
+    vector = fake_vector(vector_of, DIMS)
+    return await hybrid.run_hybrid(
+        conn, record.layout, stats_of(record), query, vector, limit=limit, depth=depth, ef_search=40, **kw
+    )
+
+
 async def test_statistics_feed_bm25(db: psycopg.AsyncConnection[Any]) -> None:
     record = await new_store(db)
     await add_rows(db, record, [*FILLER, "the supersonic boundary layer"])
@@ -90,9 +107,7 @@ async def test_hostile_queries_are_just_text(db: psycopg.AsyncConnection[Any], q
     if result.terms:
         # The document made of the query's own text matches it, whatever operators it holds.
         assert result.hits and result.hits[0].content == query
-    hybrid_result = await hybrid.run_hybrid(
-        db, record.layout, stats_of(record), query, fake_vector(query, DIMS), limit=5, depth=40, ef_search=40
-    )
+    hybrid_result = await fused(db, record, query, query)
     assert len(hybrid_result.hits) == 5
 
 
@@ -103,9 +118,7 @@ async def test_very_long_query_uses_its_rarest_terms(db: psycopg.AsyncConnection
     query = " ".join(f"garden weather note{i}" for i in range(3000)) + " hovercraft"
     result = await keyword(db, record, query)
     assert result.terms == text.MAX_TERMS
-    hybrid_result = await hybrid.run_hybrid(
-        db, record.layout, stats_of(record), query, fake_vector(query, DIMS), limit=5, depth=40, ef_search=40
-    )
+    hybrid_result = await fused(db, record, query, query)
     assert len(hybrid_result.hits) == 5
 
 
@@ -115,23 +128,12 @@ async def test_stop_words_only_fall_back_to_vector(db: psycopg.AsyncConnection[A
     record = await fresh(db, record.id)
     assert (await keyword(db, record, "the of and !!")) == hybrid.Result([], 0)
     target = FILLER[7]
-    result = await hybrid.run_hybrid(
-        db, record.layout, stats_of(record), "the of and", fake_vector(target, DIMS), limit=3, depth=40, ef_search=40
-    )
+    result = await fused(db, record, "the of and", target, limit=3)
     assert result.terms == 0
     # Scored as a vector search: the exact vector match scores 1.0 (cosine similarity), not a fused score.
     assert result.hits[0].content == target and result.hits[0].score == pytest.approx(1.0)
     # Words no row holds: the keyword ranking is empty too, and the page is scored the same way.
-    result = await hybrid.run_hybrid(
-        db,
-        record.layout,
-        stats_of(record),
-        "xylophone zeppelin",
-        fake_vector(target, DIMS),
-        limit=3,
-        depth=40,
-        ef_search=40,
-    )
+    result = await fused(db, record, "xylophone zeppelin", target, limit=3)
     assert (result.terms, result.keyword_rows) == (2, 0)
     assert result.hits[0].content == target and result.hits[0].score == pytest.approx(1.0)
 
@@ -141,31 +143,18 @@ async def test_hybrid_fuses_both_legs_with_scores_in_range(db: psycopg.AsyncConn
     ids = await add_rows(db, record, [*FILLER, "the hypersonic inlet", "unrelated words entirely"])
     record = await fresh(db, record.id)
     # The query's vector is exactly the last row's; its words are exactly in the one before.
-    result = await hybrid.run_hybrid(
-        db,
-        record.layout,
-        stats_of(record),
-        "hypersonic inlet",
-        fake_vector("unrelated words entirely", DIMS),
-        limit=5,
-        depth=40,
-        ef_search=40,
-    )
+    result = await fused(db, record, "hypersonic inlet", "unrelated words entirely")
     top = [hit.id for hit in result.hits[:2]]
     assert set(top) == {ids[-1], ids[-2]}
     assert all(0.0 < hit.score <= 1.0 for hit in result.hits)
     # Each is first in one leg only: (1/61) / (2/61) = 0.5.
     assert result.hits[0].score == pytest.approx(0.5, abs=0.01)
     # Weighting the text leg alone puts the keyword match first, with the top score.
-    text_only = await hybrid.run_hybrid(
+    text_only = await fused(
         db,
-        record.layout,
-        stats_of(record),
+        record,
         "hypersonic inlet",
-        fake_vector("unrelated words entirely", DIMS),
-        limit=5,
-        depth=40,
-        ef_search=40,
+        "unrelated words entirely",
         weights=hybrid.Weights(embedding=0.0, text=1.0),
     )
     assert text_only.hits[0].id == ids[-2] and text_only.hits[0].score == pytest.approx(1.0)
@@ -183,32 +172,14 @@ async def test_filters_apply_to_both_legs_and_fill_the_page(db: psycopg.AsyncCon
         if mode == "keyword":
             result = await keyword(db, record, "turbine blade", limit=10, where=where, where_params=params)
         else:
-            result = await hybrid.run_hybrid(
-                db,
-                record.layout,
-                stats_of(record),
-                "turbine blade",
-                fake_vector("turbine blade report 3", DIMS),
-                limit=10,
-                depth=40,
-                ef_search=40,
-                where=where,
-                where_params=params,
+            result = await fused(
+                db, record, "turbine blade", "turbine blade report 3", limit=10, where=where, where_params=params
             )
         assert {hit.id for hit in result.hits} == allowed, mode
     # A filter that keeps more than the page: exactly max_num_results come back.
     where, params = compile_filters({"type": "lt", "key": "n", "value": 100})
-    result = await hybrid.run_hybrid(
-        db,
-        record.layout,
-        stats_of(record),
-        "turbine",
-        fake_vector("x", DIMS),
-        limit=25,
-        depth=hybrid.depth_for(25),
-        ef_search=40,
-        where=where,
-        where_params=params,
+    result = await fused(
+        db, record, "turbine", "x", limit=25, depth=hybrid.depth_for(25), where=where, where_params=params
     )
     assert len(result.hits) == 25 and all(hit.attributes["n"] < 100 for hit in result.hits)
 
