@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psycopg
@@ -50,3 +53,12 @@ async def wait_ready(http: aiohttp.ClientSession, url: str, *, seconds: float = 
                     return True
         await asyncio.sleep(0.1)
     return False
+
+
+def finish_report(report: dict[str, Any], json_path: str | None) -> None:
+    """Add the machine and its load to a bench's report, print it, and write it to `json_path` if given."""
+    report["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    report["load_average"] = os.getloadavg()
+    print(json.dumps(report, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2))

@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
-from _db import bench_server, fresh_database
+from _db import bench_server, finish_report, fresh_database
 from pgvector.psycopg import register_vector_async
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -200,12 +197,8 @@ def main() -> int:
         dsn = fresh_database(server_dsn, "large_bench")
         report: dict[str, Any] = {"settings": asyncio.run(bench(args, dsn))}
     report["args"] = {"rows": args.rows, "dims": args.dims, "clusters": args.clusters, "queries": args.queries}
-    report["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    report["load_average"] = os.getloadavg()
     report["wall_seconds"] = round(time.perf_counter() - started)
-    print(json.dumps(report, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    finish_report(report, args.json)
     return 0
 
 

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -33,7 +32,7 @@ from typing import Any
 
 import aiohttp
 import cranfield
-from _db import bench_server, fresh_database, wait_ready
+from _db import bench_server, finish_report, fresh_database, wait_ready
 
 KEY = "quality-bench-key"
 STORE = "cranfield"
@@ -241,11 +240,7 @@ def main() -> int:
     with bench_server() as server_dsn:
         dsn = fresh_database(server_dsn, "quality_bench")
         report = asyncio.run(bench(args, dsn))
-    report["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    report["load_average"] = os.getloadavg()
-    print(json.dumps(report, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    finish_report(report, args.json)
     hybrid, vector = report["modes"]["hybrid"]["ndcg@10"], report["modes"]["vector"]["ndcg@10"]
     print(f"hybrid / vector nDCG@10: {hybrid / vector:.3f}", file=sys.stderr)
     return 0

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import re
 import statistics
@@ -33,7 +31,7 @@ from typing import Any
 
 import cranfield
 import psycopg
-from _db import bench_server, fresh_database
+from _db import bench_server, finish_report, fresh_database
 from pgvector.psycopg import register_vector_async
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,11 +181,7 @@ def main() -> int:
     with bench_server() as server_dsn:
         dsn = fresh_database(server_dsn, "recall_bench")
         report = asyncio.run(bench(args, dsn))
-    report["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    report["load_average"] = os.getloadavg()
-    print(json.dumps(report, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    finish_report(report, args.json)
     return 0
 
 

@@ -560,6 +560,11 @@ def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, A
     )
 
 
+def _source_secret(secret: str, key: str) -> SecretRef:
+    """A key of a source's credentials Secret, read from the env var config.names derives for it."""
+    return SecretRef(secret, key, names.source_secret_env(secret, key))
+
+
 def _source(data: dict[str, Any]) -> Source:
     location: PathSource | GitSource | S3Source
     kind: SourceKind
@@ -569,12 +574,8 @@ def _source(data: dict[str, Any]) -> Source:
         if "credentials" in git:
             secret = git["credentials"]["secret"]
             git_credentials = GitCredentials(
-                username=SecretRef(
-                    secret, names.GIT_USERNAME_KEY, names.source_secret_env(secret, names.GIT_USERNAME_KEY)
-                ),
-                password=SecretRef(
-                    secret, names.GIT_PASSWORD_KEY, names.source_secret_env(secret, names.GIT_PASSWORD_KEY)
-                ),
+                username=_source_secret(secret, names.GIT_USERNAME_KEY),
+                password=_source_secret(secret, names.GIT_PASSWORD_KEY),
             )
         location = GitSource(repo=git["repo"], ref=git["ref"], path=git["path"].strip("/"), credentials=git_credentials)
         kind = "git"
@@ -584,14 +585,8 @@ def _source(data: dict[str, Any]) -> Source:
         if "credentials" in s3:
             secret = s3["credentials"]["secret"]
             credentials = S3Credentials(
-                access_key_id=SecretRef(
-                    secret, names.S3_ACCESS_KEY_ID_KEY, names.source_secret_env(secret, names.S3_ACCESS_KEY_ID_KEY)
-                ),
-                secret_access_key=SecretRef(
-                    secret,
-                    names.S3_SECRET_ACCESS_KEY_KEY,
-                    names.source_secret_env(secret, names.S3_SECRET_ACCESS_KEY_KEY),
-                ),
+                access_key_id=_source_secret(secret, names.S3_ACCESS_KEY_ID_KEY),
+                secret_access_key=_source_secret(secret, names.S3_SECRET_ACCESS_KEY_KEY),
             )
         kind = "s3"
         location = S3Source(

@@ -49,9 +49,9 @@ def _load(path: Path) -> Spec:
         raise StartupError(f"can't read the spec {path}: {exc.strerror}") from None
 
 
-def source_settings(spec: Spec, spec_path: Path, data_dir: Path | None, environ: Mapping[str, str]) -> dict[str, Any]:
+def _source_settings(spec: Spec, spec_path: Path, data_dir: Path | None, environ: Mapping[str, str]) -> dict[str, Any]:
     """The Settings fields sources need: where relative paths start, where git clones go, git-sync's checkouts
-    (set by render in Kubernetes) and the values of the sources' secret env vars (added to the log redaction)."""
+    (set by render in Kubernetes) and the values of the sources' secret env vars."""
     source_env: dict[str, str] = {}
     refs = list(spec.git_credential_refs())
     for store in spec.stores:
@@ -61,13 +61,25 @@ def source_settings(spec: Spec, spec_path: Path, data_dir: Path | None, environ:
     for ref in refs:
         if environ.get(ref.env):
             source_env[ref.env] = environ[ref.env]
-    logs.add_secrets(list(source_env.values()))
     return {
         "spec_dir": spec_path.resolve().parent,
         "sources_dir": (data_dir or database.DEFAULT_DATA_DIR).resolve().parent / "sources",
         "git_checkouts": environ.get(names.GIT_CHECKOUTS_ENV) or None,
         "source_env": source_env,
     }
+
+
+def _settings(spec: Spec, dsn: str, spec_path: Path, data_dir: Path | None, **fields: Any) -> Settings:
+    """A command's Settings: the sources' fields and PGPASSWORD added to what it passes, and every secret they
+    hold added to the log redaction before anything can log it."""
+    settings = Settings(
+        dsn=dsn,
+        **_source_settings(spec, spec_path, data_dir, os.environ),
+        extra_secrets=(os.environ.get("PGPASSWORD", ""),),
+        **fields,
+    )
+    logs.add_secrets(settings.secret_values())
+    return settings
 
 
 def _check_builtin_installed(spec: Spec) -> None:
@@ -104,18 +116,18 @@ def serve(options: ServeOptions) -> int:
         print(f"vectorstore: database connection: {location.connection}", file=sys.stderr, flush=True)
     if read_dsn is not None:
         print(f"vectorstore: searches: read replicas ({names.DATABASE_READ_URL_ENV})", file=sys.stderr, flush=True)
-    settings = Settings(
-        dsn=location.dsn,
+    settings = _settings(
+        spec,
+        location.dsn,
+        options.spec,
+        options.data_dir,
         read_dsn=read_dsn,
         api_keys=api_keys,
         embedding_api_key=embedding_key,
         rerank_api_key=rerank_key,
         host=options.host,
         port=options.port or spec.server.port,
-        **source_settings(spec, options.spec, options.data_dir, os.environ),
-        extra_secrets=(os.environ.get("PGPASSWORD", ""),),
     )
-    logs.add_secrets(settings.secret_values())
     workers = options.workers or spec.server.workers
     try:
         if workers > 1:
@@ -218,13 +230,7 @@ def plan(options: PlanOptions) -> int:
     except Exception as exc:
         print(f"vectorstore plan: can't start the database: {exc}", file=sys.stderr)
         return 2
-    settings = Settings(
-        dsn=location.dsn,
-        api_keys={},
-        **source_settings(spec, options.spec, options.data_dir, os.environ),
-        extra_secrets=(os.environ.get("PGPASSWORD", ""),),
-    )
-    logs.add_secrets(settings.secret_values())
+    settings = _settings(spec, location.dsn, options.spec, options.data_dir, api_keys={})
     try:
         return run_loop(_plan(spec, settings))
     except psycopg.OperationalError as exc:
@@ -274,14 +280,9 @@ def sync(options: SyncOptions) -> int:
         return 2
     from vectorstore.sources.command import run_sync
 
-    settings = Settings(
-        dsn=location.dsn,
-        api_keys={},
-        embedding_api_key=embedding_key or None,
-        **source_settings(spec, options.spec, options.data_dir, os.environ),
-        extra_secrets=(os.environ.get("PGPASSWORD", ""),),
+    settings = _settings(
+        spec, location.dsn, options.spec, options.data_dir, api_keys={}, embedding_api_key=embedding_key or None
     )
-    logs.add_secrets(settings.secret_values())
     try:
         return run_loop(run_sync(spec, settings, sys.stdout))
     except psycopg.OperationalError as exc:
