@@ -45,6 +45,7 @@ class Progress:
         self.total: int | None = None
         self.started = time.monotonic()
         self._last_line = 0.0
+        self._counts: Counts | None = None
         self._bar: RichProgress | None = None
         self._task: TaskID | None = None
         if stream.isatty():
@@ -62,9 +63,11 @@ class Progress:
             self._bar.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
+        elif kind is None and self._counts is not None:
+            print(self.line(self._counts), file=self.stream, flush=True)  # the last counts, always
 
     def expect(self, chunks: int) -> None:
         self.total = chunks
@@ -72,6 +75,7 @@ class Progress:
             self._bar.update(self._task, total=chunks)
 
     def tick(self, counts: Counts) -> None:
+        self._counts = counts
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=counts.chunks, files=counts.files)
             return
