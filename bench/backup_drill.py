@@ -45,6 +45,7 @@ import requests
 from _db import finish_report
 
 from config.names import api_key_env, derived_store_id
+from vectorstore.storage.tables import table_name
 
 KEY = "drill-key-0123456789"
 SYSTEM_USER = "pgserver" if os.geteuid() == 0 else None
@@ -290,6 +291,7 @@ def main() -> None:
         with serve(spec, pg.dsn) as url, api(url) as client:
             first = {name: upload(client, store, name, text) for name, text in FIRST.items()}
             at_t = answers(client, store)
+            chunks_at_t = pg.sql(f"SELECT count(*) FROM {table_name(store)}")[0][0]
             time.sleep(1.0)
             target = pg.sql("SELECT now()::text")[0][0]
             time.sleep(1.0)
@@ -297,7 +299,7 @@ def main() -> None:
             later = {name: upload(client, store, name, text) for name, text in LATER.items()}
             client.delete(f"/vector_stores/{store}/files/{first['alpha.txt']}").raise_for_status()
             after_t = answers(client, store)
-        chunks_at_end = pg.sql("SELECT count(*) FROM vector_stores")
+        chunks_at_end = pg.sql(f"SELECT count(*) FROM {table_name(store)}")[0][0]
         wal = pg.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
         for _ in range(600):
             if pg.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0] == wal:
@@ -344,6 +346,7 @@ def main() -> None:
             restored = answers(client, store)
             files = {item["id"] for item in client.get(f"/vector_stores/{store}/files?limit=100").json()["data"]}
         jobs = pg.sql("SELECT count(*) FROM ingest_jobs")[0][0]
+        chunks_restored = pg.sql(f"SELECT count(*) FROM {table_name(store)}")[0][0]
         pg.stop()
     report.update(
         {
@@ -353,7 +356,9 @@ def main() -> None:
             "first_files_back": sorted(first.values()) == sorted(files & set(first.values())),
             "later_files_absent": not (files & set(later.values())),
             "ingest_jobs_after_restore": jobs,
-            "stores_before_loss": chunks_at_end[0][0],
+            "chunks_at_target": chunks_at_t,
+            "chunks_at_loss": chunks_at_end,
+            "chunks_restored": chunks_restored,
             "restore_and_replay_seconds": round(restore_seconds, 1),
             "total_seconds": round(time.perf_counter() - started, 1),
             "barman": subprocess.run(
@@ -363,6 +368,7 @@ def main() -> None:
     )
     finish_report(report, args.json)
     ok = report["answers_at_target_equal"] and report["first_files_back"] and report["later_files_absent"] and jobs == 0
+    ok = ok and chunks_restored == chunks_at_t
     raise SystemExit(0 if ok else 1)
 
 

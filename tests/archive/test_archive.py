@@ -195,7 +195,12 @@ async def test_an_existing_store_needs_replace(built: Built, target_dsn: str, tm
     with pytest.raises(ImportRefused, match=f"store {STORE_ID} \\('handbook'\\) already exists: --replace"):
         await run_import(target_dsn, built.archive, tmp_path)
     assert await footprint(target_dsn) == before
-    # --replace: the same store again, in place, nothing doubled (the shared Files are the same bytes).
+    # --replace: the same store again, in place, nothing doubled (the shared Files are the same bytes), and
+    # the old store's queued ingestion gone with it.
+    async with await psycopg.AsyncConnection.connect(target_dsn, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO ingest_jobs (vector_store_id, file_id) VALUES (%s, %s)", [STORE_ID, built.file_ids[0]]
+        )
     await run_import(target_dsn, built.archive, tmp_path, replace=True)
     assert await footprint(target_dsn) == before
     # --as a new name: a second store with its own id, sharing the Files.

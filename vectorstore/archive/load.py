@@ -157,6 +157,9 @@ async def import_archive(
                     "archive in its place, in the same transaction (or import it --as another name)"
                 )
             await stores.delete(conn, existing)
+            # Queued ingestion of the old store has no foreign key to cascade from (see 0100_files.sql): a
+            # worker must not ingest the replaced store's files into the imported one.
+            await conn.execute("DELETE FROM ingest_jobs WHERE vector_store_id = %s", [existing.id])
         record = await stores.insert(conn, _new_store(store, target))
         # Built once after the load: inserting 100,000 rows into a live HNSW index is many times slower.
         await conn.execute(tables.drop_index_statement(record.layout))
