@@ -498,6 +498,20 @@ def read_replicas(data: Any) -> list[Finding]:
     return []
 
 
+def monitoring_needs_pod_monitor(data: Any) -> list[Finding]:
+    """The alerts and the dashboard select `job="<namespace>/<name>"`, the job label the Prometheus Operator
+    gives the PodMonitor's targets: without the PodMonitor they would watch nothing, and the server-down
+    alert could not tell a dead server from one never scraped."""
+    server = _get(data, "server")
+    if not isinstance(server, dict) or server.get("pod_monitor") is True:
+        return []
+    return [
+        (("server", switch), f"needs server.pod_monitor: true: its queries select the series that PodMonitor scrapes")
+        for switch in ("prometheus_rule", "grafana_dashboard")
+        if server.get(switch) is True
+    ]
+
+
 ALL_CHECKS = (
     uniqueness,
     key_store_limits,
@@ -517,6 +531,7 @@ ALL_CHECKS = (
     search_overrides_once,
     litellm_auth_key,
     read_replicas,
+    monitoring_needs_pod_monitor,
 )
 
 
