@@ -72,6 +72,19 @@ def config_map_name(app_name: str) -> str:
     return f"{app_name}-spec"
 
 
+def dashboard_config_map_name(app_name: str) -> str:
+    return f"{app_name}-dashboard"
+
+
+def prometheus_job(app_name: str, namespace: str) -> str:
+    """The `job` label the Prometheus Operator gives the targets of the rendered PodMonitor (same name as the
+    server's objects): `<namespace>/<PodMonitor name>`. The alerts and the dashboard select on it."""
+    return f"{namespace}/{app_name}"
+
+
+CONSOLE_PATH = "/console"
+
+
 def database_object_name(cluster_name: str, database: str) -> str:
     """Name of the CNPG `Database` object: a DNS-1123 subdomain, where a PostgreSQL name may hold `_`."""
     suffix = re.sub(r"[^a-z0-9]+", "-", database.lower()).strip("-") or "database"

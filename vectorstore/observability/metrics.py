@@ -204,6 +204,20 @@ def replica_up_gauge(up: Callable[[], bool]) -> GaugeSource:
     return collect
 
 
+def ready_gauge(ready: Callable[[], bool]) -> GaugeSource:
+    """`vectorstore_ready`: what `/ready` answers before its database round trip (startup done: migrated and
+    reconciled). Alerts need it as a series: a probe's answer never reaches Prometheus."""
+
+    def collect() -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "vectorstore_ready",
+            "1 once startup (migrations, reconcile) has finished, 0 before or when it failed.",
+            value=1 if ready() else 0,
+        )
+
+    return collect
+
+
 def queue_gauge(depths: Callable[[], Mapping[str, int]]) -> GaugeSource:
     """A source for the ingestion queue: a callback returning the number of jobs per state (queued, running...)."""
 
