@@ -83,6 +83,13 @@ def prometheus_job(app_name: str, namespace: str) -> str:
 
 
 CONSOLE_PATH = "/console"
+CONSOLE_ASSETS = {
+    f"{CONSOLE_PATH}/": "index.html",
+    f"{CONSOLE_PATH}/console.js": "console.js",
+    f"{CONSOLE_PATH}/console.css": "console.css",
+    f"{CONSOLE_PATH}/favicon.svg": "favicon.svg",
+}
+"""The console's files by path (vectorstore/console/static/): public like /health, they hold no data."""
 
 
 def database_object_name(cluster_name: str, database: str) -> str:

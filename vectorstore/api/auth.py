@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from config import Spec
-from config.names import HEALTH_PATH, METRICS_PATH, READY_PATH
+from config.names import CONSOLE_ASSETS, CONSOLE_PATH, HEALTH_PATH, METRICS_PATH, READY_PATH
 from vectorstore.errors import Forbidden, Unauthorized, store_not_found
 
-PUBLIC_PATHS = frozenset({HEALTH_PATH, READY_PATH, METRICS_PATH})
+# The console's static files are public too (served only with `server.console`): the data they show comes from
+# API calls that carry the key the user types in.
+PUBLIC_PATHS = frozenset({HEALTH_PATH, READY_PATH, METRICS_PATH, CONSOLE_PATH, *CONSOLE_ASSETS})
 _READ_ONLY_ATTR = "_vectorstore_read_only"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
