@@ -108,7 +108,16 @@ def console(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
     directory = tmp_path_factory.mktemp("console")
     with run_upstream() as upstream:
         spec = write_spec(directory / "spec.yaml", upstream.base_url)
-        spec.write_text(spec.read_text().replace("server:\n", "server:\n  console: true\n"), encoding="utf-8")
+        handbook = directory / "handbook"
+        handbook.mkdir()
+        (handbook / "welcome.md").write_text("# Welcome\n\nThe handbook says hello.\n", encoding="utf-8")
+        # beta's documents come from two declared sources: one readable, one whose directory does not exist.
+        sources = (
+            "    description: robustness store beta\n    sources:\n"
+            f"      - {{name: handbook, path: {handbook}}}\n      - {{name: missing, path: {directory / 'nowhere'}}}\n"
+        )
+        text = spec.read_text().replace("server:\n", "server:\n  console: true\n")
+        spec.write_text(text.replace("    description: robustness store beta\n", sources), encoding="utf-8")
         for dsn in new_database(pg_dsn, "console"):
             server = ServerProcess(spec, dsn, directory / "server.log").start()
             try:
@@ -305,6 +314,18 @@ def test_nothing_comes_from_another_origin_and_the_csp_held(driver: WebDriver, c
     # The only failed loads are the API's deliberate refusals (the wrong key, the read key's scope probe).
     failed = [entry["message"] for entry in logs if "Failed to load resource" in entry["message"]]
     assert all("/v1/" in message for message in failed), failed
+
+
+def test_sources_show_their_last_sync_and_failures(driver: WebDriver, console: Console) -> None:
+    driver.find_element(By.CSS_SELECTOR, '#stores tbody tr:not([data-store-id="' + console.store_id + '"])').click()
+    driver.find_element(By.CSS_SELECTOR, '.tabs button[data-tab="sources"]').click()
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sources tbody tr")) == 2, "no sources")
+    rows = {row.find_elements(By.TAG_NAME, "td")[0].text: row for row in driver.find_elements(By.CSS_SELECTOR, "#sources tbody tr")}
+    assert set(rows) == {"handbook", "missing"}
+    assert "ok" in rows["handbook"].text and "never" not in rows["handbook"].find_elements(By.TAG_NAME, "td")[5].text
+    missing = rows["missing"].find_elements(By.TAG_NAME, "td")
+    assert missing[3].text == "failed" and missing[8].text  # the error of the last sync
+    console.screenshot(driver, "console-sources")
 
 
 def test_a_read_key_sees_no_write_action(driver: WebDriver, console: Console) -> None:
