@@ -506,7 +506,7 @@ def monitoring_needs_pod_monitor(data: Any) -> list[Finding]:
     if not isinstance(server, dict) or server.get("pod_monitor") is True:
         return []
     return [
-        (("server", switch), f"needs server.pod_monitor: true: its queries select the series that PodMonitor scrapes")
+        (("server", switch), "needs server.pod_monitor: true: its queries select the series that PodMonitor scrapes")
         for switch in ("prometheus_rule", "grafana_dashboard")
         if server.get(switch) is True
     ]

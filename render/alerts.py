@@ -194,9 +194,7 @@ ALERTS: tuple[Alert, ...] = (
         severity="warning",
         for_=lambda spec: f"{spec.server.alerts.ingest_queue_growing_minutes}m",
         # Every pod reports the whole queue (one table), so the largest report is the queue, not their sum.
-        expr=lambda spec, sel: (
-            f"deriv(max(sum without (state) (vectorstore_ingest_queue_depth{{{sel}}}))[10m:1m]) > 0"
-        ),
+        expr=lambda spec, sel: f"deriv(max(sum without (state) (vectorstore_ingest_queue_depth{{{sel}}}))[10m:1m]) > 0",
         summary="The ingestion queue keeps growing.",
         description=lambda spec: (
             f"The ingestion queue of the {_server(spec)} has grown for "

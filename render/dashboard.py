@@ -50,7 +50,11 @@ def panels(spec: Spec) -> tuple[Panel, ...]:
         Panel(
             "Searches per second by mode",
             "reqps",
-            (Target(f"sum by (mode, fallback) (rate(vectorstore_searches_total{s}{rate}))", "{{mode}} ({{fallback}})"),),
+            (
+                Target(
+                    f"sum by (mode, fallback) (rate(vectorstore_searches_total{s}{rate}))", "{{mode}} ({{fallback}})"
+                ),
+            ),
             "Searches by the mode they ran in, and what they fell back from.",
         ),
         Panel(
@@ -182,7 +186,12 @@ def _panel(index: int, panel: Panel) -> Document:
         "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
         "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}},
         "targets": [
-            {"refId": chr(ord("A") + number), "datasource": DATASOURCE, "expr": target.expr, "legendFormat": target.legend}
+            {
+                "refId": chr(ord("A") + number),
+                "datasource": DATASOURCE,
+                "expr": target.expr,
+                "legendFormat": target.legend,
+            }
             for number, target in enumerate(panel.targets)
         ],
     }

@@ -16,16 +16,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pgdb import new_database
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import Select, WebDriverWait
-
 from robustness.harness import (
     KEYS,
     ServerProcess,
@@ -36,6 +30,14 @@ from robustness.harness import (
     wait_file,
     write_spec,
 )
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver as Chrome
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
 from vectorstore.console import CSP
 
 CHROMIUM = "/usr/bin/chromium"
@@ -130,7 +132,7 @@ def console(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
 
 
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chrome]:
     assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), "apt-get install chromium chromium-driver"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -271,8 +273,10 @@ def _search(driver: WebDriver, query: str, mode: str, *, compare_with: str | Non
 @pytest.mark.parametrize("mode", ["vector", "keyword", "hybrid"])
 def test_search_in_each_mode(driver: WebDriver, console: Console, mode: str) -> None:
     _search(driver, "pricing plan", mode)
-    wait(driver, lambda d: text(d, "results-a-title").startswith(f"{mode}: ") and "results" in text(d, "results-a-title"),
-         "no answer")  # fmt: skip
+    title = f"{mode}: "
+    wait(
+        driver, lambda d: text(d, "results-a-title").startswith(title) and "results" in text(d, "results-a-title"), "-"
+    )
     hits = results(driver, "results-a")
     assert hits, text(driver, "search-error")
     assert text(driver, "search-error") == ""
@@ -305,11 +309,11 @@ def test_filters_and_their_errors(driver: WebDriver, console: Console) -> None:
     wait(driver, lambda d: "non-empty array" in text(d, "search-error"), "the server's refusal is not shown")
 
 
-def test_nothing_comes_from_another_origin_and_the_csp_held(driver: WebDriver, console: Console) -> None:
+def test_nothing_comes_from_another_origin_and_the_csp_held(driver: Chrome, console: Console) -> None:
     loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded, "no resource entries"
     assert all(url.startswith(console.base_url + "/") for url in loaded), loaded
-    logs = driver.get_log("browser")
+    logs: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
     assert not [entry for entry in logs if "Content Security Policy" in entry["message"]], logs
     # The only failed loads are the API's deliberate refusals (the wrong key, the read key's scope probe).
     failed = [entry["message"] for entry in logs if "Failed to load resource" in entry["message"]]
@@ -320,7 +324,10 @@ def test_sources_show_their_last_sync_and_failures(driver: WebDriver, console: C
     driver.find_element(By.CSS_SELECTOR, '#stores tbody tr:not([data-store-id="' + console.store_id + '"])').click()
     driver.find_element(By.CSS_SELECTOR, '.tabs button[data-tab="sources"]').click()
     wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sources tbody tr")) == 2, "no sources")
-    rows = {row.find_elements(By.TAG_NAME, "td")[0].text: row for row in driver.find_elements(By.CSS_SELECTOR, "#sources tbody tr")}
+    rows = {
+        row.find_elements(By.TAG_NAME, "td")[0].text: row
+        for row in driver.find_elements(By.CSS_SELECTOR, "#sources tbody tr")
+    }
     assert set(rows) == {"handbook", "missing"}
     assert "ok" in rows["handbook"].text and "never" not in rows["handbook"].find_elements(By.TAG_NAME, "td")[5].text
     missing = rows["missing"].find_elements(By.TAG_NAME, "td")

@@ -119,12 +119,22 @@ CASES: dict[str, Case] = {
     ),
     "VectorstoreSourceStale": Case(
         # Last success at Unix time 0: 40 minutes old at 40m, past 3 x 10m.
-        fire=[series("vectorstore_source_last_success_timestamp_seconds", {**POD, "store": "docs", "source": "wiki"}, "0x40")],
+        fire=[
+            series(
+                "vectorstore_source_last_success_timestamp_seconds", {**POD, "store": "docs", "source": "wiki"}, "0x40"
+            )
+        ],
         fire_labels={"store": "docs", "source": "wiki"},
         # A success every minute (the value follows the clock).
-        quiet=[series("vectorstore_source_last_success_timestamp_seconds", {**POD, "store": "docs", "source": "wiki"}, "0+60x40")],
+        quiet=[
+            series(
+                "vectorstore_source_last_success_timestamp_seconds",
+                {**POD, "store": "docs", "source": "wiki"},
+                "0+60x40",
+            )
+        ],
         at="40m",
-    ),  # fmt: skip
+    ),
     "VectorstoreIngestFailures": Case(
         fire=[series("vectorstore_ingest_files_total", {**POD, "outcome": "failed"}, "0+1x60")],
         fire_labels={},
@@ -281,11 +291,11 @@ def test_thresholds_come_from_the_spec(spec: Spec, tmp_path: Path) -> None:
 
 def test_alerts_that_do_not_apply_are_left_out(tmp_path: Path) -> None:
     path = tmp_path / "stack.yaml"
-    path.write_text(
-        SPEC.replace("database: {cluster: {name: pg, instances: 2}, read_replicas: true}", "database: {cluster: {name: pg}}")
-        .replace("sync: {interval: 10m}", "sync: {interval: '0'}"),
-        encoding="utf-8",
-    )  # fmt: skip
+    replicas = "database: {cluster: {name: pg, instances: 2}, read_replicas: true}"
+    text = SPEC.replace(replicas, "database: {cluster: {name: pg}}").replace(
+        "sync: {interval: 10m}", "sync: {interval: '0'}"
+    )
+    path.write_text(text, encoding="utf-8")
     names = {rule["alert"] for rule in alerts.rules(load_spec(path))}
     assert "VectorstoreReplicaDown" not in names and "VectorstoreSourceStale" not in names
     assert "VectorstoreSourceFailing" in names

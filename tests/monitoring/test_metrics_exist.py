@@ -12,10 +12,10 @@ import pytest
 from fakeembed import FakeEmbedder
 from pgdb import new_database
 from prometheus_client.parser import text_string_to_metric_families
+from server.conftest import RunningServer, spec_data, start_server, write_spec
 
 from config import Spec
 from render import alerts, dashboard
-from server.conftest import RunningServer, spec_data, start_server, write_spec
 
 from .promql import SYNTHETIC_METRICS, metric_names, run, write_rules
 
@@ -34,9 +34,7 @@ def _monitoring_spec(path: Path, embed_url: str) -> Spec:
 
 
 @pytest.fixture(scope="module")
-async def live(
-    pg_dsn: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[RunningServer, set[str]]]:
+async def live(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[RunningServer, set[str]]]:
     embedder = await FakeEmbedder().start()
     databases = new_database(pg_dsn, "mon")
     dsn = next(databases)

@@ -10,6 +10,7 @@ scripts, styles and fetches from this origin only, no inline script or style, no
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import cache
 from pathlib import Path
 from typing import Final
@@ -48,7 +49,7 @@ def _asset(name: str) -> bytes:
     return (STATIC / name).read_bytes()
 
 
-def _handler(name: str) -> web.Handler:
+def _handler(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     content_type = CONTENT_TYPES[Path(name).suffix]
 
     async def serve(request: web.Request) -> web.Response:
