@@ -118,12 +118,14 @@ ALERTS: tuple[Alert, ...] = (
         severity="warning",
         for_="10m",
         expr=lambda spec, sel: (
-            f"histogram_quantile(0.99, sum by (le) (rate(vectorstore_search_duration_seconds_bucket{{{sel}}}[5m])))"
+            "histogram_quantile(0.99, sum by (le, store) "
+            f"(rate(vectorstore_store_search_duration_seconds_bucket{{{sel}}}[5m])))"
             f" > {_seconds(spec.server.alerts.search_p99_seconds)}"
         ),
-        summary="Searches are slow.",
+        summary="Searches of a store are slow.",
         description=lambda spec: (
-            f"The 99th percentile of search time (the SQL part) of the {_server(spec)} has been above "
+            "The 99th percentile of search time in store {{ $labels.store }} (whole requests: query embedding, "
+            f"SQL and rerank) on the {_server(spec)} has been above "
             f"{_seconds(spec.server.alerts.search_p99_seconds)}s for 10 minutes."
         ),
     ),

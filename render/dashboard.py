@@ -2,7 +2,7 @@
 sidecar of kube-prometheus-stack (`server.grafana_dashboard_labels`).
 
 The panels are a table (`PANELS`): title, unit and PromQL targets. The queries use three Grafana variables:
-`$namespace`, `$store` (the stores that have declared sources: only the source metrics carry a store label)
+`$namespace`, `$store` (the stores that have been searched: declared names, and `undeclared`)
 and `$__rate_interval`; tests/rendering/test_dashboard.py substitutes them and parses every query with promtool.
 """
 
@@ -48,17 +48,42 @@ def panels(spec: Spec) -> tuple[Panel, ...]:
     rate = "[$__rate_interval]"
     return (
         Panel(
-            "Searches per second by mode",
+            "Searches per second by store and mode",
+            "reqps",
+            (
+                Target(
+                    f"sum by (store, mode) (rate(vectorstore_store_search_duration_seconds_count{store}{rate}))",
+                    "{{store}} {{mode}}",
+                ),
+            ),
+            "Search requests by store (declared name, or `undeclared`) and the mode asked for.",
+        ),
+        Panel(
+            "Search time p50 / p99 by store and mode",
+            "s",
+            tuple(
+                Target(
+                    f"histogram_quantile({q}, sum by (le, store, mode) "
+                    f"(rate(vectorstore_store_search_duration_seconds_bucket{store}{rate})))",
+                    f"{{{{store}}}} {{{{mode}}}} p{round(q * 100)}",
+                )
+                for q in (0.5, 0.99)
+            ),
+            "Whole search requests: query embedding, SQL and rerank.",
+        ),
+        Panel(
+            "Searches by the mode they ran in, and fallbacks",
             "reqps",
             (
                 Target(
                     f"sum by (mode, fallback) (rate(vectorstore_searches_total{s}{rate}))", "{{mode}} ({{fallback}})"
                 ),
             ),
-            "Searches by the mode they ran in, and what they fell back from.",
+            "The mode a search ran in after any fallback: `no_terms` (no indexable word) or `upgrading` (keyword "
+            "index still being built) ran as vector.",
         ),
         Panel(
-            "Search time p50 / p99",
+            "SQL search time p50 / p99",
             "s",
             tuple(
                 Target(
@@ -67,7 +92,7 @@ def panels(spec: Spec) -> tuple[Panel, ...]:
                 )
                 for q in (0.5, 0.99)
             ),
-            "The SQL part of searches, all stores and modes together (the histogram has no store or mode label).",
+            "The SQL part of searches only, all stores together.",
         ),
         Panel(
             "Requests by status",
@@ -235,7 +260,8 @@ def dashboard(spec: Spec) -> Document:
                 _variable(
                     "store",
                     "Store",
-                    f'label_values(vectorstore_source_up{{namespace="$namespace", job="{job}"}}, store)',
+                    "label_values(vectorstore_store_search_duration_seconds_count"
+                    f'{{namespace="$namespace", job="{job}"}}, store)',
                     multi=True,
                 ),
             ]

@@ -36,6 +36,7 @@ sync: {{interval: 10m}}
 """
 BASE = {"namespace": NAMESPACE, "job": JOB}
 POD = {**BASE, "pod": "kb-0"}
+SEARCH = {**POD, "store": "docs", "mode": "hybrid"}
 
 
 def series(metric: str, labels: dict[str, str], values: str) -> dict[str, str]:
@@ -85,12 +86,12 @@ CASES: dict[str, Case] = {
     ),
     "VectorstoreSearchSlow": Case(
         fire=[
-            series("vectorstore_search_duration_seconds_bucket", {**POD, "le": le}, values)
+            series("vectorstore_store_search_duration_seconds_bucket", {**SEARCH, "le": le}, values)
             for le, values in (("0.5", "0x30"), ("1.0", "0x30"), ("2.5", "0+10x30"), ("+Inf", "0+10x30"))
         ],
-        fire_labels={},
+        fire_labels={"store": "docs"},
         quiet=[
-            series("vectorstore_search_duration_seconds_bucket", {**POD, "le": le}, "0+10x30")
+            series("vectorstore_store_search_duration_seconds_bucket", {**SEARCH, "le": le}, "0+10x30")
             for le in ("0.5", "1.0", "2.5", "+Inf")
         ],
         at="20m",

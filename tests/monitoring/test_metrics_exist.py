@@ -12,7 +12,7 @@ import pytest
 from fakeembed import FakeEmbedder
 from pgdb import new_database
 from prometheus_client.parser import text_string_to_metric_families
-from server.conftest import RunningServer, spec_data, start_server, write_spec
+from server.conftest import WRITE_KEY, RunningServer, auth, spec_data, start_server, write_spec
 
 from config import Spec
 from render import alerts, dashboard
@@ -116,3 +116,30 @@ def test_dashboard_json_is_complete(live: tuple[RunningServer, set[str]]) -> Non
     for topic in ("searches", "search time", "errors", "ingestion", "queue", "sources", "replica", "embedding",
                   "rerank", "pool"):  # fmt: skip
         assert topic in titles, topic
+
+
+async def test_searches_are_counted_by_store_and_mode(live: tuple[RunningServer, set[str]]) -> None:
+    """The dashboard's per-store panels and the slow-search alert read this series: a declared store is labelled
+    with its name, a store created through the API with `undeclared`."""
+    server, _exported = live
+    (declared,) = server.spec.stores
+    async with aiohttp.ClientSession(headers=auth(WRITE_KEY)) as session:
+        async with session.post(server.url("/v1/vector_stores"), json={"name": "made-by-api"}) as response:
+            assert response.status == 200
+            created = (await response.json())["id"]
+        for store_id, mode in ((declared.id, "keyword"), (declared.id, "vector"), (created, "hybrid")):
+            url = server.url(f"/v1/vector_stores/{store_id}/search")
+            async with session.post(url, json={"query": "hello world", "search_mode": mode}) as response:
+                assert response.status == 200, await response.text()
+        async with session.get(server.url("/metrics")) as response:
+            text = await response.text()
+    counts = {
+        (sample.labels["store"], sample.labels["mode"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "vectorstore_store_search_duration_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_count")
+    }
+    assert counts[("docs", "keyword")] >= 1 and counts[("docs", "vector")] >= 1
+    assert counts[("undeclared", "hybrid")] >= 1
+    assert not any(store == created for store, _mode in counts)
