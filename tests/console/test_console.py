@@ -224,6 +224,11 @@ def test_log_in_and_see_the_stores(driver: WebDriver, console: Console) -> None:
     alpha = driver.find_element(By.CSS_SELECTOR, f'#stores tr[data-store-id="{console.store_id}"]')
     cells = [cell.text for cell in alpha.find_elements(By.TAG_NAME, "td")]
     assert cells[3:7] == ["3", "0", "1", "4"]  # completed, in progress, failed, total
+    wait(driver, lambda d: alpha.find_elements(By.TAG_NAME, "td")[9].text != "", "no store settings")
+    cells = [cell.text for cell in alpha.find_elements(By.TAG_NAME, "td")]
+    assert cells[9] == "declared" and cells[10] == "fake-embed · 8 dims"
+    assert "hnsw" not in cells[11] and "vector cosine · none" in cells[11] and "m 16" in cells[11]
+    assert cells[12].startswith("hybrid · ")
     # The key is in the page's memory only.
     stored = driver.execute_script("return [localStorage.length, sessionStorage.length, document.cookie]")
     assert stored == [0, 0, ""]

@@ -1,7 +1,8 @@
 """Bearer-key auth: who is calling, what they may do, which stores they can see.
 
-Every route but /health, /ready, /metrics and the console's static files needs a key. Keys are compared in constant time against *all*
-configured keys (no early exit), so timing tells nothing about which key or prefix matched.
+Every route but /health, /ready, /metrics and the console's static files needs a key. Keys are compared in
+constant time against *all* configured keys (no early exit), so timing tells nothing about which key or prefix
+matched.
 A `read` key may only use routes marked `@read_only`; a key limited to some stores sees 404 for the others,
 exactly as if they did not exist.
 """

@@ -127,13 +127,32 @@
         item.name, el("code", item.id), item.status, counts.completed, counts.in_progress,
         el("span", counts.failed, counts.failed ? "status-failed" : ""), counts.total, bytes(item.usage_bytes || 0),
         el("code", Object.keys(item.metadata || {}).length ? JSON.stringify(item.metadata) : ""),
+        "", "", "", "",
       ]);
+      fillSettings(item, tr);
       tr.className = "clickable";
       tr.dataset.storeId = item.id;
       tr.addEventListener("click", () => selectStore(item, tr));
       body.appendChild(tr);
     }
     if (!stores.length) body.appendChild(row(["No store is visible to this key."]));
+  }
+
+  // How the store is built and searched, from its settings route: four more cells of its row.
+  async function fillSettings(item, tr) {
+    const cells = tr.querySelectorAll("td");
+    try {
+      const s = await api("GET", "/vector_stores/" + encodeURIComponent(item.id) + "/settings");
+      cells[9].textContent = s.declared ? "declared" : "API";
+      cells[10].textContent = s.model + " · " + s.dimensions + " dims";
+      cells[11].textContent = s.vector_type + " " + s.distance + " · " + s.quantization +
+        " · m " + s.index.m + ", ef_search " + s.index.ef_search + (s.keyword_index === "ready" ? "" : " · keyword index upgrading");
+      cells[12].textContent = s.search.mode + " · " + s.search.default_max_num_results + " results" +
+        (s.search.mode === "hybrid" ? " · weights " + s.search.embedding_weight + "/" + s.search.text_weight : "") +
+        (s.search.rerank ? " · rerank" : "");
+    } catch (error) {
+      cells[9].textContent = error.message;
+    }
   }
 
   function selectStore(item, tr) {
