@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from pgdb import new_database
 from robustness.harness import (
+    EMBEDDING_KEY,
     KEYS,
     ServerProcess,
     attach,
@@ -320,6 +321,9 @@ def test_nothing_comes_from_another_origin_and_the_csp_held(driver: Chrome, cons
     assert all(url.startswith(console.base_url + "/") for url in loaded), loaded
     logs: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
     assert not [entry for entry in logs if "Content Security Policy" in entry["message"]], logs
+    # No secret of the server reaches the page: the upstream's key, the database's address.
+    source = driver.page_source
+    assert EMBEDDING_KEY not in source and console.server.dsn not in source and "postgres" not in source.lower()
     # The only failed loads are the API's deliberate refusals (the wrong key, the read key's scope probe).
     failed = [entry["message"] for entry in logs if "Failed to load resource" in entry["message"]]
     assert all("/v1/" in message for message in failed), failed
