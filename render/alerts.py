@@ -4,7 +4,7 @@ Each alert is a row of `ALERTS`: its name, severity, how long it must hold, the 
 thresholds and the selector of the PodMonitor's series), a summary and a description naming the server, store or
 source, and whether it applies to the spec (no replica alert without read replicas). Adding an alert for a new
 metric is adding a row, a heading under "Alerts" in docs/operations.md (its runbook), and a case in
-tests/rendering/test_alerts.py (the promtool unit tests that make it fire and not fire).
+tests/monitoring/test_alerts.py (the promtool unit tests that make it fire and not fire).
 
 Label templates (`{{ $labels.store }}`) are Prometheus' own, filled in when the alert fires; the spec's names in
 the queries are DNS labels (schema), so they need no quoting inside PromQL strings.

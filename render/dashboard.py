@@ -3,7 +3,7 @@ sidecar of kube-prometheus-stack (`server.grafana_dashboard_labels`).
 
 The panels are a table (`PANELS`): title, unit and PromQL targets. The queries use three Grafana variables:
 `$namespace`, `$store` (the stores that have been searched: declared names, and `undeclared`)
-and `$__rate_interval`; tests/rendering/test_dashboard.py substitutes them and parses every query with promtool.
+and `$__rate_interval`; tests/monitoring/test_metrics_exist.py substitutes them and parses every query with promtool.
 """
 
 from __future__ import annotations

@@ -367,3 +367,17 @@ def test_the_console_is_off_unless_the_spec_turns_it_on(pg_dsn: str, tmp_path: P
                     assert get(server.base_url + path).status == 404, path
             finally:
                 server.stop(grace=10.0)
+
+
+def test_the_wheel_ships_every_console_file() -> None:
+    """The page's files are package data: every file in static/ matches a glob of pyproject's package-data."""
+    import fnmatch
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    pyproject = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = pyproject["tool"]["setuptools"]["package-data"]["vectorstore.console"]
+    static = repo / "vectorstore" / "console" / "static"
+    files = sorted(path.relative_to(static.parent).as_posix() for path in static.iterdir())
+    assert len(files) >= 4
+    assert [name for name in files if not any(fnmatch.fnmatch(name, pattern) for pattern in globs)] == []
