@@ -512,6 +512,22 @@ def monitoring_needs_pod_monitor(data: Any) -> list[Finding]:
     ]
 
 
+def dashboard_labels(data: Any) -> list[Finding]:
+    """The dashboard ConfigMap's own labels (app.kubernetes.io/*) say what rendered it and for which server:
+    a sidecar label must not overwrite them."""
+    labels = _get(data, "server", "grafana_dashboard_labels")
+    if not isinstance(labels, dict):
+        return []
+    return [
+        (
+            ("server", "grafana_dashboard_labels", name),
+            "app.kubernetes.io/ labels are set by render (name, instance, component, ...); pick another label",
+        )
+        for name in labels
+        if isinstance(name, str) and name.startswith("app.kubernetes.io/")
+    ]
+
+
 ALL_CHECKS = (
     uniqueness,
     key_store_limits,
@@ -532,6 +548,7 @@ ALL_CHECKS = (
     litellm_auth_key,
     read_replicas,
     monitoring_needs_pod_monitor,
+    dashboard_labels,
 )
 
 
