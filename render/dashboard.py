@@ -234,7 +234,8 @@ def _variable(name: str, label: str, query: str, *, multi: bool) -> Document:
         "sort": 1,
         "multi": multi,
         "includeAll": multi,
-        **({"allValue": ".*"} if multi else {}),
+        # A multi-value variable starts on All: stores searched and stores with sources alike.
+        **({"allValue": ".*", "current": {"selected": True, "text": ["All"], "value": ["$__all"]}} if multi else {}),
     }
 
 
