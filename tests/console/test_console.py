@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from fakeembed import FakeEmbedder
 from pgdb import new_database
 from robustness.harness import (
     EMBEDDING_KEY,
@@ -38,6 +40,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from server import conftest as server_conftest
 
 from vectorstore.console import CSP
 
@@ -133,7 +136,9 @@ def console(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
 
 
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chrome]:
+def driver(console: Console, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chrome]:
+    """The browser quits before the server stops (it depends on it): its open connections would hold the
+    server's graceful shutdown."""
     assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), "apt-get install chromium chromium-driver"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -356,17 +361,19 @@ def test_a_read_key_sees_no_write_action(driver: WebDriver, console: Console) ->
     console.screenshot(driver, "console-read-key")
 
 
-def test_the_console_is_off_unless_the_spec_turns_it_on(pg_dsn: str, tmp_path: Path) -> None:
-    with run_upstream() as upstream:
-        spec = write_spec(tmp_path / "spec.yaml", upstream.base_url)
-        for dsn in new_database(pg_dsn, "noconsole"):
-            server = ServerProcess(spec, dsn, tmp_path / "server.log").start()
-            try:
-                server.wait_ready()
-                for path in ("/console", "/console/", "/console/console.js"):
-                    assert get(server.base_url + path).status == 404, path
-            finally:
-                server.stop(grace=10.0)
+async def test_the_console_is_off_unless_the_spec_turns_it_on(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path
+) -> None:
+    spec = server_conftest.write_spec(tmp_path / "spec.yaml", server_conftest.spec_data(fake_embedder.base_url))
+    assert spec.server.console is False
+    server = await server_conftest.start_server(spec, fresh_dsn)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for path in ("/console", "/console/", "/console/console.js"):
+                async with session.get(server.url(path), allow_redirects=False) as response:
+                    assert response.status == 404, path
+    finally:
+        await server.stop()
 
 
 def test_the_wheel_ships_every_console_file() -> None:
