@@ -6,7 +6,6 @@ filters see it. When `embedding` is omitted it is computed by the embedding upst
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from vectorstore.api import common
 from vectorstore.errors import BadRequest
 from vectorstore.search import statistics
 from vectorstore.storage import stores, tables
-from vectorstore.values import as_float, is_number, shown
+from vectorstore.values import as_float, epoch_seconds, is_number, shown
 
 routes = web.RouteTableDef()
 
@@ -88,7 +87,7 @@ async def _insert(request: web.Request, items: list[_Item]) -> tuple[stores.Stor
         )
         for item, vector in zip(missing, vectors, strict=True):
             item.embedding = vector
-    now = int(time.time())
+    now = epoch_seconds()
     rows = [
         tables.ChunkRow(
             id="emb_" + uuid.uuid4().hex, content=item.content, embedding=item.embedding or [], attributes=item.metadata
@@ -140,4 +139,4 @@ async def add_embeddings(request: web.Request) -> web.Response:
         record = await common.visible_store(request, conn, request.match_info["vector_store_id"])
     items = [_item(value, f"embeddings[{i}]", record.dimensions) for i, value in enumerate(raw)]
     _, out = await _insert(request, items)
-    return web.json_response({"object": "embedding.batch", "data": out, "created": int(time.time())})
+    return web.json_response({"object": "embedding.batch", "data": out, "created": epoch_seconds()})

@@ -95,7 +95,7 @@ def create_table_statements(layout: Layout) -> list[sql.Composed]:
             " content text NOT NULL,"
             " attributes jsonb NOT NULL DEFAULT '{{}}'::jsonb,"
             " embedding {vtype}({dims}) NOT NULL,"
-            " created_at bigint NOT NULL DEFAULT extract(epoch FROM now())::bigint,"
+            " created_at bigint NOT NULL DEFAULT epoch_seconds(),"
             " fts tsvector GENERATED ALWAYS AS (to_tsvector({language}::regconfig, content)) STORED)"
         ).format(
             t=t,
