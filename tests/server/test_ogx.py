@@ -151,3 +151,128 @@ async def test_attach_and_batches_name_the_stores_own_model(oai: AsyncOpenAI) ->
     assert _error(exc)["param"] == "provider_id"
     # The refused batches attached nothing: the store holds the one file of the accepted batch.
     assert [f.id async for f in oai.vector_stores.files.list(vector_store_id=DOCS_ID)] == [uploaded.id]
+
+
+# --- OGX's rankers on search ---------------------------------------------------------------------------------
+
+TEXTS = [
+    "apple banana smoothie",
+    "apple pie recipe",
+    "banana bread",
+    "cherry tart",
+    "apple apple apple orchard",
+    "elderberry wine",
+    "banana split with apple",
+]
+QUERY = "apple banana"
+
+
+@pytest.fixture
+async def ranked_store(oai: AsyncOpenAI, ogx_server: RunningServer, http: aiohttp.ClientSession) -> str:
+    store = await oai.vector_stores.create(name="ranked")
+    url = ogx_server.url(f"/v1/vector_stores/{store.id}/embeddings/batch")
+    rows = [{"content": text} for text in TEXTS]
+    async with http.post(url, headers=auth(), json={"embeddings": rows}) as response:
+        assert response.status == 200, await response.text()
+    return store.id
+
+
+async def _search(oai: AsyncOpenAI, store_id: str, **extra: Any) -> list[tuple[str, float]]:
+    page = await oai.vector_stores.search(store_id, query=QUERY, max_num_results=20, extra_body=extra)
+    return [(hit.content[0].text, hit.score) for hit in page.data]
+
+
+def _rrf(legs: list[tuple[list[str], float]], k: float) -> dict[str, float]:
+    """Weighted RRF over the legs' rankings, normalised by its largest possible value: what docs/search.md says."""
+    top = sum(weight for _, weight in legs) / (k + 1)
+    scores: dict[str, float] = {}
+    for ranking, weight in legs:
+        for rank, text in enumerate(ranking, start=1):
+            scores[text] = scores.get(text, 0.0) + weight / (k + rank) / top
+    return scores
+
+
+@pytest.mark.parametrize("shape", ["string", "object"])
+@pytest.mark.parametrize("k", [1.0, 60.0, 500.0])
+async def test_rrf_impact_factor_is_rrfs_k(oai: AsyncOpenAI, ranked_store: str, shape: str, k: float) -> None:
+    vector = [text for text, _ in await _search(oai, ranked_store, search_mode="vector")]
+    keyword = [text for text, _ in await _search(oai, ranked_store, search_mode="keyword")]
+    assert keyword and len(keyword) < len(TEXTS)  # the two legs differ: fusion has something to do
+    options = (
+        {"ranker": "rrf", "impact_factor": k} if shape == "string" else {"ranker": {"type": "rrf", "impact_factor": k}}
+    )
+    hits = await _search(oai, ranked_store, ranking_options=options)
+    expected = _rrf([(vector, 1.0), (keyword, 1.0)], k)
+    assert {text for text, _ in hits} == set(expected)
+    for text, score in hits:
+        assert score == pytest.approx(expected[text], abs=1e-6), text
+    assert [score for _, score in hits] == sorted((score for _, score in hits), reverse=True)
+
+
+@pytest.mark.parametrize("shape", ["string", "object"])
+async def test_weighted_alpha_is_the_vector_share(oai: AsyncOpenAI, ranked_store: str, shape: str) -> None:
+    def options(alpha: float) -> dict[str, Any]:
+        if shape == "string":
+            return {"ranker": "weighted", "alpha": alpha}
+        return {"ranker": {"type": "weighted", "alpha": alpha}}
+
+    vector = [text for text, _ in await _search(oai, ranked_store, search_mode="vector")]
+    keyword = [text for text, _ in await _search(oai, ranked_store, search_mode="keyword")]
+    # OGX: alpha 1 is vector only, 0 keyword only.
+    only_vector = [text for text, _ in await _search(oai, ranked_store, ranking_options=options(1.0))]
+    assert only_vector == vector
+    only_keyword = [text for text, _ in await _search(oai, ranked_store, ranking_options=options(0.0))]
+    assert only_keyword[: len(keyword)] == keyword
+    hits = await _search(oai, ranked_store, ranking_options=options(0.7))
+    expected = _rrf([(vector, 0.7), (keyword, 0.3)], 60.0)
+    for text, score in hits:
+        assert score == pytest.approx(expected[text], abs=1e-6), text
+
+
+async def test_ogx_weights_and_an_explicit_mode(oai: AsyncOpenAI, ranked_store: str) -> None:
+    vector = [text for text, _ in await _search(oai, ranked_store, search_mode="vector")]
+    keyword = [text for text, _ in await _search(oai, ranked_store, search_mode="keyword")]
+    hits = await _search(
+        oai, ranked_store, ranking_options={"ranker": "weighted", "weights": {"vector": 2.0, "keyword": 1.0}}
+    )
+    expected = _rrf([(vector, 2.0), (keyword, 1.0)], 60.0)
+    assert all(score == pytest.approx(expected[text], abs=1e-6) for text, score in hits)
+    # An explicit search_mode wins: the ranker only says how hybrid search fuses.
+    keyword_again = await _search(oai, ranked_store, search_mode="keyword", ranking_options={"ranker": "rrf"})
+    assert [text for text, _ in keyword_again] == keyword
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"ranker": "weighted", "alpha": 1.5}, "ranking_options.alpha"),
+        ({"ranker": "weighted", "alpha": -0.1}, "ranking_options.alpha"),
+        ({"ranker": "weighted", "alpha": "half"}, "ranking_options.alpha"),
+        ({"ranker": {"type": "weighted", "alpha": 2}}, "ranking_options.ranker.alpha"),
+        ({"ranker": "rrf", "impact_factor": 0}, "ranking_options.impact_factor"),
+        ({"ranker": "rrf", "impact_factor": -5}, "ranking_options.impact_factor"),
+        ({"ranker": "rrf", "impact_factor": 1e300}, "ranking_options.impact_factor"),
+        ({"ranker": {"type": "rrf", "impact_factor": 0}}, "ranking_options.ranker.impact_factor"),
+        ({"ranker": {"type": "rrf", "alpha": 0.5}}, "ranking_options.ranker.alpha"),
+        ({"ranker": {"type": "bm25"}}, "ranking_options.ranker.type"),
+        ({"ranker": {"impact_factor": 5}}, "ranking_options.ranker.type"),
+        ({"ranker": {"type": "rrf"}, "alpha": 0.5}, "ranking_options.alpha"),
+        ({"ranker": "rrf", "alpha": 0.5}, "ranking_options.alpha"),
+        ({"ranker": "weighted", "impact_factor": 5}, "ranking_options.impact_factor"),
+        ({"ranker": "auto", "alpha": 0.5}, "ranking_options.alpha"),
+        ({"ranker": "weighted", "alpha": 0.5, "weights": {"vector": 1}}, "ranking_options.weights"),
+        ({"ranker": "weighted", "weights": {"neural": 1}}, "ranking_options.weights.neural"),
+        ({"ranker": "weighted", "weights": {"sparse": 1}}, "ranking_options.weights.sparse"),
+        ({"ranker": "weighted", "weights": {"vector": 0, "keyword": 0}}, "ranking_options.weights"),
+        ({"ranker": "rrf", "hybrid_search": {"text_weight": 1}}, "ranking_options.hybrid_search"),
+        ({"ranker": "neural"}, "ranking_options.ranker"),
+        ({"model": "rerank-v3.5"}, "ranking_options.model"),
+        ({"ranker": "normalized"}, "ranking_options.ranker"),
+    ],
+)
+async def test_ranker_out_of_range_is_a_400_naming_the_field(
+    oai: AsyncOpenAI, ranked_store: str, options: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        await _search(oai, ranked_store, ranking_options=options)
+    assert _error(exc)["param"] == param, _error(exc)
