@@ -14,11 +14,21 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from fakeembed import FakeEmbedder
+from fakeembed import FakeEmbedder, fake_vector
 from openai import AsyncOpenAI
 
 from config.names import derived_store_id
-from server.conftest import DIMS, DOCS_ID, WRITE_KEY, RunningServer, auth, spec_data, start_server, write_spec
+from server.conftest import (
+    DIMS,
+    DOCS_ID,
+    READ_KEY,
+    WRITE_KEY,
+    RunningServer,
+    auth,
+    spec_data,
+    start_server,
+    write_spec,
+)
 
 WIDE_MODEL = "wide-model"
 WIDE_DIMS = 12
@@ -276,3 +286,214 @@ async def test_ranker_out_of_range_is_a_400_naming_the_field(
     with pytest.raises(openai.BadRequestError) as exc:
         await _search(oai, ranked_store, ranking_options=options)
     assert _error(exc)["param"] == param, _error(exc)
+
+
+# --- OGX's chunk API -------------------------------------------------------------------------------------------
+
+
+async def _post(
+    http: aiohttp.ClientSession, server: RunningServer, path: str, body: dict[str, Any], key: str = WRITE_KEY
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(server.url(path), headers=auth(key), json=body) as response:
+        return response.status, await response.json()
+
+
+CHUNKS: list[dict[str, Any]] = [
+    # Precomputed elsewhere, in the shape llama-stack-client's `Chunk` has.
+    {
+        "chunk_id": "c-precomputed",
+        "content": "pgvector stores embeddings in PostgreSQL",
+        "metadata": {"document_id": "doc-1", "source": "notes.md"},
+        "embedding": fake_vector("pgvector stores embeddings in PostgreSQL", DIMS),
+        "embedding_model": "fake-model",
+        "embedding_dimension": DIMS,
+        "chunk_metadata": {"chunk_id": "c-precomputed", "document_id": "doc-1"},
+    },
+    # Embedded by the store's model: a text item, and a list of them.
+    {"content": {"type": "text", "text": "reciprocal rank fusion merges rankings"}, "metadata": {"chunk_id": "c-item"}},
+    {"chunk_id": "c-list", "content": [{"type": "text", "text": "keyword search"}, "with BM25"], "metadata": {}},
+]
+
+
+async def test_insert_then_every_search_route_finds_the_chunks(
+    oai: AsyncOpenAI, ogx_server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    store = await oai.vector_stores.create(name="chunks")
+    status, body = await _post(
+        http, ogx_server, "/v1/vector-io/insert", {"vector_store_id": store.id, "chunks": CHUNKS}
+    )
+    assert status == 200, body
+    assert body["chunk_ids"] == ["c-precomputed", "c-item", "c-list"]
+
+    status, body = await _post(
+        http,
+        ogx_server,
+        "/v1/vector-io/query",
+        {"vector_db_id": store.id, "query": "pgvector stores embeddings in PostgreSQL", "params": {"mode": "vector"}},
+        key=READ_KEY,
+    )
+    assert status == 200, body
+    assert len(body["chunks"]) == len(body["scores"]) == 3
+    first = body["chunks"][0]
+    assert first["chunk_id"] == "c-precomputed" and body["scores"][0] == pytest.approx(1.0, abs=1e-5)
+    assert first["content"] == "pgvector stores embeddings in PostgreSQL"
+    assert first["metadata"] == {"document_id": "doc-1", "source": "notes.md"}
+    assert first["embedding"] == pytest.approx(CHUNKS[0]["embedding"], abs=1e-6)
+    assert (first["embedding_model"], first["embedding_dimension"]) == ("fake-model", DIMS)
+    assert first["chunk_metadata"]["document_id"] == "doc-1" and first["chunk_metadata"]["source"] == "notes.md"
+    by_id = {chunk["chunk_id"]: chunk for chunk in body["chunks"]}
+    assert by_id["c-item"]["content"] == "reciprocal rank fusion merges rankings"
+    assert by_id["c-item"]["embedding"] == pytest.approx(fake_vector("reciprocal rank fusion merges rankings", DIMS))
+    assert by_id["c-list"]["content"] == "keyword search with BM25"
+
+    # OpenAI's search sees them in every mode, as it sees the prototype's /embeddings rows.
+    for mode in ("vector", "keyword", "hybrid"):
+        page = await oai.vector_stores.search(store.id, query="rank fusion", extra_body={"search_mode": mode})
+        assert "reciprocal rank fusion merges rankings" in [hit.content[0].text for hit in page.data], mode
+    # And the chunk API in every mode and with each ranker.
+    for params in (
+        {"mode": "keyword", "max_chunks": 1},
+        {"mode": "hybrid", "ranker": {"strategy": "rrf", "params": {"k": 10}}},
+        {"mode": "hybrid", "ranker": {"strategy": "weighted", "params": {"weights": [0.2, 0.8]}}},
+        {"ranker": {"strategy": "weighted"}, "score_threshold": 0.0},
+    ):
+        status, body = await _post(
+            http, ogx_server, "/v1/vector-io/query", {"vector_store_id": store.id, "query": "BM25", "params": params}
+        )
+        assert status == 200 and body["chunks"][0]["chunk_id"] == "c-list", (params, body)
+        max_chunks = params.get("max_chunks", 10)
+        assert isinstance(max_chunks, int) and len(body["chunks"]) <= max_chunks
+
+    # Inserting a chunk id again replaces that chunk.
+    replaced = {"chunk_id": "c-list", "content": "keyword search with BM25, replaced", "metadata": {"v": 2}}
+    status, _ = await _post(
+        http, ogx_server, "/v1/vector-io/insert", {"vector_store_id": store.id, "chunks": [replaced]}
+    )
+    assert status == 200
+    status, body = await _post(
+        http,
+        ogx_server,
+        "/v1/vector-io/query",
+        {"vector_store_id": store.id, "query": "BM25", "params": {"max_chunks": 10}},
+    )
+    texts = [chunk["content"] for chunk in body["chunks"]]
+    assert texts.count("keyword search with BM25, replaced") == 1 and "keyword search with BM25" not in texts
+    assert len(texts) == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"chunks": [{"content": "x", "embedding": [0.1] * (DIMS + 1)}]}, 400, "chunks[0].embedding"),
+        (
+            {"chunks": [{"content": "ok"}, {"content": "x", "embedding": [0.1, "a"]}]},
+            400,
+            "chunks[1].embedding",
+        ),
+        ({"chunks": [{"content": "x", "embedding_model": "all-MiniLM-L6-v2"}]}, 400, "chunks[0].embedding_model"),
+        ({"chunks": [{"content": "x", "embedding_dimension": 384}]}, 400, "chunks[0].embedding_dimension"),
+        ({"chunks": [{"content": {"type": "image", "image": {"url": {"uri": "http://x"}}}}]}, 400, "chunks[0].content"),
+        ({"chunks": [{"content": ""}]}, 400, "chunks[0].content"),
+        ({"chunks": [{"metadata": {}}]}, 400, "chunks[0].content"),
+        ({"chunks": [{"content": "x", "metadata": {"tags": ["a"]}}]}, 400, "chunks[0].metadata.tags"),
+        ({"chunks": [{"content": "x", "colour": "red"}]}, 400, "chunks[0].colour"),
+        ({"chunks": [{"content": "a", "chunk_id": "d"}, {"content": "b", "chunk_id": "d"}]}, 400, "chunks"),
+        ({"chunks": []}, 400, "chunks"),
+        ({"chunks": [{"content": "x"}], "ttl_seconds": 60}, 400, "ttl_seconds"),
+    ],
+)
+async def test_insert_refusals_write_nothing(
+    oai: AsyncOpenAI,
+    ogx_server: RunningServer,
+    http: aiohttp.ClientSession,
+    body: dict[str, Any],
+    status: int,
+    param: str,
+) -> None:
+    store = await oai.vector_stores.create(name="refusals")
+    got, answer = await _post(http, ogx_server, "/v1/vector-io/insert", {"vector_store_id": store.id, **body})
+    assert (got, answer["error"]["param"]) == (status, param), answer
+    page = await oai.vector_stores.search(store.id, query="ok x a b", extra_body={"search_mode": "vector"})
+    assert page.data == []
+
+
+async def test_chunk_api_store_ids_keys_and_params(
+    oai: AsyncOpenAI, ogx_server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    chunk = {"content": "hello"}
+    status, body = await _post(
+        http, ogx_server, "/v1/vector-io/insert", {"vector_store_id": "vs_nope", "chunks": [chunk]}
+    )
+    assert status == 404 and body["error"]["param"] == "vector_store_id"  # OpenAI's 404, where OGX says 400
+    status, body = await _post(http, ogx_server, "/v1/vector-io/insert", {"chunks": [chunk]})
+    assert status == 400 and body["error"]["param"] == "vector_store_id"
+    status, body = await _post(
+        http, ogx_server, "/v1/vector-io/insert", {"vector_store_id": DOCS_ID, "chunks": [chunk]}, key=READ_KEY
+    )
+    assert status == 403
+    status, body = await _post(
+        http,
+        ogx_server,
+        "/v1/vector-io/insert",
+        {"vector_store_id": DOCS_ID, "vector_db_id": WIDE_ID, "chunks": [chunk]},
+    )
+    assert status == 400 and body["error"]["param"] == "vector_db_id"
+    # A declared store with its own model embeds with it: 12 dimensions go in, 8 do not.
+    status, body = await _post(
+        http,
+        ogx_server,
+        "/v1/vector-io/insert",
+        {"vector_store_id": WIDE_ID, "chunks": [{"content": "wide", "embedding": [0.5] * WIDE_DIMS}, chunk]},
+    )
+    assert status == 200, body
+    status, body = await _post(http, ogx_server, "/v1/vector-io/query", {"vector_store_id": WIDE_ID, "query": "hello"})
+    assert status == 200 and {len(c["embedding"]) for c in body["chunks"]} == {WIDE_DIMS}
+    for params, param in (
+        ({"mode": "fuzzy"}, "params.mode"),
+        ({"max_chunks": 0}, "params.max_chunks"),
+        ({"score_threshold": 2}, "params.score_threshold"),
+        ({"ranker": {"strategy": "normalized"}}, "params.ranker.strategy"),
+        ({"ranker": {"strategy": "rrf", "params": {"k": -1}}}, "params.ranker.params.k"),
+        ({"ranker": {"strategy": "weighted", "params": {"weights": [1.5, 0]}}}, "params.ranker.params.weights[0]"),
+        ({"ranker": {"strategy": "weighted", "params": {"weights": "half"}}}, "params.ranker.params.weights"),
+        ({"top_k": 3}, "params.top_k"),
+    ):
+        status, body = await _post(
+            http, ogx_server, "/v1/vector-io/query", {"vector_store_id": WIDE_ID, "query": "hello", "params": params}
+        )
+        assert (status, body["error"]["param"]) == (400, param), body
+
+
+# --- file contents with OGX's extra query --------------------------------------------------------------------
+
+
+async def test_file_contents_with_embeddings_and_metadata(
+    oai: AsyncOpenAI, ogx_server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    text = "Chunks carry their vectors. " * 5
+    uploaded = await oai.files.create(file=("v.txt", text.encode(), "text/plain"), purpose="assistants")
+    attached = await oai.vector_stores.files.create_and_poll(
+        vector_store_id=DOCS_ID, file_id=uploaded.id, attributes={"team": "search"}
+    )
+    assert attached.status == "completed"
+    plain = await oai.vector_stores.files.content(file_id=uploaded.id, vector_store_id=DOCS_ID)
+    # Without the extra query, OpenAI's shape exactly.
+    assert plain.data and all(set(item.model_dump(exclude_none=True)) == {"type", "text"} for item in plain.data)
+    full = await oai.vector_stores.files.content(
+        file_id=uploaded.id,
+        vector_store_id=DOCS_ID,
+        extra_query={"include_embeddings": "true", "include_metadata": "true"},
+    )
+    assert [item.text for item in full.data] == [item.text for item in plain.data]
+    for item in full.data:
+        extra = item.model_extra or {}
+        assert extra["embedding"] == pytest.approx(fake_vector(item.text or "", DIMS), abs=1e-6)
+        assert extra["metadata"]["team"] == "search"
+        assert extra["chunk_metadata"]["chunk_embedding_model"] == "fake-model"
+    only_vectors = await oai.vector_stores.files.content(
+        file_id=uploaded.id, vector_store_id=DOCS_ID, extra_query={"include_embeddings": True}
+    )
+    assert all("metadata" not in (item.model_extra or {}) for item in only_vectors.data)
+    url = ogx_server.url(f"/v1/vector_stores/{DOCS_ID}/files/{uploaded.id}/content?include_metadata=maybe")
+    async with http.get(url, headers=auth()) as response:
+        assert response.status == 400 and (await response.json())["error"]["param"] == "include_metadata"

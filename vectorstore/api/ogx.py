@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+
 from config import Spec
 from vectorstore.api import common
 from vectorstore.errors import BadRequest
-from vectorstore.storage import stores
+from vectorstore.storage import files, stores
 
 FIELDS = frozenset({"embedding_model", "embedding_dimension", "provider_id"})
 PROVIDER_IDS = ("pgvector", "remote::pgvector")
@@ -103,3 +105,36 @@ def check_store_model(spec: Spec, store: stores.StoreRecord, body: Mapping[str, 
             "vectors; leave it out or send that.",
             param="embedding_dimension",
         )
+
+
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no", "")
+
+
+def query_flag(request: web.Request, key: str) -> bool:
+    """A boolean query parameter as OGX's client sends one (`true` / `false`); 400 naming it otherwise."""
+    text = request.query.get(key)
+    if text is None or text.lower() in _FALSE:
+        return False
+    if text.lower() in _TRUE:
+        return True
+    raise BadRequest(f"'{key}' must be true or false; got '{text[:40]}'.", param=key)
+
+
+def content_item(
+    store: stores.StoreRecord, chunk: files.StoredChunk, with_embeddings: bool, with_metadata: bool
+) -> dict[str, Any]:
+    """One chunk of a file's contents in OGX's shape: OpenAI's `{type, text}` plus what was asked for."""
+    item: dict[str, Any] = {"type": "text", "text": chunk.content}
+    if with_embeddings:
+        item["embedding"] = chunk.embedding
+    if with_metadata:
+        item["metadata"] = chunk.attributes
+        item["chunk_metadata"] = {
+            "chunk_id": chunk.id,
+            "created_timestamp": chunk.created_at,
+            "updated_timestamp": chunk.created_at,
+            "chunk_embedding_model": store.model,
+            "chunk_embedding_dimension": store.dimensions,
+        }
+    return item

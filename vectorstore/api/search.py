@@ -232,7 +232,7 @@ def _ogx_weights(ranking: dict[str, Any]) -> hybrid.Weights:
     return hybrid.Weights(embedding_weight, text_weight)
 
 
-async def _store(request: web.Request, store_id: str) -> stores.StoreRecord:
+async def searchable_store(request: web.Request, store_id: str) -> stores.StoreRecord:
     auth.check_store(request, store_id)
     cache = request.app[_CACHE]
     hit = cache.get(store_id)
@@ -272,7 +272,7 @@ async def search(request: web.Request) -> web.Response:
         # The prototype's `limit` (up to 100), else the store's default.
         limit = common.opt_int(body, "limit", lo=1, hi=100)
 
-    record = await _store(request, store_id)
+    record = await searchable_store(request, store_id)
     settings = spec.search_for(record.id)
     limit = limit if limit is not None else settings.default_max_num_results
     if mode is None:
@@ -282,7 +282,7 @@ async def search(request: web.Request) -> web.Response:
     fetch = max(limit, reranker.settings.candidates) if reranker is not None else limit
     try:
         # On a read replica that has replayed the caller's writes when database.read_replicas is on.
-        hits = await _run(request, record, query_text, mode, weights, where, params, limit=fetch)
+        hits = await ranked_hits(request, record, query_text, mode, weights, where, params, limit=fetch)
     except pg_errors.UndefinedTable:
         request.app[_CACHE].pop(store_id, None)
         raise store_not_found(store_id) from None
@@ -318,7 +318,7 @@ def _rescored(hit: Hit, score: float) -> Hit:
     return Hit(hit.id, hit.file_id, hit.filename, hit.content, hit.attributes, hit.distance, score)
 
 
-async def _run(
+async def ranked_hits(
     request: web.Request,
     record: stores.StoreRecord,
     query_text: str,

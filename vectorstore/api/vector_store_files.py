@@ -163,14 +163,16 @@ async def store_file_content(request: web.Request) -> web.Response:
         store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
         if await files.get_store_file(conn, store.id, file_id) is None:
             raise _file_not_in_store(store.id, file_id)
-        texts = await files.chunk_texts(conn, store, file_id)
-    return web.json_response(
-        {
-            "object": "vector_store.file_content.page",
-            "data": [{"type": "text", "text": text} for text in texts],
-            "has_more": False,
-            "next_page": None,
-        }
+        # OGX's extra query: each chunk's vector and metadata. Without them, OpenAI's shape exactly.
+        with_embeddings = ogx.query_flag(request, "include_embeddings")
+        with_metadata = ogx.query_flag(request, "include_metadata")
+        if with_embeddings or with_metadata:
+            chunks = await files.chunks_of(conn, store, file_id, with_embeddings=with_embeddings)
+            data = [ogx.content_item(store, chunk, with_embeddings, with_metadata) for chunk in chunks]
+        else:
+            data = [{"type": "text", "text": text} for text in await files.chunk_texts(conn, store, file_id)]
+    return common.json_response(
+        {"object": "vector_store.file_content.page", "data": data, "has_more": False, "next_page": None}
     )
 
 

@@ -199,6 +199,15 @@ async def delete_file_chunks(conn: psycopg.AsyncConnection[Any], layout: Layout,
     return cur.rowcount
 
 
+async def delete_rows_without_file(conn: psycopg.AsyncConnection[Any], layout: Layout, ids: Sequence[str]) -> int:
+    """Remove the file-less rows (prototype /embeddings, OGX's chunks) with these ids, so a chunk inserted again
+    under its id replaces the old one. File chunks are never touched here."""
+    cur = await conn.execute(
+        sql.SQL("DELETE FROM {t} WHERE id = ANY(%s) AND file_id IS NULL").format(t=layout.ident), [list(ids)]
+    )
+    return cur.rowcount
+
+
 async def row_count_at_least_one(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
     cur = await conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {t})").format(t=sql.Identifier(table)))
     row = await cur.fetchone()
