@@ -2,11 +2,17 @@
 
 `embedding_model`, `embedding_dimension` and `provider_id` on create, attach and batches; OGX's rankers on
 search; its chunk API (`/v1/vector-io/insert` and `/query`); file contents with embeddings and metadata.
-OGX's own client (`llama-stack-client`) runs against a real server in tests/server/test_ogx_client.py.
+OGX's own client (`llama-stack-client`) runs against a real server in `test_llama_stack_client`, in a
+subprocess (tests/server/ogx_client_script.py) with a Python >= 3.12 that has it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -497,3 +503,54 @@ async def test_file_contents_with_embeddings_and_metadata(
     url = ogx_server.url(f"/v1/vector_stores/{DOCS_ID}/files/{uploaded.id}/content?include_metadata=maybe")
     async with http.get(url, headers=auth()) as response:
         assert response.status == 400 and (await response.json())["error"]["param"] == "include_metadata"
+
+
+# --- OGX's own client ------------------------------------------------------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+OGX_SCRIPT = HERE / "ogx_client_script.py"
+
+
+def _ogx_python() -> Path | None:
+    """A Python with `llama-stack-client`: VECTORSTORE_OGX_PYTHON (CI sets it, see .ci/run), this one when it has
+    the client (Python >= 3.12 installs it with the test extra), or `.venv-ogx` in or beside the checkout."""
+    configured = os.environ.get("VECTORSTORE_OGX_PYTHON")
+    if configured:
+        return Path(configured)
+    if importlib.util.find_spec("llama_stack_client") is not None:
+        return Path(sys.executable)
+    for venv in (REPO / ".venv-ogx", REPO.parent / ".venv-ogx"):
+        if (venv / "bin" / "python").exists():
+            return venv / "bin" / "python"
+    return None
+
+
+async def test_llama_stack_client(ogx_server: RunningServer) -> None:
+    python = _ogx_python()
+    if python is None:
+        pytest.skip(
+            "llama-stack-client needs Python >= 3.12: python3.12 -m venv .venv-ogx && "
+            ".venv-ogx/bin/pip install llama-stack-client (or set VECTORSTORE_OGX_PYTHON)"
+        )
+    process = await asyncio.create_subprocess_exec(
+        str(python),
+        str(OGX_SCRIPT),
+        ogx_server.base_url,
+        WRITE_KEY,
+        str(DIMS),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, err.decode()[-4000:]
+    seen = json.loads(out.decode().strip().splitlines()[-1])
+    assert "fake-model" in seen["refused_model"] and "all-MiniLM-L6-v2" in seen["refused_model"]
+    assert seen["attach_status"] == "completed" and seen["batch_file_status"] == "completed"
+    assert seen["content_dimensions"] == [DIMS]
+    assert all(metadata.get("topic") == "db" for metadata in seen["content_metadata"])
+    assert seen["query_chunk_ids"][0] == "ogx-chunk-1" and seen["query_embedding_dimensions"] == [DIMS]
+    assert all(0.0 <= score <= 1.0 for score in seen["query_scores"])
+    fusion = "reciprocal rank fusion of two rankings"
+    for name, texts in seen["searches"].items():
+        assert fusion in texts, (name, texts)
