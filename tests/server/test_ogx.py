@@ -554,3 +554,20 @@ async def test_llama_stack_client(ogx_server: RunningServer) -> None:
     fusion = "reciprocal rank fusion of two rankings"
     for name, texts in seen["searches"].items():
         assert fusion in texts, (name, texts)
+
+
+async def test_where_this_server_keeps_openais_behaviour(oai: AsyncOpenAI) -> None:
+    """The deliberate differences docs/search.md lists: 404s for unknown ids, and nothing half-created."""
+    before = [s.id async for s in oai.vector_stores.list()]
+    with pytest.raises(openai.NotFoundError) as exc:
+        await oai.vector_stores.create(name="half", file_ids=["file-missing"], extra_body={"provider_id": "pgvector"})
+    assert isinstance(exc.value.body, dict) and exc.value.body["param"] == "file_ids[0]"
+    assert [s.id async for s in oai.vector_stores.list()] == before
+    with pytest.raises(openai.NotFoundError):
+        await oai.vector_stores.files.list(vector_store_id="vs_unknown")
+    # Attaching answers at once, in progress, as OpenAI's API does; the worker completes it.
+    uploaded = await oai.files.create(file=("a.txt", b"asynchronous attach", "text/plain"), purpose="assistants")
+    attached = await oai.vector_stores.files.create(vector_store_id=DOCS_ID, file_id=uploaded.id)
+    assert attached.status == "in_progress"
+    done = await oai.vector_stores.files.poll(uploaded.id, vector_store_id=DOCS_ID, poll_interval_ms=50)
+    assert done.status == "completed"
