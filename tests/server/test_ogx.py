@@ -500,6 +500,17 @@ async def test_file_contents_with_embeddings_and_metadata(
         file_id=uploaded.id, vector_store_id=DOCS_ID, extra_query={"include_embeddings": True}
     )
     assert all("metadata" not in (item.model_extra or {}) for item in only_vectors.data)
+    # A file's chunks change only with their file: the chunk API can't overwrite one by its id.
+    file_chunk_id = (full.data[0].model_extra or {})["chunk_metadata"]["chunk_id"]
+    status, body = await _post(
+        http,
+        ogx_server,
+        "/v1/vector-io/insert",
+        {"vector_store_id": DOCS_ID, "chunks": [{"chunk_id": file_chunk_id, "content": "overwrite?"}]},
+    )
+    assert status == 409, body
+    again = await oai.vector_stores.files.content(file_id=uploaded.id, vector_store_id=DOCS_ID)
+    assert [item.text for item in again.data] == [item.text for item in plain.data]
     url = ogx_server.url(f"/v1/vector_stores/{DOCS_ID}/files/{uploaded.id}/content?include_metadata=maybe")
     async with http.get(url, headers=auth()) as response:
         assert response.status == 400 and (await response.json())["error"]["param"] == "include_metadata"
