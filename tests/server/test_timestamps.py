@@ -12,10 +12,15 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from typing import Any
 
+import psycopg
 from openai import AsyncOpenAI
+from psycopg import sql
 
 from server.conftest import DOCS_ID
+from vectorstore.storage import stores
+from vectorstore.storage.migrations import migrate
 
 # Sub-second phases to create at, ascending, so one pass takes about a second.
 PHASES = (0.02, 0.3, 0.55, 0.8, 0.97)
@@ -72,3 +77,62 @@ async def test_last_active_at_grows_with_every_modification(client: AsyncOpenAI)
         assert modified.last_active_at is not None and modified.last_active_at > last, (modified.last_active_at, last)
         assert modified.created_at == store.created_at
         last = modified.last_active_at
+
+
+_OLD_DEFAULT = "extract(epoch FROM now())::bigint"
+_STAMPED = [
+    ("vector_stores", "created_at"),
+    ("vector_stores", "last_active_at"),
+    ("files", "created_at"),
+    ("file_batches", "created_at"),
+    ("vector_store_files", "created_at"),
+    ("source_files", "synced_at"),
+]
+
+
+async def _default(conn: psycopg.AsyncConnection[Any], table: str, column: str) -> str:
+    cur = await conn.execute(
+        "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a"
+        " ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = %s::regclass AND a.attname = %s",
+        [table, column],
+    )
+    row = await cur.fetchone()
+    return str(row[0]) if row else ""
+
+
+async def test_migration_restamps_a_database_from_before_it(fresh_dsn: str) -> None:
+    """Migration 0500 on a database that already holds a store: every default, the store's own table's too."""
+    async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as conn:
+        await migrate(conn)
+        record = await stores.insert(
+            conn,
+            stores.NewStore(
+                id="vs_before0500",
+                name="before",
+                description=None,
+                metadata={},
+                declared=False,
+                model="fake-model",
+                dimensions=4,
+                distance="cosine",
+                hnsw_m=16,
+                hnsw_ef_construction=64,
+                ef_search=40,
+            ),
+        )
+        # Back to the schema of a database migrated by the previous version.
+        await conn.execute("DROP FUNCTION epoch_seconds() CASCADE")
+        for table, column in [*_STAMPED, (record.table_name, "created_at")]:
+            await conn.execute(
+                sql.SQL("ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT " + _OLD_DEFAULT).format(
+                    t=sql.Identifier(table), c=sql.Identifier(column)
+                )
+            )
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 500")
+        assert await migrate(conn) == ["0500_epoch_seconds"]
+        for table, column in [*_STAMPED, (record.table_name, "created_at")]:
+            assert await _default(conn, table, column) == "epoch_seconds()", (table, column)
+        # And the function truncates: now, in whole seconds, never ahead.
+        cur = await conn.execute("SELECT epoch_seconds(), extract(epoch FROM now())::float8")
+        row = await cur.fetchone()
+        assert row is not None and row[0] == math.floor(row[1])
