@@ -4,8 +4,9 @@
 What a request doesn't say comes from the store's `search` settings in the spec (the top-level ones for stores
 created through the API): the mode (hybrid by default), the hybrid weights, how many results, and whether to
 rerank. A request can override the mode with OGX's `search_mode` (`vector | keyword | hybrid`) and the weights
-with OpenAI's `ranking_options.hybrid_search` (`{embedding_weight, text_weight}`, which also selects hybrid);
-`ranking_options.ranker: none` skips the reranker. Scores are 0..1 in every mode (docs/search.md says what
+with OpenAI's `ranking_options.hybrid_search` (`{embedding_weight, text_weight}`, which also selects hybrid)
+or OGX's `rrf` / `weighted` rankers (RRF's k, or the weights: see `_fusion`); `ranking_options.ranker: none`
+skips the reranker. Scores are 0..1 in every mode (docs/search.md says what
 they mean in each). `rewrite_query` is accepted and ignored: the query is searched as written, and
 `search_query` reports exactly that.
 """
