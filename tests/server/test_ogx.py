@@ -105,29 +105,28 @@ async def test_create_honours_another_servable_model(
     assert [hit.content[0].text for hit in page.data] == ["a"]
 
 
-@pytest.mark.parametrize(
-    ("extra", "param", "words"),
-    [
-        ({"embedding_model": "all-MiniLM-L6-v2"}, "embedding_model", ["'fake-model' (8 dimensions)", WIDE_MODEL]),
-        ({"embedding_model": "fake-model", "embedding_dimension": 384}, "embedding_dimension", ["384", "8 dim"]),
-        ({"embedding_dimension": 12}, "embedding_dimension", ["12", "'fake-model' (8 dimensions)"]),
-        ({"provider_id": "faiss"}, "provider_id", ["'pgvector'", "'remote::pgvector'"]),
-        ({"provider_id": 7}, "provider_id", ["string"]),
-        ({"embedding_dimension": "8"}, "embedding_dimension", ["integer"]),
-        ({"embedding_dimension": 0}, "embedding_dimension", ["between 1"]),
-        ({"embedding_model": ["fake-model"]}, "embedding_model", ["string"]),
-    ],
-)
-async def test_create_refuses_what_it_cant_serve(
-    oai: AsyncOpenAI, extra: dict[str, Any], param: str, words: list[str]
-) -> None:
+# One server for all the cases of a table: each case is one request.
+CREATE_REFUSALS: list[tuple[dict[str, Any], str, list[str]]] = [
+    ({"embedding_model": "all-MiniLM-L6-v2"}, "embedding_model", ["'fake-model' (8 dimensions)", WIDE_MODEL]),
+    ({"embedding_model": "fake-model", "embedding_dimension": 384}, "embedding_dimension", ["384", "8 dim"]),
+    ({"embedding_dimension": 12}, "embedding_dimension", ["12", "'fake-model' (8 dimensions)"]),
+    ({"provider_id": "faiss"}, "provider_id", ["'pgvector'", "'remote::pgvector'"]),
+    ({"provider_id": 7}, "provider_id", ["string"]),
+    ({"embedding_dimension": "8"}, "embedding_dimension", ["integer"]),
+    ({"embedding_dimension": 0}, "embedding_dimension", ["between 1"]),
+    ({"embedding_model": ["fake-model"]}, "embedding_model", ["string"]),
+]
+
+
+async def test_create_refuses_what_it_cant_serve(oai: AsyncOpenAI) -> None:
     before = [s.id async for s in oai.vector_stores.list()]
-    with pytest.raises(openai.BadRequestError) as exc:
-        await oai.vector_stores.create(name="refused", extra_body=extra)
-    error = _error(exc)
-    assert error["param"] == param, error
-    for word in words:
-        assert word in error["message"], (word, error["message"])
+    for extra, param, words in CREATE_REFUSALS:
+        with pytest.raises(openai.BadRequestError) as exc:
+            await oai.vector_stores.create(name="refused", extra_body=extra)
+        error = _error(exc)
+        assert error["param"] == param, (extra, error)
+        for word in words:
+            assert word in error["message"], (word, error["message"])
     assert [s.id async for s in oai.vector_stores.list()] == before  # nothing half-created
 
 
@@ -208,46 +207,39 @@ def _rrf(legs: list[tuple[list[str], float]], k: float) -> dict[str, float]:
     return scores
 
 
-@pytest.mark.parametrize("shape", ["string", "object"])
-@pytest.mark.parametrize("k", [1.0, 60.0, 500.0])
-async def test_rrf_impact_factor_is_rrfs_k(oai: AsyncOpenAI, ranked_store: str, shape: str, k: float) -> None:
+async def test_ogx_rankers(oai: AsyncOpenAI, ranked_store: str) -> None:
     vector = [text for text, _ in await _search(oai, ranked_store, search_mode="vector")]
     keyword = [text for text, _ in await _search(oai, ranked_store, search_mode="keyword")]
     assert keyword and len(keyword) < len(TEXTS)  # the two legs differ: fusion has something to do
-    options = (
-        {"ranker": "rrf", "impact_factor": k} if shape == "string" else {"ranker": {"type": "rrf", "impact_factor": k}}
-    )
-    hits = await _search(oai, ranked_store, ranking_options=options)
-    expected = _rrf([(vector, 1.0), (keyword, 1.0)], k)
-    assert {text for text, _ in hits} == set(expected)
-    for text, score in hits:
-        assert score == pytest.approx(expected[text], abs=1e-6), text
-    assert [score for _, score in hits] == sorted((score for _, score in hits), reverse=True)
 
+    # rrf: impact_factor is RRF's k, in both shapes OGX sends.
+    for k in (1.0, 60.0, 500.0):
+        for options in ({"ranker": "rrf", "impact_factor": k}, {"ranker": {"type": "rrf", "impact_factor": k}}):
+            hits = await _search(oai, ranked_store, ranking_options=options)
+            expected = _rrf([(vector, 1.0), (keyword, 1.0)], k)
+            assert {text for text, _ in hits} == set(expected)
+            for text, score in hits:
+                assert score == pytest.approx(expected[text], abs=1e-6), (options, text)
+            assert [score for _, score in hits] == sorted((score for _, score in hits), reverse=True)
 
-@pytest.mark.parametrize("shape", ["string", "object"])
-async def test_weighted_alpha_is_the_vector_share(oai: AsyncOpenAI, ranked_store: str, shape: str) -> None:
-    def options(alpha: float) -> dict[str, Any]:
-        if shape == "string":
-            return {"ranker": "weighted", "alpha": alpha}
-        return {"ranker": {"type": "weighted", "alpha": alpha}}
+    # weighted: alpha is the vector side's share, as in OGX (1 vector only, 0 keyword only).
+    for shape in ("string", "object"):
 
-    vector = [text for text, _ in await _search(oai, ranked_store, search_mode="vector")]
-    keyword = [text for text, _ in await _search(oai, ranked_store, search_mode="keyword")]
-    # OGX: alpha 1 is vector only, 0 keyword only.
-    only_vector = [text for text, _ in await _search(oai, ranked_store, ranking_options=options(1.0))]
-    assert only_vector == vector
-    only_keyword = [text for text, _ in await _search(oai, ranked_store, ranking_options=options(0.0))]
-    assert only_keyword[: len(keyword)] == keyword
-    hits = await _search(oai, ranked_store, ranking_options=options(0.7))
-    expected = _rrf([(vector, 0.7), (keyword, 0.3)], 60.0)
-    for text, score in hits:
-        assert score == pytest.approx(expected[text], abs=1e-6), text
+        def weighted(alpha: float, shape: str = shape) -> dict[str, Any]:
+            if shape == "string":
+                return {"ranker": "weighted", "alpha": alpha}
+            return {"ranker": {"type": "weighted", "alpha": alpha}}
 
+        only_vector = [text for text, _ in await _search(oai, ranked_store, ranking_options=weighted(1.0))]
+        assert only_vector == vector, shape
+        only_keyword = [text for text, _ in await _search(oai, ranked_store, ranking_options=weighted(0.0))]
+        assert only_keyword[: len(keyword)] == keyword, shape
+        hits = await _search(oai, ranked_store, ranking_options=weighted(0.7))
+        expected = _rrf([(vector, 0.7), (keyword, 0.3)], 60.0)
+        for text, score in hits:
+            assert score == pytest.approx(expected[text], abs=1e-6), (shape, text)
 
-async def test_ogx_weights_and_an_explicit_mode(oai: AsyncOpenAI, ranked_store: str) -> None:
-    vector = [text for text, _ in await _search(oai, ranked_store, search_mode="vector")]
-    keyword = [text for text, _ in await _search(oai, ranked_store, search_mode="keyword")]
+    # weighted with OGX's `weights`.
     hits = await _search(
         oai, ranked_store, ranking_options={"ranker": "weighted", "weights": {"vector": 2.0, "keyword": 1.0}}
     )
@@ -258,40 +250,38 @@ async def test_ogx_weights_and_an_explicit_mode(oai: AsyncOpenAI, ranked_store: 
     assert [text for text, _ in keyword_again] == keyword
 
 
-@pytest.mark.parametrize(
-    ("options", "param"),
-    [
-        ({"ranker": "weighted", "alpha": 1.5}, "ranking_options.alpha"),
-        ({"ranker": "weighted", "alpha": -0.1}, "ranking_options.alpha"),
-        ({"ranker": "weighted", "alpha": "half"}, "ranking_options.alpha"),
-        ({"ranker": {"type": "weighted", "alpha": 2}}, "ranking_options.ranker.alpha"),
-        ({"ranker": "rrf", "impact_factor": 0}, "ranking_options.impact_factor"),
-        ({"ranker": "rrf", "impact_factor": -5}, "ranking_options.impact_factor"),
-        ({"ranker": "rrf", "impact_factor": 1e300}, "ranking_options.impact_factor"),
-        ({"ranker": {"type": "rrf", "impact_factor": 0}}, "ranking_options.ranker.impact_factor"),
-        ({"ranker": {"type": "rrf", "alpha": 0.5}}, "ranking_options.ranker.alpha"),
-        ({"ranker": {"type": "bm25"}}, "ranking_options.ranker.type"),
-        ({"ranker": {"impact_factor": 5}}, "ranking_options.ranker.type"),
-        ({"ranker": {"type": "rrf"}, "alpha": 0.5}, "ranking_options.alpha"),
-        ({"ranker": "rrf", "alpha": 0.5}, "ranking_options.alpha"),
-        ({"ranker": "weighted", "impact_factor": 5}, "ranking_options.impact_factor"),
-        ({"ranker": "auto", "alpha": 0.5}, "ranking_options.alpha"),
-        ({"ranker": "weighted", "alpha": 0.5, "weights": {"vector": 1}}, "ranking_options.weights"),
-        ({"ranker": "weighted", "weights": {"neural": 1}}, "ranking_options.weights.neural"),
-        ({"ranker": "weighted", "weights": {"sparse": 1}}, "ranking_options.weights.sparse"),
-        ({"ranker": "weighted", "weights": {"vector": 0, "keyword": 0}}, "ranking_options.weights"),
-        ({"ranker": "rrf", "hybrid_search": {"text_weight": 1}}, "ranking_options.hybrid_search"),
-        ({"ranker": "neural"}, "ranking_options.ranker"),
-        ({"model": "rerank-v3.5"}, "ranking_options.model"),
-        ({"ranker": "normalized"}, "ranking_options.ranker"),
-    ],
-)
-async def test_ranker_out_of_range_is_a_400_naming_the_field(
-    oai: AsyncOpenAI, ranked_store: str, options: dict[str, Any], param: str
-) -> None:
-    with pytest.raises(openai.BadRequestError) as exc:
-        await _search(oai, ranked_store, ranking_options=options)
-    assert _error(exc)["param"] == param, _error(exc)
+RANKER_REFUSALS: list[tuple[dict[str, Any], str]] = [
+    ({"ranker": "weighted", "alpha": 1.5}, "ranking_options.alpha"),
+    ({"ranker": "weighted", "alpha": -0.1}, "ranking_options.alpha"),
+    ({"ranker": "weighted", "alpha": "half"}, "ranking_options.alpha"),
+    ({"ranker": {"type": "weighted", "alpha": 2}}, "ranking_options.ranker.alpha"),
+    ({"ranker": "rrf", "impact_factor": 0}, "ranking_options.impact_factor"),
+    ({"ranker": "rrf", "impact_factor": -5}, "ranking_options.impact_factor"),
+    ({"ranker": "rrf", "impact_factor": 1e300}, "ranking_options.impact_factor"),
+    ({"ranker": {"type": "rrf", "impact_factor": 0}}, "ranking_options.ranker.impact_factor"),
+    ({"ranker": {"type": "rrf", "alpha": 0.5}}, "ranking_options.ranker.alpha"),
+    ({"ranker": {"type": "bm25"}}, "ranking_options.ranker.type"),
+    ({"ranker": {"impact_factor": 5}}, "ranking_options.ranker.type"),
+    ({"ranker": {"type": "rrf"}, "alpha": 0.5}, "ranking_options.alpha"),
+    ({"ranker": "rrf", "alpha": 0.5}, "ranking_options.alpha"),
+    ({"ranker": "weighted", "impact_factor": 5}, "ranking_options.impact_factor"),
+    ({"ranker": "auto", "alpha": 0.5}, "ranking_options.alpha"),
+    ({"ranker": "weighted", "alpha": 0.5, "weights": {"vector": 1}}, "ranking_options.weights"),
+    ({"ranker": "weighted", "weights": {"neural": 1}}, "ranking_options.weights.neural"),
+    ({"ranker": "weighted", "weights": {"sparse": 1}}, "ranking_options.weights.sparse"),
+    ({"ranker": "weighted", "weights": {"vector": 0, "keyword": 0}}, "ranking_options.weights"),
+    ({"ranker": "rrf", "hybrid_search": {"text_weight": 1}}, "ranking_options.hybrid_search"),
+    ({"ranker": "neural"}, "ranking_options.ranker"),
+    ({"model": "rerank-v3.5"}, "ranking_options.model"),
+    ({"ranker": "normalized"}, "ranking_options.ranker"),
+]
+
+
+async def test_ranker_out_of_range_is_a_400_naming_the_field(oai: AsyncOpenAI, ranked_store: str) -> None:
+    for options, param in RANKER_REFUSALS:
+        with pytest.raises(openai.BadRequestError) as exc:
+            await _search(oai, ranked_store, ranking_options=options)
+        assert _error(exc)["param"] == param, (options, _error(exc))
 
 
 # --- OGX's chunk API -------------------------------------------------------------------------------------------
@@ -387,38 +377,34 @@ async def test_insert_then_every_search_route_finds_the_chunks(
     assert len(texts) == 3
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "param"),
-    [
-        ({"chunks": [{"content": "x", "embedding": [0.1] * (DIMS + 1)}]}, 400, "chunks[0].embedding"),
-        (
-            {"chunks": [{"content": "ok"}, {"content": "x", "embedding": [0.1, "a"]}]},
-            400,
-            "chunks[1].embedding",
-        ),
-        ({"chunks": [{"content": "x", "embedding_model": "all-MiniLM-L6-v2"}]}, 400, "chunks[0].embedding_model"),
-        ({"chunks": [{"content": "x", "embedding_dimension": 384}]}, 400, "chunks[0].embedding_dimension"),
-        ({"chunks": [{"content": {"type": "image", "image": {"url": {"uri": "http://x"}}}}]}, 400, "chunks[0].content"),
-        ({"chunks": [{"content": ""}]}, 400, "chunks[0].content"),
-        ({"chunks": [{"metadata": {}}]}, 400, "chunks[0].content"),
-        ({"chunks": [{"content": "x", "metadata": {"tags": ["a"]}}]}, 400, "chunks[0].metadata.tags"),
-        ({"chunks": [{"content": "x", "colour": "red"}]}, 400, "chunks[0].colour"),
-        ({"chunks": [{"content": "a", "chunk_id": "d"}, {"content": "b", "chunk_id": "d"}]}, 400, "chunks"),
-        ({"chunks": []}, 400, "chunks"),
-        ({"chunks": [{"content": "x"}], "ttl_seconds": 60}, 400, "ttl_seconds"),
-    ],
-)
+INSERT_REFUSALS: list[tuple[dict[str, Any], int, str]] = [
+    ({"chunks": [{"content": "x", "embedding": [0.1] * (DIMS + 1)}]}, 400, "chunks[0].embedding"),
+    (
+        {"chunks": [{"content": "ok"}, {"content": "x", "embedding": [0.1, "a"]}]},
+        400,
+        "chunks[1].embedding",
+    ),
+    ({"chunks": [{"content": "x", "embedding_model": "all-MiniLM-L6-v2"}]}, 400, "chunks[0].embedding_model"),
+    ({"chunks": [{"content": "x", "embedding_dimension": 384}]}, 400, "chunks[0].embedding_dimension"),
+    ({"chunks": [{"content": {"type": "image", "image": {"url": {"uri": "http://x"}}}}]}, 400, "chunks[0].content"),
+    ({"chunks": [{"content": ""}]}, 400, "chunks[0].content"),
+    ({"chunks": [{"metadata": {}}]}, 400, "chunks[0].content"),
+    ({"chunks": [{"content": "x", "metadata": {"tags": ["a"]}}]}, 400, "chunks[0].metadata.tags"),
+    ({"chunks": [{"content": "x", "colour": "red"}]}, 400, "chunks[0].colour"),
+    ({"chunks": [{"content": "a", "chunk_id": "d"}, {"content": "b", "chunk_id": "d"}]}, 400, "chunks"),
+    ({"chunks": []}, 400, "chunks"),
+    ({"chunks": [{"content": "x"}], "ttl_seconds": 60}, 400, "ttl_seconds"),
+]
+
+
 async def test_insert_refusals_write_nothing(
-    oai: AsyncOpenAI,
-    ogx_server: RunningServer,
-    http: aiohttp.ClientSession,
-    body: dict[str, Any],
-    status: int,
-    param: str,
+    oai: AsyncOpenAI, ogx_server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
     store = await oai.vector_stores.create(name="refusals")
-    got, answer = await _post(http, ogx_server, "/v1/vector-io/insert", {"vector_store_id": store.id, **body})
-    assert (got, answer["error"]["param"]) == (status, param), answer
+    for body, status, param in INSERT_REFUSALS:
+        got, answer = await _post(http, ogx_server, "/v1/vector-io/insert", {"vector_store_id": store.id, **body})
+        assert (got, answer["error"]["param"]) == (status, param), (body, answer)
+    # Not one chunk of any refused insert went in (the valid first chunk of a refused batch included).
     page = await oai.vector_stores.search(store.id, query="ok x a b", extra_body={"search_mode": "vector"})
     assert page.data == []
 
