@@ -44,6 +44,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "vectorstore.api.files",
     "vectorstore.api.vector_store_files",
     "vectorstore.api.sources",
+    "vectorstore.api.vector_io",
     # The console's page (server.console): static files at /console, calling the routes above with the user's key.
     "vectorstore.console",
 )

@@ -9,13 +9,13 @@ import psycopg
 from aiohttp import web
 
 from vectorstore import state
-from vectorstore.api import auth, common, vector_store_files
+from vectorstore.api import auth, common, ogx, vector_store_files
 from vectorstore.errors import BadRequest, Conflict
 from vectorstore.storage import stores
 
 routes = web.RouteTableDef()
 
-_CREATE_FIELDS = {"name", "description", "metadata", "expires_after", "file_ids", "chunking_strategy"}
+_CREATE_FIELDS = {"name", "description", "metadata", "expires_after", "file_ids", "chunking_strategy", *ogx.FIELDS}
 _MODIFY_FIELDS = {"name", "metadata", "expires_after"}
 
 # Defaults for stores created through the API: the spec's embedding, pgvector's HNSW build defaults, and the
@@ -59,7 +59,8 @@ async def create_store(request: web.Request) -> web.Response:
         # A key limited to declared stores could never see what it creates.
         raise BadRequest("This API key is limited to declared stores and can't create new ones.", param=None)
     spec = state.spec(request)
-    embedding = spec.embedding
+    # The spec's embedding, or the servable model OGX's `embedding_model` names (400 for one it can't serve).
+    model = ogx.model_for_new_store(spec, body)
     async with state.pool(request).connection() as conn, conn.transaction():
         record = await stores.insert(
             conn,
@@ -69,8 +70,8 @@ async def create_store(request: web.Request) -> web.Response:
                 description=description,
                 metadata=metadata,
                 declared=False,
-                model=embedding.model,
-                dimensions=embedding.dimensions,
+                model=model.name,
+                dimensions=model.dimensions,
                 distance="cosine",
                 hnsw_m=_DEFAULT_M,
                 hnsw_ef_construction=_DEFAULT_EF_CONSTRUCTION,
