@@ -252,6 +252,7 @@ async def searchable_store(request: web.Request, store_id: str) -> stores.StoreR
 @routes.post("/vector_stores/{vector_store_id}/search")
 @auth.read_only
 async def search(request: web.Request) -> web.Response:
+    started = time.perf_counter()
     store_id = request.match_info["vector_store_id"]
     body = await common.json_body(request)
     common.reject_unknown(body, _FIELDS)
@@ -292,6 +293,8 @@ async def search(request: web.Request) -> web.Response:
         if ranked is not None:
             hits = [_rescored(hits[item.index], item.score) for item in ranked]
     hits = hits[:limit]
+    declared = next((item.name for item in state.spec(request).stores if item.id == record.id), None)
+    metrics.observe_store_search(declared or metrics.UNDECLARED_STORE, mode, time.perf_counter() - started)
     data = [
         {
             # OpenAI's schema has both as strings; rows added through the prototype's /embeddings have no file.

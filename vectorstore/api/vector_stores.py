@@ -123,6 +123,43 @@ async def retrieve_store(request: web.Request) -> web.Response:
     return web.json_response(data)
 
 
+@routes.get("/vector_stores/{vector_store_id}/settings")
+@auth.read_only
+async def store_settings(request: web.Request) -> web.Response:
+    """How the store is built and searched (not an OpenAI route): what the console shows beside the store.
+    Names, numbers and modes only: no secret lives in any of it."""
+    async with state.pool(request).connection() as conn:
+        record = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+    search = state.spec(request).search_for(record.id)
+    return web.json_response(
+        {
+            "id": record.id,
+            "object": "vector_store.settings",
+            "name": record.name,
+            "declared": record.declared,
+            "model": record.model,
+            "dimensions": record.dimensions,
+            "distance": record.distance,
+            "vector_type": record.vector_type,
+            "quantization": record.quantization,
+            "index": {
+                "m": record.hnsw_m,
+                "ef_construction": record.hnsw_ef_construction,
+                "ef_search": record.ef_search,
+            },
+            "keyword_index": record.text_search,
+            "search": {
+                "mode": search.mode,
+                "language": search.language,
+                "default_max_num_results": search.default_max_num_results,
+                "embedding_weight": search.embedding_weight,
+                "text_weight": search.text_weight,
+                "rerank": search.rerank and state.spec(request).rerank is not None,
+            },
+        }
+    )
+
+
 def _declared_conflict(record: stores.StoreRecord, action: str) -> Conflict:
     return Conflict(
         f"Vector store '{record.id}' ({record.name}) is declared in the spec and can't be {action} through the API; "
