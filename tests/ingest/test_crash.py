@@ -24,8 +24,9 @@ from openai import AsyncOpenAI
 from server.conftest import WRITE_KEY, free_port, write_spec
 
 from ingest.conftest import STORE_ID, ingest_spec
-from vectorstore.ingest.chunking import Strategy, chunk_text
+from vectorstore.ingest.chunking import chunk_text
 from vectorstore.storage import tables
+from vectorstore.storage.strategy import Strategy
 
 # 100-token chunks without overlap, two per embedding request, 0.4 s per request: ~8 s for 40 chunks.
 PARAGRAPH = "This sentence is about the crash test and what survives a crash of the server process. "

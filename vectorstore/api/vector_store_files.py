@@ -18,8 +18,8 @@ from vectorstore import state
 from vectorstore.api import auth, common
 from vectorstore.errors import BadRequest, Conflict, NotFound
 from vectorstore.ingest import service
-from vectorstore.ingest.chunking import AUTO, ChunkingError, Strategy, parse_strategy, validate_static
 from vectorstore.storage import files, stores
+from vectorstore.storage.strategy import AUTO, ChunkingError, Strategy, parse_strategy, validate_static
 
 routes = web.RouteTableDef()
 

@@ -20,8 +20,8 @@ from psycopg.types.json import Jsonb
 
 from config import names
 from vectorstore.errors import BadRequest
-from vectorstore.ingest.chunking import Strategy
 from vectorstore.storage import stores, tables
+from vectorstore.storage.strategy import Strategy
 from vectorstore.values import as_float, shown
 
 Status = Literal["in_progress", "completed", "failed", "cancelled"]
