@@ -169,8 +169,19 @@ class Server:
     pod_monitor: bool
 
 
+LiteLLMProvider = Literal["openai", "pg_vector"]
+
+
 @dataclass(frozen=True)
 class LiteLLM:
+    provider: LiteLLMProvider
+    """`openai`: LiteLLM's OpenAI vector store provider, which can also upload, attach and ingest; `pg_vector`:
+    search only (docs/render.md)."""
+    api_base: str
+    """Where LiteLLM reaches the server, without `/v1`: the spec's `litellm.api_base`, else the Service URL."""
+    files_model: str | None
+    """`model_name` of the litellm.yml entry that routes `/v1/files` to the server (provider `openai` only)."""
+    files_settings: bool
     api_key_env: str
     namespace: str
     pod_selector: dict[str, str]
@@ -474,6 +485,10 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             pod_monitor=server["pod_monitor"],
         ),
         litellm=LiteLLM(
+            provider=litellm["provider"],
+            api_base=litellm.get("api_base") or names.service_url(data["name"], data["namespace"], server["port"]),
+            files_model=litellm["files_model"],
+            files_settings=litellm["files_settings"],
             api_key_env=litellm["api_key_env"],
             namespace=litellm.get("namespace", data["namespace"]),
             pod_selector=dict(sorted(litellm["pod_selector"].items())),
