@@ -59,10 +59,14 @@ def litellm_bin() -> Path:
     return binary
 
 
-def litellm_spec(embed_url: str, server_port: int) -> dict[str, Any]:
+def litellm_spec(embed_url: str, server_port: int, files_settings: bool) -> dict[str, Any]:
     data = spec_data(embed_url, stores=[{"name": "kb", "id": STORE_ID, "registry": {"name": REGISTRY_NAME}}])
     # LiteLLM runs beside the server here, not in the cluster: the spec says where it reaches the server.
-    data["litellm"] = {"api_base": f"http://127.0.0.1:{server_port}", "auth_key": "writer"}
+    data["litellm"] = {
+        "api_base": f"http://127.0.0.1:{server_port}",
+        "auth_key": "writer",
+        "files_settings": files_settings,
+    }
     data["server"] = {"max_upload_bytes": 1_000_000, "ingest_concurrency": 2}
     return data
 
@@ -155,11 +159,19 @@ async def start_proxy(binary: Path, directory: Path, snippet: Path, store_key: s
     raise AssertionError("LiteLLM did not start in 120 s:\n" + proxy.log()[-3000:])
 
 
+WRONG_KEY = "sk-proj-WRONGwrongWRONG" + "x" * 40
+"""The store key of the second proxy: wrong, and shaped like an OpenAI key."""
+
+
 @dataclass
 class Stack:
     server: ServerProcess
     proxy: Proxy
+    wrong_key_proxy: Proxy
+    """The default render (no files_settings), WRONG_KEY in its env; started beside the first, so the module
+    waits for one startup only."""
     snippet: Path
+    default_snippet: Path
     dsn: str
     embedder: FakeEmbedder
 
@@ -184,18 +196,31 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     root = tmp_path_factory.mktemp("litellm")
     port = free_port()
+    # The main proxy gets files_settings (model-less uploads come here), the wrong-key one the default render.
+    default_path = root / "default.yaml"
+    write_spec(default_path, litellm_spec(module_embedder.base_url, port, files_settings=False))
+    default_snippet = render(default_path, root / "rendered-default")
     spec_path = root / "stack.yaml"
-    write_spec(spec_path, litellm_spec(module_embedder.base_url, port))
+    write_spec(spec_path, litellm_spec(module_embedder.base_url, port, files_settings=True))
     snippet = render(spec_path, root / "rendered")
     server = ServerProcess(spec_path, module_dsn, root / "server.log", port=port)
     server.start()
     try:
         await server.wait_ready()
-        proxy = await start_proxy(litellm_bin, root / "proxy", snippet, WRITE_KEY)
+        started = await asyncio.gather(
+            start_proxy(litellm_bin, root / "proxy", snippet, WRITE_KEY),
+            start_proxy(litellm_bin, root / "wrong-key-proxy", default_snippet, WRONG_KEY),
+            return_exceptions=True,
+        )
+        proxies = [proxy for proxy in started if isinstance(proxy, Proxy)]
         try:
-            yield Stack(server, proxy, snippet, module_dsn, module_embedder)
+            for failure in started:
+                if isinstance(failure, BaseException):
+                    raise failure
+            yield Stack(server, proxies[0], proxies[1], snippet, default_snippet, module_dsn, module_embedder)
         finally:
-            proxy.stop()
+            for proxy in proxies:
+                proxy.stop()
     finally:
         server.stop()
 

@@ -11,7 +11,6 @@ import base64
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,7 +27,6 @@ from through_litellm.conftest import (
     STORE_ID,
     Stack,
     files_headers,
-    start_proxy,
 )
 
 
@@ -247,13 +245,10 @@ async def test_rag_ingest_bad_chunking_is_reported_and_leaves_an_orphan(
     await direct.files.delete(orphans[0].id)
 
 
-async def test_wrong_key_in_litellm_env_is_refused_and_never_logged(
-    stack: Stack, litellm_bin: Path, tmp_path: Path
-) -> None:
-    """A second proxy whose store key is wrong and shaped like an OpenAI key: 401s, and the key appears nowhere."""
-    wrong = "sk-proj-WRONGwrongWRONG" + "x" * 40
+async def test_wrong_key_in_litellm_env_is_refused_and_never_logged(stack: Stack) -> None:
+    """The second proxy's store key is wrong and shaped like an OpenAI key: 401s, and the key appears nowhere."""
     log_before = len(stack.server.log_path.read_bytes())
-    proxy = await start_proxy(litellm_bin, tmp_path / "wrong", stack.snippet, wrong)
+    proxy = stack.wrong_key_proxy
     client = proxy.client()
     answers: list[str] = []
     try:
@@ -271,7 +266,6 @@ async def test_wrong_key_in_litellm_env_is_refused_and_never_logged(
         answers.append(json.dumps(body))
     finally:
         await client.close()
-        proxy.stop()
     server_log = stack.server.log_path.read_bytes()[log_before:].decode(errors="replace")
     refused = [json.loads(line) for line in server_log.splitlines() if '"status": 401' in line]
     assert {entry["path"] for entry in refused} >= {f"/v1/vector_stores/{STORE_ID}/search", "/v1/files"}
@@ -311,3 +305,38 @@ async def test_server_down_leaves_nothing_half_ingested(
     text = "Back after the outage."
     answer = await _ingest(stack, {"file": _base64_file("back.txt", text), "ingest_options": _options()})
     assert answer[0] == 200 and answer[1]["status"] == "completed", answer
+
+
+async def test_files_settings_take_model_less_uploads_and_deletes(
+    stack: Stack, via_litellm: AsyncOpenAI, direct: AsyncOpenAI
+) -> None:
+    """With `files_settings`, an upload that names no model comes here, under the server's own id."""
+    uploaded = await via_litellm.files.create(
+        file=("plain.txt", b"No model named.", "text/plain"), purpose="assistants"
+    )
+    assert server_id(uploaded.id) == uploaded.id
+    assert (await direct.files.retrieve(uploaded.id)).filename == "plain.txt"
+    deleted = await via_litellm.files.delete(uploaded.id)
+    assert deleted.deleted
+    with pytest.raises(openai.NotFoundError):
+        await direct.files.retrieve(uploaded.id)
+
+
+async def test_without_files_settings_model_less_calls(stack: Stack) -> None:
+    """The default render (no files_settings), as LiteLLM 1.108.7 treats it: a model-less upload is refused by
+    LiteLLM itself; a model-less delete ignores files_settings and takes the credentials of an `openai`
+    deployment of model_list, here the files model, so it reaches the server (with this proxy's wrong key).
+    With real OpenAI models in model_list too, it may go to OpenAI instead: docs/render.md says so."""
+    log_before = len(stack.server.log_path.read_bytes())
+    client = stack.wrong_key_proxy.client()
+    try:
+        with pytest.raises(openai.InternalServerError) as upload:
+            await client.files.create(file=("x.txt", b"x", "text/plain"), purpose="assistants")
+        with pytest.raises(openai.AuthenticationError):
+            await client.files.delete("file-0123456789abcdef01234567")
+    finally:
+        await client.close()
+    assert "files_settings is not set" in upload.value.message
+    server_log = stack.server.log_path.read_bytes()[log_before:].decode(errors="replace")
+    paths = [json.loads(line)["path"] for line in server_log.splitlines() if line.startswith("{")]
+    assert paths.count("/v1/files/file-0123456789abcdef01234567") == 1 and "/v1/files" not in paths
