@@ -50,7 +50,8 @@ def header(spec: Spec) -> str:
     if spec.litellm.files_settings:
         text += (
             "# files_settings: every POST /v1/files that names no model goes to the server (none to OpenAI).\n"
-            "# LiteLLM's model-less DELETE /v1/files/{id} still goes to OpenAI: delete with the files model.\n"
+            "# LiteLLM's model-less DELETE /v1/files/{id} ignores files_settings (it takes an openai deployment's\n"
+            "# credentials): delete with the LiteLLM-encoded id or the header `x-litellm-model`.\n"
         )
     return text
 
