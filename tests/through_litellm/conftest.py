@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 STORE_ID = "vs_litellm0001"
 REGISTRY_NAME = "kb"
 FILES_MODEL = "vectorstore-files"
+OVERRIDDEN_MAX = 2
+"""The registry's `search_overrides.max_num_results`: LiteLLM merges it over every search request."""
 MASTER_KEY = "sk-litellm-master-0123456789"
 DECOY_OPENAI_KEY = "sk-proj-DECOYdecoyDECOYdecoy0123456789abcdefABCDEF"
 """In LiteLLM's env as OPENAI_API_KEY: what the `openai` provider would send if the store key were missing."""
@@ -60,7 +62,8 @@ def litellm_bin() -> Path:
 
 
 def litellm_spec(embed_url: str, server_port: int, files_settings: bool) -> dict[str, Any]:
-    data = spec_data(embed_url, stores=[{"name": "kb", "id": STORE_ID, "registry": {"name": REGISTRY_NAME}}])
+    registry = {"name": REGISTRY_NAME, "search_overrides": {"max_num_results": OVERRIDDEN_MAX}}
+    data = spec_data(embed_url, stores=[{"name": "kb", "id": STORE_ID, "registry": registry}])
     # LiteLLM runs beside the server here, not in the cluster: the spec says where it reaches the server.
     data["litellm"] = {
         "api_base": f"http://127.0.0.1:{server_port}",

@@ -23,6 +23,7 @@ from server.conftest import WRITE_KEY
 from through_litellm.conftest import (
     FILES_MODEL,
     MASTER_KEY,
+    OVERRIDDEN_MAX,
     REGISTRY_NAME,
     STORE_ID,
     Stack,
@@ -54,7 +55,7 @@ async def _wait_completed(direct: AsyncOpenAI, file_id: str, seconds: float = 30
 
 
 async def _hits(client: AsyncOpenAI, query: str) -> list[Any]:
-    page = await client.vector_stores.search(STORE_ID, query=query, max_num_results=3)
+    page = await client.vector_stores.search(STORE_ID, query=query, max_num_results=OVERRIDDEN_MAX)
     return list(page.data)
 
 
@@ -340,3 +341,20 @@ async def test_without_files_settings_model_less_calls(stack: Stack) -> None:
     server_log = stack.server.log_path.read_bytes()[log_before:].decode(errors="replace")
     paths = [json.loads(line)["path"] for line in server_log.splitlines() if line.startswith("{")]
     assert paths.count("/v1/files/file-0123456789abcdef01234567") == 1 and "/v1/files" not in paths
+
+
+async def test_registry_overrides_still_override_callers(
+    stack: Stack, via_litellm: AsyncOpenAI, direct: AsyncOpenAI
+) -> None:
+    """What litellm.yml's header says holds for provider openai too: the registry's max_num_results wins."""
+    for index in range(OVERRIDDEN_MAX + 2):
+        text = f"Override check document {index}."
+        answer = await _ingest(stack, {"file": _base64_file(f"o{index}.txt", text), "ingest_options": _options()})
+        assert answer[0] == 200 and answer[1]["status"] == "completed", answer
+        assert (await _wait_completed(direct, answer[1]["file_id"])).status == "completed"
+    query = "Override check document"
+    asked = OVERRIDDEN_MAX + 2
+    direct_page = await direct.vector_stores.search(STORE_ID, query=query, max_num_results=asked)
+    litellm_page = await via_litellm.vector_stores.search(STORE_ID, query=query, max_num_results=asked)
+    assert len(direct_page.data) == asked
+    assert len(litellm_page.data) == OVERRIDDEN_MAX
