@@ -166,6 +166,8 @@ class Server:
     resources: Resources
     max_upload_bytes: int
     ingest_concurrency: int
+    unattached_file_ttl_hours: int
+    """Never-attached uploads are deleted this long after upload; 0: never."""
     pod_monitor: bool
 
 
@@ -482,6 +484,7 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             resources=_resources(server["resources"]),
             max_upload_bytes=server["max_upload_bytes"],
             ingest_concurrency=server["ingest_concurrency"],
+            unattached_file_ttl_hours=server["unattached_file_ttl_hours"],
             pod_monitor=server["pod_monitor"],
         ),
         litellm=LiteLLM(
