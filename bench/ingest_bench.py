@@ -44,11 +44,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the deterministic fake upstream the tests use
 FakeEmbedder: Any = importlib.import_module("fakeembed").FakeEmbedder
 
-from vectorstore.ingest.chunking import Strategy, chunk_text  # noqa: E402
+from vectorstore.ingest.chunking import chunk_text  # noqa: E402
 from vectorstore.ingest.extract import extract_text  # noqa: E402
 from vectorstore.ingest.worker import Worker  # noqa: E402
 from vectorstore.storage import files, stores, tables  # noqa: E402
 from vectorstore.storage.migrations import migrate  # noqa: E402
+from vectorstore.storage.strategy import Strategy  # noqa: E402
 
 KEY = "bench-key-0123456789"
 WORDS = [

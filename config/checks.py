@@ -486,6 +486,17 @@ def litellm_auth_key(data: Any) -> list[Finding]:
     return []
 
 
+def litellm_files_settings(data: Any) -> list[Finding]:
+    if _get(data, "litellm", "files_settings") is True and _get(data, "litellm", "provider") == "pg_vector":
+        return [
+            (
+                ("litellm", "files_settings"),
+                "needs provider 'openai': LiteLLM's pg_vector provider can't attach uploaded files to a store",
+            )
+        ]
+    return []
+
+
 def read_replicas(data: Any) -> list[Finding]:
     instances = _get(data, "database", "cluster", "instances")
     if _get(data, "database", "read_replicas") is True and isinstance(instances, int) and instances < 2:
@@ -546,6 +557,7 @@ ALL_CHECKS = (
     source_secret_envs,
     search_overrides_once,
     litellm_auth_key,
+    litellm_files_settings,
     read_replicas,
     monitoring_needs_pod_monitor,
     dashboard_labels,
@@ -599,7 +611,29 @@ def litellm_secret_elsewhere(data: Any) -> list[Finding]:
     ]
 
 
-ALL_WARNINGS = (deprecated_search_defaults, litellm_secret_elsewhere)
+def litellm_read_key_cannot_ingest(data: Any) -> list[Finding]:
+    """Provider openai is chosen so that LiteLLM's users can load documents; a read key makes every load a 403."""
+    if _get(data, "litellm", "provider") != "openai":
+        return []
+    keys = _dicts(_get(data, "auth", "keys"))
+    key_names = [key.get("name") for key in keys]
+    if not keys:
+        return []
+    wanted = _get(data, "litellm", "auth_key")
+    chosen = wanted if isinstance(wanted, str) else ("litellm" if "litellm" in key_names else key_names[0])
+    key = next((key for key in keys if key.get("name") == chosen), None)
+    if key is None or key.get("scope") != "read":
+        return []
+    return [
+        (
+            ("litellm", "provider"),
+            f"LiteLLM sends the read-only key {chosen!r}: its users can search, but their uploads, attaches and "
+            "/v1/rag/ingest get 403. Give that key scope 'write', or set provider 'pg_vector' for search only",
+        )
+    ]
+
+
+ALL_WARNINGS = (deprecated_search_defaults, litellm_secret_elsewhere, litellm_read_key_cannot_ingest)
 
 
 def semantic_warnings(data: Any) -> list[Finding]:

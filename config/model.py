@@ -180,6 +180,8 @@ class Server:
     resources: Resources
     max_upload_bytes: int
     ingest_concurrency: int
+    unattached_file_ttl_hours: int
+    """Never-attached uploads are deleted this long after upload; 0: never."""
     pod_monitor: bool
     prometheus_rule: bool
     alerts: AlertThresholds
@@ -188,8 +190,19 @@ class Server:
     console: bool
 
 
+LiteLLMProvider = Literal["openai", "pg_vector"]
+
+
 @dataclass(frozen=True)
 class LiteLLM:
+    provider: LiteLLMProvider
+    """`openai`: LiteLLM's OpenAI vector store provider, which can also upload, attach and ingest; `pg_vector`:
+    search only (docs/render.md)."""
+    api_base: str
+    """Where LiteLLM reaches the server, without `/v1`: the spec's `litellm.api_base`, else the Service URL."""
+    files_model: str | None
+    """`model_name` of the litellm.yml entry that routes `/v1/files` to the server (provider `openai` only)."""
+    files_settings: bool
     api_key_env: str
     namespace: str
     pod_selector: dict[str, str]
@@ -490,6 +503,7 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             resources=_resources(server["resources"]),
             max_upload_bytes=server["max_upload_bytes"],
             ingest_concurrency=server["ingest_concurrency"],
+            unattached_file_ttl_hours=server["unattached_file_ttl_hours"],
             pod_monitor=server["pod_monitor"],
             prometheus_rule=server["prometheus_rule"],
             alerts=AlertThresholds(
@@ -507,6 +521,10 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             console=server["console"],
         ),
         litellm=LiteLLM(
+            provider=litellm["provider"],
+            api_base=litellm.get("api_base") or names.service_url(data["name"], data["namespace"], server["port"]),
+            files_model=litellm["files_model"],
+            files_settings=litellm["files_settings"],
             api_key_env=litellm["api_key_env"],
             namespace=litellm.get("namespace", data["namespace"]),
             pod_selector=dict(sorted(litellm["pod_selector"].items())),

@@ -50,6 +50,6 @@ def render_files(spec: Spec) -> dict[str, str]:
     if len(files) != len(objects) or set(files) & NOT_RESOURCES:
         raise AssertionError("two rendered objects share a file name")
     files[KUSTOMIZATION] = dump(kustomization(sorted(files)))
-    files[LITELLM_FILE] = dump(litellm.document(spec), header=litellm.LITELLM_HEADER)
+    files[LITELLM_FILE] = dump(litellm.document(spec), header=litellm.header(spec))
     files[LITELLM_PATCH_FILE] = dump(litellm.deployment_patch(spec), header=litellm.deployment_patch_header(spec))
     return dict(sorted(files.items()))

@@ -247,20 +247,47 @@ def test_litellm_snippet(case_spec: Spec, rendered: dict[str, str]) -> None:
         assert entry["vector_store_name"] == store.registry.name
         params = entry["litellm_params"]
         assert params["vector_store_id"] == store.id
-        assert params["custom_llm_provider"] == "pg_vector"
-        assert params["api_base"] == case_spec.service_url
-        assert not params["api_base"].endswith("/v1")
+        assert params["custom_llm_provider"] == case_spec.litellm.provider
+        # pg_vector appends /v1/vector_stores itself; openai appends only /vector_stores and /files.
+        if case_spec.litellm.provider == "openai":
+            assert params["api_base"] == case_spec.litellm.api_base + "/v1"
+        else:
+            assert params["api_base"] == case_spec.litellm.api_base
+            assert not params["api_base"].endswith("/v1")
         assert params["api_key"] == f"os.environ/{case_spec.litellm.api_key_env}"
         assert params.get("vector_store_description") == store.registry.description
         for key, value in store.registry.search_overrides.items():
             assert params[key] == value
+    _check_files_route(case_spec, snippet)
+
+
+def _check_files_route(spec: Spec, snippet: dict[str, Any]) -> None:
+    """With openai: one model entry for files (unless turned off), `files_settings` only when asked; with
+    pg_vector, neither (LiteLLM couldn't attach what it uploaded)."""
+    target = {"api_base": spec.litellm.api_base + "/v1", "api_key": f"os.environ/{spec.litellm.api_key_env}"}
+    expected_keys = {"vector_store_registry"}
+    if spec.litellm.provider == "openai" and spec.litellm.files_model is not None:
+        expected_keys.add("model_list")
+        assert snippet["model_list"] == [
+            {
+                "model_name": spec.litellm.files_model,
+                "litellm_params": {"model": f"openai/{spec.litellm.files_model}", **target},
+            }
+        ]
+    if spec.litellm.provider == "openai" and spec.litellm.files_settings:
+        expected_keys.add("files_settings")
+        assert snippet["files_settings"] == [{"custom_llm_provider": "openai", **target}]
+    assert set(snippet) == expected_keys
 
 
 def test_litellm_deployment_patch(case_spec: Spec, rendered: dict[str, str]) -> None:
     """A strategic-merge patch for LiteLLM's Deployment: only the env var litellm.yml's api_key names, from the
     Secret key of the auth key LiteLLM sends (the one the server reads as VECTORSTORE_API_KEY_<NAME>)."""
     text = rendered[LITELLM_PATCH_FILE]
-    assert "PG_VECTOR_API_KEY" in text, "the header names the error LiteLLM gives without it"
+    if case_spec.litellm.provider == "pg_vector":
+        assert "PG_VECTOR_API_KEY" in text, "the header names the error LiteLLM gives without it"
+    else:
+        assert "OPENAI_API_KEY" in text, "the header says why the key must be present"
     patch = yaml.safe_load(text)
     assert (patch["apiVersion"], patch["kind"]) == ("apps/v1", "Deployment")
     assert patch["metadata"] == {"name": case_spec.litellm.deployment_name, "namespace": case_spec.litellm.namespace}
@@ -272,14 +299,18 @@ def test_litellm_deployment_patch(case_spec: Spec, rendered: dict[str, str]) -> 
         "env": [
             {
                 "name": case_spec.litellm.api_key_env,
-                "valueFrom": {"secretKeyRef": {"name": key.api_key.secret, "key": key.api_key.key}},
+                # optional: false: LiteLLM's pod must not start without it (openai would fall back to
+                # OPENAI_API_KEY and send it to the server).
+                "valueFrom": {"secretKeyRef": {"name": key.api_key.secret, "key": key.api_key.key, "optional": False}},
             }
         ],
     }
     # The server reads the very same Secret key.
     deployment = next(obj for obj in _objects(rendered) if obj["kind"] == "Deployment")
     server_env = {env["name"]: env for env in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert server_env[key.api_key.env]["valueFrom"] == container["env"][0]["valueFrom"]
+    server_ref = server_env[key.api_key.env]["valueFrom"]["secretKeyRef"]
+    litellm_ref = container["env"][0]["valueFrom"]["secretKeyRef"]
+    assert (server_ref["name"], server_ref["key"]) == (litellm_ref["name"], litellm_ref["key"])
 
 
 def _objects(rendered: dict[str, str]) -> list[dict[str, Any]]:

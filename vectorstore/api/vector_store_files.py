@@ -18,8 +18,8 @@ from vectorstore import state
 from vectorstore.api import auth, common, ogx
 from vectorstore.errors import BadRequest, Conflict, NotFound
 from vectorstore.ingest import service
-from vectorstore.ingest.chunking import AUTO, ChunkingError, Strategy, parse_strategy, validate_static
 from vectorstore.storage import files, stores
+from vectorstore.storage.strategy import AUTO, ChunkingError, Strategy, parse_strategy, validate_static
 
 routes = web.RouteTableDef()
 
@@ -59,11 +59,14 @@ async def attach_at_creation(
 
 @contextlib.asynccontextmanager
 async def _attaching() -> AsyncIterator[None]:
-    """Two requests attaching the same file to the same store at once: the loser gets a retryable 409."""
+    """Two requests attaching the same file to the same store at once: the loser gets a retryable 409. A file
+    deleted (or expired, `server.unattached_file_ttl_hours`) while being attached: 404."""
     try:
         yield
     except (pg_errors.UniqueViolation, pg_errors.DeadlockDetected):
         raise Conflict("The file is being attached to this vector store by another request; retry.") from None
+    except pg_errors.ForeignKeyViolation:
+        raise NotFound("The file was deleted while it was being attached.", param="file_id") from None
 
 
 def _file_not_in_store(store_id: str, file_id: str) -> NotFound:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from vectorstore import state
+from vectorstore.ingest import expiry
 from vectorstore.ingest.worker import BATCHES_PER_COPY, Worker, redacted_embed
 from vectorstore.storage import files
 
@@ -52,3 +53,4 @@ def setup(app: web.Application) -> None:
     app[state.FILE_COUNTS] = files.file_counts
     # Appended after the core's contexts, so it is torn down first: workers stop before the pool closes.
     app.cleanup_ctx.append(_worker_ctx)
+    app.cleanup_ctx.append(expiry.sweeper_ctx)

@@ -35,13 +35,13 @@ import psycopg
 from config import Spec, Store, names
 from config.globs import Matcher
 from config.model import Source
-from vectorstore.ingest.chunking import Strategy, validate_static
 from vectorstore.ingest.extract import UnsupportedFile, detect_kind
 from vectorstore.observability import metrics
 from vectorstore.sources import status
 from vectorstore.sources.readers import Context, Entry, FileProblem, Listed, Reader, Rejected, SourceError, make_reader
 from vectorstore.sources.status import SourceResult, lock_key
 from vectorstore.storage import files, stores
+from vectorstore.storage.strategy import Strategy, validate_static
 
 log = logging.getLogger("vectorstore")
 

@@ -20,8 +20,8 @@ from psycopg.types.json import Jsonb
 
 from config import names
 from vectorstore.errors import BadRequest
-from vectorstore.ingest.chunking import Strategy
 from vectorstore.storage import stores, tables
+from vectorstore.storage.strategy import Strategy
 from vectorstore.values import as_float, shown
 
 Status = Literal["in_progress", "completed", "failed", "cancelled"]
@@ -160,6 +160,30 @@ async def delete_file(conn: psycopg.AsyncConnection[Any], file_id: str) -> bool:
     return cur.rowcount > 0
 
 
+async def expire_unattached(conn: psycopg.AsyncConnection[Any], older_than: int, limit: int = 500) -> list[str]:
+    """Delete files never attached to any store and uploaded before `older_than` (Unix time), at most `limit`
+    of them; their ids. In the caller's transaction.
+
+    A file being attached right now is skipped: the attach's foreign key check holds its row lock, so
+    `SKIP LOCKED` passes over it. One locked here first makes that attach's insert wait, then fail on the
+    foreign key: the client gets 404, and nothing is half-attached.
+    """
+    cur = await conn.execute(
+        "SELECT id FROM files WHERE NOT attached_once AND created_at < %s ORDER BY created_at"
+        " LIMIT %s FOR UPDATE SKIP LOCKED",
+        [older_than, limit],
+    )
+    candidates = [row[0] for row in await cur.fetchall()]
+    if not candidates:
+        return []
+    cur = await conn.execute(
+        "DELETE FROM files f WHERE f.id = ANY(%s) AND NOT f.attached_once"
+        " AND NOT EXISTS (SELECT 1 FROM vector_store_files v WHERE v.file_id = f.id) RETURNING f.id",
+        [candidates],
+    )
+    return [row[0] for row in await cur.fetchall()]
+
+
 # --- vector store files -------------------------------------------------------------------------------
 
 
@@ -290,6 +314,9 @@ async def attach(
         )
         created = await dcur.fetchone()
     assert created is not None
+    # After the insert, whose foreign key check already holds the file's KEY SHARE lock: an expiry sweep
+    # (FOR UPDATE SKIP LOCKED) skips this file from here until the commit, and never takes it afterwards.
+    await conn.execute("UPDATE files SET attached_once = true WHERE id = %s AND NOT attached_once", [file_id])
     return _store_file(created)
 
 
