@@ -116,8 +116,11 @@ class Syncer:
         context: Context,
         *,
         on_change: Callable[[], None] = lambda: None,
+        allow_deletes: bool = False,
     ) -> None:
         self.dsn = dsn
+        self.allow_deletes = allow_deletes
+        """The operator confirmed deletions over the brake (`vectorstore sync --allow-deletes`)."""
         self.spec = spec
         self.context = context
         self.on_change = on_change
@@ -283,10 +286,14 @@ class _SourceRun:
                 "unchanged": result.unchanged,
                 "failed": result.failed,
             },
+            held=result.held["would_delete"] if result.held else 0,
         )
         if result.error:
             log.error("sources: %r/%r (%s): can't read the source, nothing deleted: %s", self.store.name,
                       self.source.name, result.location, result.error)  # fmt: skip
+        elif result.held:
+            log.warning("sources: %r/%r (%s): deletions held: %s", self.store.name, self.source.name,
+                        result.location, result.summary())  # fmt: skip
         else:
             log.info("sources: %r/%r synced in %.2fs: %s", self.store.name, self.source.name, result.duration,
                      result.summary())  # fmt: skip
@@ -328,6 +335,12 @@ class _SourceRun:
         await self._flush()
         # The listing is complete: what it did not yield is gone from the source (or no longer included).
         gone = sorted(existing.keys() - seen)
+        brake = self.syncer.spec.sync.max_delete
+        if not self.syncer.allow_deletes and brake.holds(len(gone), len(existing)):
+            # An unmounted volume, an emptied prefix or branch lists as a real, complete and empty listing: that
+            # many deletions wait for the operator's word (docs/sources.md, "The deletion brake").
+            self.result.held = {"would_delete": len(gone), "files": len(existing), "max_delete": brake.shown}
+            return
         for start in range(0, len(gone), WRITE_BATCH_FILES):
             if not self.dry_run:
                 assert self.record is not None
