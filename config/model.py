@@ -249,10 +249,10 @@ def shown_url(url: str) -> str:
         return url.split("?", 1)[0]  # user@host:path, whose user is a login name
     authority, slash, path = rest.partition("/")
     userinfo, at, host = authority.rpartition("@")
-    if at and ":" in userinfo:
+    if at and scheme in ("http", "https"):
+        authority = f"[redacted]@{host}"  # a token alone is a valid https username on most forges
+    elif at and ":" in userinfo:
         authority = f"{userinfo.split(':', 1)[0]}:[redacted]@{host}"
-    elif at and scheme in ("http", "https"):
-        authority = f"[redacted]@{host}"
     for mark in ("?", "#"):
         if mark in path:
             path = path.split(mark, 1)[0] + mark + "[redacted]"
