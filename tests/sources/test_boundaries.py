@@ -161,7 +161,7 @@ def test_git_path_through_a_committed_symlink_is_not_read(tmp_path: Path) -> Non
     link.symlink_to(checkout)
     with pytest.raises(SourceError, match="resolves outside the repository"):
         GitSyncReader(GitSource(url, "main", "docs"), link, wait_seconds=0).prepare()
-    with pytest.raises(SourceError, match="has an empty, `.` or `..` segment"):
+    with pytest.raises(SourceError, match="has an empty"):
         GitSyncReader(GitSource(url, "main", "real/../.."), link, wait_seconds=0).prepare()
 
 
