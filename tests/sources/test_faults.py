@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import aiohttp
-import pytest
 from fakeembed import FakeEmbedder
 from server.conftest import LIMITED_KEY, READ_KEY
 
@@ -20,6 +17,7 @@ from sources.conftest import (
     MAX_UPLOAD,
     OTHER_ID,
     STORE_ID,
+    Mount,
     attachments,
     headers,
     source_status,
@@ -69,19 +67,10 @@ async def test_an_unreadable_source_is_an_error_and_deletes_nothing(
         await server.stop()
 
 
-@pytest.fixture
-def outside_tmp() -> Iterator[Path]:
-    """A directory outside /tmp: the spec refuses volumes there (the server mounts its own /tmp)."""
-    directory = Path(tempfile.mkdtemp(prefix="vs-source-", dir="/var/tmp"))
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 async def test_an_empty_sidecar_volume_is_not_believed(
-    fresh_dsn: str, fake_embedder: FakeEmbedder, outside_tmp: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fresh_dsn: str, fake_embedder: FakeEmbedder, tmpfs: Mount, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
+    outside_tmp = tmpfs.path  # an emptyDir is a volume mounted at `path`
     (outside_tmp / "a.md").write_text("Filled by a sidecar.\n")
     source = {"name": "shared", "path": str(outside_tmp), "volume": {"empty_dir": {}}}
     server = await start_with_sources(fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [source])
