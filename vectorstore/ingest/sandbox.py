@@ -30,12 +30,20 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from config.model import Ingest
-from vectorstore.ingest.extract import ErrorCode, ExtractError, InvalidFile, detect_kind, extract_text
+from vectorstore.ingest.extract import ExtractError, InvalidFile, UnsupportedFile, detect_kind, extract_text
 
 log = logging.getLogger("vectorstore")
 
 _LENGTH = struct.Struct(">Q")
+_READY = b"ready\n"
 MAX_IDLE_CHILDREN = 16
+SPAWN_SECONDS = 60.0
+"""How long a new child may take to start (an interpreter and pypdf's import, on a busy machine)."""
+
+
+class _Unavailable(Exception):
+    """The extraction process could not be started: the machine's fault, not the file's (retried later)."""
+
 
 Extract = Callable[[bytes, str, str | None], Awaitable[str]]
 """(content, filename, content type) -> text; raises ExtractError."""
@@ -124,10 +132,8 @@ class Sandbox:
             self._idle.append(child)
         if "text" in reply:
             return str(reply["text"])
-        error = ExtractError(str(reply.get("message", "extraction failed")))
-        code: ErrorCode = "unsupported_file" if reply.get("code") == "unsupported_file" else "invalid_file"
-        error.code = code
-        raise error
+        message = str(reply.get("message", "extraction failed"))
+        raise UnsupportedFile(message) if reply.get("code") == "unsupported_file" else InvalidFile(message)
 
     async def _spawn(self) -> _Child:
         process = await asyncio.create_subprocess_exec(
@@ -143,7 +149,15 @@ class Sandbox:
             env={key: value for key, value in os.environ.items() if key in ("PATH", "PYTHONPATH", "LANG", "HOME")},
             limit=1 << 20,
         )
-        return _Child(process)
+        child = _Child(process)
+        assert process.stdout is not None
+        try:
+            # The child says it is ready once pypdf is imported: a file's time limit is its own extraction only.
+            await asyncio.wait_for(process.stdout.readexactly(len(_READY)), timeout=SPAWN_SECONDS)
+        except (TimeoutError, asyncio.IncompleteReadError):
+            await child.kill()
+            raise _Unavailable(f"the extraction process did not start within {SPAWN_SECONDS:g}s") from None
+        return child
 
     async def close(self) -> None:
         self._closed = True
@@ -172,7 +186,11 @@ def _serve(memory_bytes: int, cpu_seconds: int) -> None:
     # A child outlives its parent only until its next read of stdin; the wall-clock limit is the parent's, per
     # file, so no CPU limit (CPU time would add up over the files a child extracts).
     del cpu_seconds
+    import pypdf  # noqa: F401 - imported before the handshake, so that no file's time limit pays for it
+
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout.write(_READY)
+    stdout.flush()
     while True:
         try:
             (length,) = _LENGTH.unpack(_read_exactly(stdin, _LENGTH.size))
