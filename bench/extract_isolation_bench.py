@@ -27,7 +27,7 @@ from ingest.pdfs import make_pdf  # noqa: E402
 
 from vectorstore.ingest.sandbox import Limits, Sandbox, in_thread  # noqa: E402
 
-WORDS = "retrieval vector store chunk embedding index query answer document page".split()
+WORDS = ["retrieval", "vector", "store", "chunk", "embedding", "index", "query", "answer", "document", "page"]
 
 
 def documents(count: int, pages: int) -> list[bytes]:
@@ -59,8 +59,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.1f}; {args.files} PDFs per size, concurrency {args.concurrency}")  # fmt: skip
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    load = os.getloadavg()[0]
+    print(f"machine: {machine}, load average {load:.1f}; {args.files} PDFs per size, concurrency {args.concurrency}")
     print("| PDF | bytes | thread (floor) files/s | child process files/s | child / thread |")
     print("| --- | --- | --- | --- | --- |")
     for pages in (1, 10):

@@ -45,7 +45,7 @@ def _swap(directory: Path, target: Path) -> None:
 
 def _listing(reader: DirectoryReader) -> dict[str, Entry | Rejected]:
     reader.prepare()
-    return {item.path or item.shown: item for item in reader.entries()}
+    return {item.path if isinstance(item, Entry) else item.path or item.shown: item for item in reader.entries()}
 
 
 def test_a_directory_swapped_for_a_symlink_between_listing_and_reading_is_not_followed(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -51,7 +52,7 @@ async def test_an_unmounted_volume_deletes_nothing(
 
     fill()
     # The same mount read twice: declared as a volume (a PVC render mounts), and as a plain path.
-    sources = [{"name": "declared", "path": str(tmpfs.path), "volume": {"pvc": "docs"}},
+    sources: list[dict[str, Any]] = [{"name": "declared", "path": str(tmpfs.path), "volume": {"pvc": "docs"}},
                {"name": "plain", "path": str(tmpfs.path)}]  # fmt: skip
     server = await start_with_sources(fake_embedder, fresh_dsn, tmp_path / "spec.yaml", sources)
     try:
