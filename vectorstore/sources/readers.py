@@ -266,7 +266,9 @@ class DirectoryReader:
 
     def _link(self, real_root: str, parts: tuple[str, ...], name: str, relative: str) -> Listed:
         target = os.path.realpath(os.path.join(real_root, *parts, name))
-        if not _within(target, real_root) or target == real_root:
+        if target == real_root:
+            return Rejected(relative, relative, "a symlink to a directory; not followed")
+        if not _within(target, real_root):
             return Rejected(relative, relative, "a symlink to outside the source root; not followed")
         target_parts = tuple(os.path.relpath(target, real_root).split(os.sep))
         hidden = hidden_component(target_parts)
