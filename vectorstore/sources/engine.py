@@ -13,7 +13,9 @@ For each declared source of a store (docs/sources.md):
    Each file's writes (File, attachment, job, `source_files` row) are one transaction: a kill -9 anywhere
    leaves each path either done or untouched, and the next sync finishes the job with no duplicate.
 3. Only after the listing completed (the reader returned normally) are the paths it did not yield deleted.
-   A source that can't be read raises `SourceError` before that: nothing is deleted.
+   A source that can't be read raises `SourceError` before that: nothing is deleted. And a complete listing
+   that would delete all of a source's files, or more than `sync.max_delete`, is held (the deletion brake):
+   nothing is deleted until the operator confirms (`allow_deletes`).
 
 One store is synced by one replica at a time: a session advisory lock on the sync's own connection
 (`pg_try_advisory_lock`; a replica that doesn't get it skips the store until the next interval), and inside a

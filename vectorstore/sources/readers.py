@@ -8,7 +8,11 @@ The guard against deleting documents by mistake lives here (docs/sources.md, "Wh
 a reader either lists the *whole* source or raises `SourceError`. A missing or unreadable root, a directory
 that can't be listed halfway through, a failed clone or fetch, an unreachable bucket or refused credentials:
 each is a `SourceError`, and the engine then deletes nothing. A listing is complete only when the generator
-returns normally; only then does the engine delete the paths it did not see.
+returns normally; only then does the engine delete the paths it did not see (under its deletion brake).
+
+The trust boundary lives here too (docs/sources.md, "What a source can reach"): a directory is walked by
+descriptors, never by full paths, so nothing swapped in while it is read leads out of the root; hidden entries
+are not read, not even through a symlink; `git.path` must resolve inside the checkout.
 """
 
 from __future__ import annotations
