@@ -3,8 +3,9 @@
 For a Kubernetes Job or CI: it migrates and reconciles like `serve` (the stores must exist), syncs each store's
 sources, runs an ingestion worker until every queued file is done, prints one line per source and exits
 0 when every source was read and every file of every source is in, 1 when anything failed (a source it could
-not read, a file it could not take in, a file whose ingestion failed), 2 when it could not run at all. The
-server's own worker, if one runs on the same database, shares the queue with it.
+not read, a file it could not take in, a file whose ingestion failed, deletions the brake held), 2 when it
+could not run at all. `--allow-deletes` applies the deletions the brake would hold. The server's own worker,
+if one runs on the same database, shares the queue with it.
 
 Also the source part of `vectorstore plan`: the same sync as a dry run (`plan_lines`).
 """
