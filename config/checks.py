@@ -525,6 +525,36 @@ def read_replicas(data: Any) -> list[Finding]:
     return []
 
 
+def monitoring_needs_pod_monitor(data: Any) -> list[Finding]:
+    """The alerts and the dashboard select `job="<namespace>/<name>"`, the job label the Prometheus Operator
+    gives the PodMonitor's targets: without the PodMonitor they would watch nothing, and the server-down
+    alert could not tell a dead server from one never scraped."""
+    server = _get(data, "server")
+    if not isinstance(server, dict) or server.get("pod_monitor") is True:
+        return []
+    return [
+        (("server", switch), "needs server.pod_monitor: true: its queries select the series that PodMonitor scrapes")
+        for switch in ("prometheus_rule", "grafana_dashboard")
+        if server.get(switch) is True
+    ]
+
+
+def dashboard_labels(data: Any) -> list[Finding]:
+    """The dashboard ConfigMap's own labels (app.kubernetes.io/*) say what rendered it and for which server:
+    a sidecar label must not overwrite them."""
+    labels = _get(data, "server", "grafana_dashboard_labels")
+    if not isinstance(labels, dict):
+        return []
+    return [
+        (
+            ("server", "grafana_dashboard_labels", name),
+            "app.kubernetes.io/ labels are set by render (name, instance, component, ...); pick another label",
+        )
+        for name in labels
+        if isinstance(name, str) and name.startswith("app.kubernetes.io/")
+    ]
+
+
 ALL_CHECKS = (
     uniqueness,
     key_store_limits,
@@ -545,6 +575,8 @@ ALL_CHECKS = (
     search_overrides_once,
     litellm_auth_key,
     read_replicas,
+    monitoring_needs_pod_monitor,
+    dashboard_labels,
 )
 
 

@@ -158,6 +158,20 @@ class Rerank:
 
 
 @dataclass(frozen=True)
+class AlertThresholds:
+    """`server.alerts`: what the rendered PrometheusRule's alerts compare against (render/alerts.py)."""
+
+    runbook_url: str
+    error_ratio: float
+    search_p99_seconds: float
+    embedding_error_ratio: float
+    source_stale_intervals: int
+    ingest_failed_files_per_hour: int
+    ingest_queue_growing_minutes: int
+    pool_saturation_ratio: float
+
+
+@dataclass(frozen=True)
 class Server:
     image: str
     replicas: int
@@ -167,6 +181,11 @@ class Server:
     max_upload_bytes: int
     ingest_concurrency: int
     pod_monitor: bool
+    prometheus_rule: bool
+    alerts: AlertThresholds
+    grafana_dashboard: bool
+    grafana_dashboard_labels: dict[str, str]
+    console: bool
 
 
 @dataclass(frozen=True)
@@ -533,6 +552,20 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             max_upload_bytes=server["max_upload_bytes"],
             ingest_concurrency=server["ingest_concurrency"],
             pod_monitor=server["pod_monitor"],
+            prometheus_rule=server["prometheus_rule"],
+            alerts=AlertThresholds(
+                runbook_url=server["alerts"]["runbook_url"],
+                error_ratio=float(server["alerts"]["error_ratio"]),
+                search_p99_seconds=float(server["alerts"]["search_p99_seconds"]),
+                embedding_error_ratio=float(server["alerts"]["embedding_error_ratio"]),
+                source_stale_intervals=server["alerts"]["source_stale_intervals"],
+                ingest_failed_files_per_hour=server["alerts"]["ingest_failed_files_per_hour"],
+                ingest_queue_growing_minutes=server["alerts"]["ingest_queue_growing_minutes"],
+                pool_saturation_ratio=float(server["alerts"]["pool_saturation_ratio"]),
+            ),
+            grafana_dashboard=server["grafana_dashboard"],
+            grafana_dashboard_labels=dict(sorted(server["grafana_dashboard_labels"].items())),
+            console=server["console"],
         ),
         litellm=LiteLLM(
             api_key_env=litellm["api_key_env"],

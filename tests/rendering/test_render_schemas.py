@@ -17,8 +17,8 @@ from render.manifests import LITELLM_PATCH_FILE, NOT_RESOURCES
 
 KUBERNETES_VERSION = "1.37"  # the newest schemas kubernetes-validate ships
 CORE_API_GROUPS = ("v1", "apps/v1", "networking.k8s.io/v1", "policy/v1")
-# No PodMonitor CRD ships in ../shared/crds; it is checked field by field below instead.
-UNCHECKED_CRDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+# Every custom resource is checked against its CRD in ../shared/crds (PodMonitor and PrometheusRule included).
+UNCHECKED_CRDS: set[tuple[str, str]] = set()
 
 
 def _by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -162,7 +162,7 @@ def test_deployment_hardening(objects: list[dict[str, Any]]) -> None:
 def test_spec_reaches_the_server_unchanged(case_spec_path: Any, case_spec: Spec, objects: list[dict[str, Any]]) -> None:
     """The ConfigMap holds the spec file byte for byte, the server reads it back as the same spec, and the
     pod template's checksum is that of the ConfigMap data, so editing the spec rolls the pods."""
-    config_map = _one(objects, "ConfigMap")
+    config_map = next(obj for obj in _by_kind(objects, "ConfigMap") if obj["metadata"]["name"].endswith("-spec"))
     text = config_map["data"][names.SPEC_FILE_NAME]
     assert text == case_spec_path.read_bytes().decode("utf-8")
     reread = check_bytes(text.encode("utf-8"), "configmap")
@@ -208,12 +208,33 @@ def test_optional_objects(case_spec: Spec, objects: list[dict[str, Any]]) -> Non
     monitors = _by_kind(objects, "PodMonitor")
     assert len(monitors) == (1 if case_spec.server.pod_monitor else 0)
     for monitor in monitors:
-        # Checked by hand: no PodMonitor CRD is available offline. Port by the container's port name.
+        # Its CRD passes any port name: the one the container declares is the one to scrape.
         assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
         assert set(monitor["spec"]) == {"selector", "podMetricsEndpoints"}
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
         container = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
         assert endpoint == {"port": container["ports"][0]["name"], "path": names.METRICS_PATH}
+    rules = _by_kind(objects, "PrometheusRule")
+    assert len(rules) == (1 if case_spec.server.prometheus_rule else 0)
+    for rule in rules:
+        (group,) = rule["spec"]["groups"]
+        assert group["rules"] and all(item["labels"]["severity"] for item in group["rules"])
+    dashboards = [obj for obj in _by_kind(objects, "ConfigMap") if obj["metadata"]["name"].endswith("-dashboard")]
+    assert len(dashboards) == (1 if case_spec.server.grafana_dashboard else 0)
+    for dashboard in dashboards:
+        labels = dashboard["metadata"]["labels"]
+        assert labels.items() >= case_spec.server.grafana_dashboard_labels.items()
+        assert json.loads(dashboard["data"]["vectorstore.json"])["panels"]
+
+
+def test_strict_crd_schema_catches_a_misspelt_rule_field(
+    objects: list[dict[str, Any]], crd_validators: dict[tuple[str, str], jsonschema.Draft7Validator]
+) -> None:
+    for rule in _by_kind(objects, "PrometheusRule"):
+        validator = crd_validators[("monitoring.coreos.com/v1", "PrometheusRule")]
+        assert validator.is_valid(rule)
+        rule["spec"]["groups"][0]["rules"][0]["anotations"] = {}
+        assert not validator.is_valid(rule)
 
 
 def test_litellm_snippet(case_spec: Spec, rendered: dict[str, str]) -> None:
@@ -295,4 +316,5 @@ def test_the_cases_cover_every_kind_render_can_emit() -> None:
         "NetworkPolicy",
         "PodDisruptionBudget",
         "PodMonitor",
+        "PrometheusRule",
     }

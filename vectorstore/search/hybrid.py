@@ -4,12 +4,13 @@ Hybrid takes the `depth` nearest rows through HNSW and the `depth` best BM25 row
 search/text.py), each leg with the same filters, and fuses the two rankings with weighted reciprocal rank
 fusion (Cormack et al., 2009):
 
-    fused(d) = sum over legs L where d appears of  w_L / (RRF_K + rank_L(d))
+    fused(d) = sum over legs L where d appears of  w_L / (k + rank_L(d))
 
 RRF only uses ranks, so it needs no calibration between cosine distances and BM25 scores, which live on
-unrelated scales and vary from query to query; k = 60 is the constant of the original paper, kept because it
-is not tuned to any one collection. The reported score is `fused` divided by its largest possible value (first
-in every leg), so it lies in 0..1: 1.0 is a chunk both legs ranked first.
+unrelated scales and vary from query to query; k = 60 (RRF_K) is the constant of the original paper, kept as
+the default because it is not tuned to any one collection (a request may set it: OGX's `impact_factor`). The
+reported score is `fused` divided by its largest possible value (first in every leg), so it lies in 0..1: 1.0
+is a chunk both legs ranked first.
 
 When the keyword leg is empty (the query has no indexable term, only stop words or punctuation, or no row holds
 any of its terms), the result is the vector ranking and is scored as a vector search, not capped at the half
@@ -49,6 +50,8 @@ def depth_for(limit: int, candidates: int = 0) -> int:
 class Weights:
     embedding: float = 1.0
     text: float = 1.0
+    k: float = RRF_K
+    """RRF's constant: OGX's `impact_factor`. Larger values flatten the gap between ranks."""
 
 
 @dataclass(frozen=True)
@@ -108,13 +111,13 @@ def hybrid_statement(
 ) -> tuple[sql.Composed, list[Any]]:
     terms, terms_params = text.terms_cte(stats, layout.language, query_text)
     leg, leg_params = text.keyword_leg(stats, layout.ident, where, where_params, depth)
-    top = weights.embedding / (RRF_K + 1) + weights.text / (RRF_K + 1)
+    top = weights.embedding / (weights.k + 1) + weights.text / (weights.k + 1)
     statement = sql.SQL(
         "WITH {terms}, {leg},"
         " vec AS ("
         " SELECT id, distance, row_number() OVER (ORDER BY distance, id) AS rank FROM ({nearest}) AS v),"
         " fused AS ("
-        " SELECT id, sum(w / ({k} + rank)) / %s::float8 AS score, min(distance) AS distance FROM ("
+        " SELECT id, sum(w / (%s::float8 + rank)) / %s::float8 AS score, min(distance) AS distance FROM ("
         " SELECT id, rank, %s::float8 AS w, distance FROM vec"
         " UNION ALL SELECT id, rank, %s::float8, NULL FROM kw) AS r"
         " GROUP BY id ORDER BY score DESC, id LIMIT %s)"
@@ -123,13 +126,13 @@ def hybrid_statement(
         terms=terms,
         leg=leg,
         nearest=nearest(layout, where, sql.SQL("id"), exact=exact),
-        k=sql.Literal(RRF_K),
         hits=_select_hits(layout.ident, "fused"),
     )
     params: list[Any] = [
         *terms_params,
         *leg_params,
         *nearest_params(layout, embedding, where_params, depth, exact=exact, ef_search=ef_search),
+        weights.k,
         top if top > 0 else 1.0,
         weights.embedding,
         weights.text,

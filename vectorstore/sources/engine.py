@@ -468,7 +468,7 @@ async def write_version(
         "INSERT INTO source_files (vector_store_id, source, path, file_id, sha256, fingerprint)"
         " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (vector_store_id, source, path) DO UPDATE SET"
         " file_id = EXCLUDED.file_id, sha256 = EXCLUDED.sha256, fingerprint = EXCLUDED.fingerprint,"
-        " synced_at = extract(epoch FROM now())::bigint",
+        " synced_at = epoch_seconds()",
         [store.id, source.name, path, record.id, digest, fingerprint],
     )
     return record.id

@@ -417,6 +417,36 @@ async def chunk_texts(conn: psycopg.AsyncConnection[Any], store: stores.StoreRec
     return [str(row[0]) for row in await cur.fetchall()]
 
 
+@dataclass(frozen=True)
+class StoredChunk:
+    id: str
+    content: str
+    attributes: dict[str, Any]
+    embedding: list[float] | None
+    created_at: int
+
+
+async def chunks_of(
+    conn: psycopg.AsyncConnection[Any], store: stores.StoreRecord, file_id: str, *, with_embeddings: bool
+) -> list[StoredChunk]:
+    """A file's chunks in order, with their attributes and, when asked, their vectors (OGX's file contents)."""
+    vector = sql.SQL("embedding") if with_embeddings else sql.SQL("NULL")
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT id, content, attributes, {vector}, created_at FROM {t} WHERE file_id = %s ORDER BY chunk_index"
+        ).format(vector=vector, t=store.layout.ident),
+        [file_id],
+    )
+    out: list[StoredChunk] = []
+    for row in await cur.fetchall():
+        raw = row[3]
+        # pgvector's loader gives a numpy array (or its own Vector / HalfVector without numpy).
+        values = None if raw is None else raw.to_list() if hasattr(raw, "to_list") else raw.tolist()
+        embedding = None if values is None else [float(x) for x in values]
+        out.append(StoredChunk(str(row[0]), str(row[1]), dict(row[2] or {}), embedding, int(row[4])))
+    return out
+
+
 # --- batches -------------------------------------------------------------------------------------------
 
 

@@ -95,7 +95,7 @@ def create_table_statements(layout: Layout) -> list[sql.Composed]:
             " content text NOT NULL,"
             " attributes jsonb NOT NULL DEFAULT '{{}}'::jsonb,"
             " embedding {vtype}({dims}) NOT NULL,"
-            " created_at bigint NOT NULL DEFAULT extract(epoch FROM now())::bigint,"
+            " created_at bigint NOT NULL DEFAULT epoch_seconds(),"
             " fts tsvector GENERATED ALWAYS AS (to_tsvector({language}::regconfig, content)) STORED)"
         ).format(
             t=t,
@@ -196,6 +196,15 @@ async def copy_chunks(conn: psycopg.AsyncConnection[Any], layout: Layout, rows: 
 
 async def delete_file_chunks(conn: psycopg.AsyncConnection[Any], layout: Layout, file_id: str) -> int:
     cur = await conn.execute(sql.SQL("DELETE FROM {t} WHERE file_id = %s").format(t=layout.ident), [file_id])
+    return cur.rowcount
+
+
+async def delete_rows_without_file(conn: psycopg.AsyncConnection[Any], layout: Layout, ids: Sequence[str]) -> int:
+    """Remove the file-less rows (prototype /embeddings, OGX's chunks) with these ids, so a chunk inserted again
+    under its id replaces the old one. File chunks are never touched here."""
+    cur = await conn.execute(
+        sql.SQL("DELETE FROM {t} WHERE id = ANY(%s) AND file_id IS NULL").format(t=layout.ident), [list(ids)]
+    )
     return cur.rowcount
 
 
