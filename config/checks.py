@@ -413,7 +413,16 @@ def source_urls(data: Any) -> list[Finding]:
     findings: list[Finding] = []
     for path, source in _sources(data):
         repo = _get(source, "git", "repo")
-        if isinstance(repo, str) and _url_credentials(repo):
+        if isinstance(repo, str) and ("?" in repo or "#" in repo):
+            # A forge token often rides in a query (`?private_token=...`), and git needs no query: refuse any.
+            findings.append(
+                (
+                    (*path, "git", "repo"),
+                    "has a query string or fragment, where tokens hide; secrets never go in the spec: declare "
+                    "`git.credentials: {secret: <name>}` instead, and give the plain repository URL",
+                )
+            )
+        elif isinstance(repo, str) and _url_credentials(repo):
             findings.append(
                 (
                     (*path, "git", "repo"),
@@ -427,6 +436,24 @@ def source_urls(data: Any) -> list[Finding]:
                     (*path, "git", "credentials"),
                     "`credentials` are sent only to an https:// repository; for ssh use a deploy key "
                     "(docs/sources.md), for a public repository omit them",
+                )
+            )
+    return findings
+
+
+def source_subpaths(data: Any) -> list[Finding]:
+    """`git.path` names a directory inside the repository: no `..` (nor `.` or an empty segment) to leave it.
+    (The server also resolves it and refuses one a symlink takes outside: docs/sources.md.)"""
+    findings: list[Finding] = []
+    for path, source in _sources(data):
+        subpath = _get(source, "git", "path")
+        if not isinstance(subpath, str) or not subpath.strip("/"):
+            continue
+        if any(segment in ("", ".", "..") for segment in subpath.strip("/").split("/")):
+            findings.append(
+                (
+                    (*path, "git", "path"),
+                    f"{subpath!r} has an empty, `.` or `..` segment; `git.path` is a directory inside the repository",
                 )
             )
     return findings
@@ -554,6 +581,7 @@ ALL_CHECKS = (
     source_attributes,
     source_volumes,
     source_urls,
+    source_subpaths,
     source_secret_envs,
     search_overrides_once,
     litellm_auth_key,

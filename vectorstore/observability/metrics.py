@@ -438,6 +438,13 @@ SOURCE_FILES: Final = Counter(
     ["store", "source", "change"],
     registry=REGISTRY,
 )
+SOURCE_DELETES_HELD: Final = Gauge(
+    "vectorstore_source_deletes_held",
+    "Deletions the last sync of the source held back (the deletion brake, sync.max_delete); 0 when none.",
+    ["store", "source"],
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
 SOURCE_UP: Final = Gauge(
     "vectorstore_source_up",
     "1 when the last sync of the source could read it, 0 when it could not.",
@@ -465,10 +472,20 @@ SOURCE_DURATION: Final = Gauge(
 
 
 def observe_source_sync(
-    store: str, source: str, *, ok: bool, seconds: float, finished_at: float, changes: Mapping[str, int]
+    store: str,
+    source: str,
+    *,
+    ok: bool,
+    seconds: float,
+    finished_at: float,
+    changes: Mapping[str, int],
+    held: int = 0,
 ) -> None:
     """One sync of one source: its outcome, its duration and how many files it added, updated, deleted..."""
     SOURCE_SYNCS.labels(store, source, "ok" if ok else "error").inc()
+    if ok:
+        # Only a sync that read the source knows; a failed one leaves the last known figure.
+        SOURCE_DELETES_HELD.labels(store, source).set(held)
     for change, count in changes.items():
         if count:
             SOURCE_FILES.labels(store, source, change).inc(count)
