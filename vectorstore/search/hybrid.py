@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 
 from vectorstore.observability import metrics
-from vectorstore.search import text
+from vectorstore.search import postings, text
 from vectorstore.search.vector import NO_FILTER, Hit, execute, index_ef_search, nearest, nearest_params, score_of
 from vectorstore.storage.tables import Layout
 
@@ -63,9 +63,31 @@ class Result:
 def _select_hits(table: sql.Identifier, source: str) -> sql.Composed:
     return sql.SQL(
         "SELECT c.id, c.file_id, c.filename, c.content, c.attributes, f.score, f.distance,"
-        " (SELECT count(*) FROM terms) AS terms, (SELECT count(*) FROM kw) AS keyword_rows"
+        " (SELECT count(*) FROM terms) AS terms, (SELECT count(*) FROM kw) AS keyword_rows,"
+        " (SELECT ok FROM kw_exact) AS exact"
         " FROM {source} AS f JOIN {t} AS c ON c.id = f.id ORDER BY f.score DESC, c.id"
     ).format(t=table, source=sql.Identifier(source))
+
+
+GIN = "gin"
+"""`postings_per_term` for the GIN path (filtered searches, stores whose postings are not ready)."""
+
+PerTerm = int | None | Literal["gin"]
+
+
+def _keyword_ctes(
+    layout: Layout,
+    stats: text.TextStats,
+    query_text: str,
+    where: sql.Composable,
+    where_params: Sequence[Any],
+    k: int,
+    postings_per_term: PerTerm,
+) -> tuple[sql.Composed, list[Any]]:
+    """`terms`, `words`, `kw` (the k best BM25 rows) and `kw_exact`, through the postings or through GIN."""
+    if postings_per_term == GIN:
+        return postings.gin_leg(stats, layout, query_text, where, where_params, k)
+    return postings.postings_leg(stats, layout, query_text, k, postings_per_term)
 
 
 def keyword_statement(
@@ -75,21 +97,20 @@ def keyword_statement(
     where: sql.Composable,
     where_params: Sequence[Any],
     limit: int,
+    postings_per_term: PerTerm = GIN,
 ) -> tuple[sql.Composed, list[Any]]:
-    terms, terms_params = text.terms_cte(stats, layout.language, query_text)
-    leg, leg_params = text.keyword_leg(stats, layout.ident, where, where_params, limit)
+    ctes, params = _keyword_ctes(layout, stats, query_text, where, where_params, limit, postings_per_term)
     statement = sql.SQL(
-        "WITH {terms}, {leg}, best AS ("
+        "WITH {ctes}, best AS ("
         " SELECT id, score / nullif({max_score}, 0) AS score, NULL::float8 AS distance FROM kw)"
-        " SELECT * FROM (SELECT count(*) AS terms FROM terms) AS n"
+        " SELECT * FROM (SELECT count(*) AS terms, (SELECT ok FROM kw_exact) AS exact FROM terms) AS n"
         " LEFT JOIN ({hits}) AS h ON true"
     ).format(
-        terms=terms,
-        leg=leg,
+        ctes=ctes,
         max_score=text.max_score_expression(),
         hits=_select_hits(layout.ident, "best"),
     )
-    return statement, [*terms_params, *leg_params]
+    return statement, params
 
 
 def hybrid_statement(
@@ -105,12 +126,12 @@ def hybrid_statement(
     weights: Weights,
     exact: bool,
     ef_search: int = 0,
+    postings_per_term: PerTerm = GIN,
 ) -> tuple[sql.Composed, list[Any]]:
-    terms, terms_params = text.terms_cte(stats, layout.language, query_text)
-    leg, leg_params = text.keyword_leg(stats, layout.ident, where, where_params, depth)
+    ctes, ctes_params = _keyword_ctes(layout, stats, query_text, where, where_params, depth, postings_per_term)
     top = weights.embedding / (RRF_K + 1) + weights.text / (RRF_K + 1)
     statement = sql.SQL(
-        "WITH {terms}, {leg},"
+        "WITH {ctes},"
         " vec AS ("
         " SELECT id, distance, row_number() OVER (ORDER BY distance, id) AS rank FROM ({nearest}) AS v),"
         " fused AS ("
@@ -120,15 +141,13 @@ def hybrid_statement(
         " GROUP BY id ORDER BY score DESC, id LIMIT %s)"
         " {hits}"
     ).format(
-        terms=terms,
-        leg=leg,
+        ctes=ctes,
         nearest=nearest(layout, where, sql.SQL("id"), exact=exact),
         k=sql.Literal(RRF_K),
         hits=_select_hits(layout.ident, "fused"),
     )
     params: list[Any] = [
-        *terms_params,
-        *leg_params,
+        *ctes_params,
         *nearest_params(layout, embedding, where_params, depth, exact=exact, ef_search=ef_search),
         top if top > 0 else 1.0,
         weights.embedding,
@@ -150,6 +169,15 @@ def _hits(rows: Sequence[Any], distance: str, *, vector_scores: bool) -> list[Hi
     return hits
 
 
+async def _per_term_attempts(
+    conn: psycopg.AsyncConnection[Any], layout: Layout, stats: text.TextStats, where: sql.Composable, k: int
+) -> list[PerTerm]:
+    """The postings read per term on each try (vectorstore/search/postings.py), or the GIN path alone."""
+    if postings.usable(stats, where, NO_FILTER) and await postings.is_ready(conn, layout.table):
+        return list(postings.attempts(k))
+    return [GIN]
+
+
 @metrics.timed_search
 async def run_keyword(
     conn: psycopg.AsyncConnection[Any],
@@ -161,12 +189,17 @@ async def run_keyword(
     where: sql.Composable = NO_FILTER,
     where_params: Sequence[Any] = (),
 ) -> Result:
-    statement, params = keyword_statement(layout, stats, query_text, where, where_params, limit)
-    cur = await conn.execute(statement, params)
-    rows = await cur.fetchall()
-    # The LEFT JOIN gives one row even with no hits: it carries the number of terms (column 0 of `n`).
+    rows: list[Any] = []
+    for per_term in await _per_term_attempts(conn, layout, stats, where, limit):
+        statement, params = keyword_statement(layout, stats, query_text, where, where_params, limit, per_term)
+        cur = await conn.execute(statement, params)
+        rows = await cur.fetchall()
+        # The LEFT JOIN gives one row even with no hits: it carries the number of terms and whether the
+        # ranking is exact (columns 0 and 1 of `n`).
+        if not rows or rows[0][1] is not False:
+            break
     terms = int(rows[0][0]) if rows else 0
-    return Result(_hits([row[1:] for row in rows], layout.distance, vector_scores=False), terms)
+    return Result(_hits([row[2:] for row in rows], layout.distance, vector_scores=False), terms)
 
 
 @metrics.timed_search
@@ -185,19 +218,24 @@ async def run_hybrid(
     where_params: Sequence[Any] = (),
     exact: bool = False,
 ) -> Result:
-    statement, params = hybrid_statement(
-        layout,
-        stats,
-        query_text,
-        layout.to_db(embedding),
-        where,
-        where_params,
-        limit=limit,
-        depth=depth,
-        weights=weights,
-        exact=exact,
-        ef_search=ef_search,
-    )
-    rows = await execute(conn, statement, params, ef_search=index_ef_search(layout, ef_search, depth))
+    rows: list[Any] = []
+    for per_term in await _per_term_attempts(conn, layout, stats, where, depth):
+        statement, params = hybrid_statement(
+            layout,
+            stats,
+            query_text,
+            layout.to_db(embedding),
+            where,
+            where_params,
+            limit=limit,
+            depth=depth,
+            weights=weights,
+            exact=exact,
+            ef_search=ef_search,
+            postings_per_term=per_term,
+        )
+        rows = await execute(conn, statement, params, ef_search=index_ef_search(layout, ef_search, depth))
+        if not rows or rows[0][9] is not False:
+            break
     terms, keyword_rows = (int(rows[0][7]), int(rows[0][8])) if rows else (0, 0)
     return Result(_hits(rows, layout.distance, vector_scores=keyword_rows == 0), terms, keyword_rows)
