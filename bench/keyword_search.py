@@ -47,9 +47,12 @@ from pgvector.psycopg import register_vector_async
 from search_http import KEY, STORE, BackendCpu, fake_vector, free_port, start_server
 
 from config import load_spec
-from vectorstore.search import hybrid, statistics as search_statistics, text
+from vectorstore.search import hybrid, postings, text
+from vectorstore.search import statistics as search_statistics
 from vectorstore.search.vector import NO_FILTER
 from vectorstore.storage import stores, tables
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the fake embedding upstream
 
 MODES = ("vector", "keyword", "hybrid")
 
@@ -95,6 +98,12 @@ async def load(dsn: str, record: stores.StoreRecord, chunks: list[str], dims: in
         assert current is not None
         await search_statistics.keep_current(conn, current, force=True)
         await conn.execute(f"VACUUM ANALYZE {record.table_name}")
+        # What autovacuum does soon after a load: the visibility map lets the postings' index-only scans skip
+        # the heap.
+        if await (await conn.execute("SELECT to_regclass(%s)", [f"{record.table_name}_postings"])).fetchone() != (
+            None,
+        ):
+            await conn.execute(f"VACUUM ANALYZE {record.table_name}_postings")
         return elapsed
 
 
@@ -118,17 +127,18 @@ async def exact_bm25(dsn: str, record: stores.StoreRecord, queries: list[str], k
     df: Counter[str] = Counter()
     for d in docs.values():
         df.update(d.keys())
-    postings: dict[str, list[tuple[str, int, int]]] = {}
+    by_lexeme: dict[str, list[tuple[str, int, int]]] = {}
     for content, d in docs.items():
         for lexeme, tf in d.items():
-            postings.setdefault(lexeme, []).append((content, tf, len(d)))
+            by_lexeme.setdefault(lexeme, []).append((content, tf, len(d)))
     results = []
     for terms in query_terms:
-        scores: Counter[str] = Counter()
+        scores: dict[str, float] = {}
         for t in terms:
             idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
-            for content, tf, dl in postings.get(t, ()):
-                scores[content] += idf * tf * (text.K1 + 1) / (tf + text.K1 * (1 - text.B + text.B * dl / avgdl))
+            for content, tf, dl in by_lexeme.get(t, ()):
+                weight = tf * (text.K1 + 1) / (tf + text.K1 * (1 - text.B + text.B * dl / avgdl))
+                scores[content] = scores.get(content, 0.0) + idf * weight
         results.append([c for c, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]])
     return results
 
@@ -140,8 +150,9 @@ async def explain(dsn: str, record: stores.StoreRecord, query: str, dims: int, p
         assert current is not None
         stats = text.TextStats(current.id, current.analyzed_rows, current.text_avg_length, current.text_min_freq)
         out = [f"query: {query!r}, store of {current.analyzed_rows:.0f} rows\n"]
+        depth = hybrid.depth_for(10)
         statements = {
-            "hybrid": hybrid.hybrid_statement(
+            "hybrid (GIN path, as before)": hybrid.hybrid_statement(
                 current.layout,
                 stats,
                 query,
@@ -152,15 +163,34 @@ async def explain(dsn: str, record: stores.StoreRecord, query: str, dims: int, p
                 depth=hybrid.depth_for(10),
                 weights=hybrid.Weights(),
                 exact=False,
+                postings_per_term=hybrid.GIN,
             ),
-            "keyword": hybrid.keyword_statement(current.layout, stats, query, NO_FILTER, [], 10),
+            "hybrid (postings)": hybrid.hybrid_statement(
+                current.layout,
+                stats,
+                query,
+                current.layout.to_db(fake_vector(query, dims)),
+                NO_FILTER,
+                [],
+                limit=10,
+                depth=depth,
+                weights=hybrid.Weights(),
+                exact=False,
+                postings_per_term=postings.per_term(depth),
+            ),
+            "keyword (GIN path, as before)": hybrid.keyword_statement(
+                current.layout, stats, query, NO_FILTER, [], 10, hybrid.GIN
+            ),
+            "keyword (postings)": hybrid.keyword_statement(
+                current.layout, stats, query, NO_FILTER, [], 10, postings.per_term(10)
+            ),
         }
         await conn.execute("SET hnsw.ef_search = 100")
         await conn.execute("SET hnsw.iterative_scan = relaxed_order")
         for name, (statement, params) in statements.items():
             cur = await conn.execute(sql_explain(statement), params)
             out.append(f"== {name}\n" + "\n".join(r[0] for r in await cur.fetchall()) + "\n")
-        path.write_text("\n".join(out))
+        await asyncio.to_thread(path.write_text, "\n".join(out))
 
 
 def sql_explain(statement: Any) -> Any:
@@ -197,7 +227,6 @@ async def drive(concurrency: int, seconds: float, one: Any, meters: dict[str, An
 
 
 async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from fakeembed import FakeEmbedder
 
     rng = random.Random(7)
@@ -240,6 +269,8 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             report["load_seconds"] = round(await load(dsn, record, chunks, args.dims), 2)
             if args.explain:
                 await explain(dsn, record, queries[0], args.dims, Path(args.explain))
+                if args.explain_only:
+                    return report
             url = f"{base}/v1/vector_stores/{record.id}/search"
             headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 
@@ -313,6 +344,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--recall-queries", type=int, default=100)
     parser.add_argument("--explain", default="")
+    parser.add_argument("--explain-only", action="store_true", help="load, write the plans and stop")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     with bench_server() as server_dsn:

@@ -44,7 +44,8 @@ from vectorstore.storage.tables import Layout, postings_table
 
 MIN_PER_TERM = 50
 """Postings read per query term on the first try, at least; more when the page is deep (see `per_term`)."""
-RETRY_FACTOR = 8
+THETA_FACTOR = 1
+"""Chunks (times k) scored exactly up front to find theta, the k-th best score's lower bound."""
 NOT_READY_RECHECK_SECONDS = 10.0
 # A stored impact is a float4: allow for its rounding when it bounds a weight computed in float8.
 _ROUNDING = 1.000001
@@ -55,12 +56,6 @@ _not_ready_checked: dict[str, float] = {}
 
 def per_term(k: int) -> int:
     return max(MIN_PER_TERM, 2 * k)
-
-
-def attempts(k: int) -> list[int | None]:
-    """Postings per term on each try: the first, 8 times more, then all (None), which is always exact."""
-    first = per_term(k)
-    return [first, first * RETRY_FACTOR, None]
 
 
 async def is_ready(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
@@ -122,57 +117,114 @@ def terms_cte(stats: text.TextStats, layout: Layout, query_text: str) -> tuple[s
     return statement, params
 
 
-
 def keyword_leg(
-    stats: text.TextStats, layout: Layout, k: int, postings_per_term: int | None
+    stats: text.TextStats, layout: Layout, k: int, postings_per_term: int
 ) -> tuple[sql.Composed, list[Any]]:
-    """`kw(id, score, rank)`: the k best rows by BM25, and `kw_exact(ok)` (needs `terms` and `words`)."""
+    """`kw(id, score, rank)`: the k best rows by BM25 (needs `terms` and `words`)."""
     avgdl = stats.avg_length
     weight = sql.SQL("l.idf * l.tf * {k1p} / (l.tf + {k1} * (1 - {b} + {b} * l.dl / %s::float8))").format(
+        k1p=sql.Literal(text.K1 + 1), k1=sql.Literal(text.K1), b=sql.Literal(text.B)
+    )
+    probe_weight = sql.SQL("o.idf * q.tf * {k1p} / (q.tf + {k1} * (1 - {b} + {b} * q.dl / %s::float8))").format(
         k1p=sql.Literal(text.K1 + 1), k1=sql.Literal(text.K1), b=sql.Literal(text.B)
     )
     exact_score, exact_params = text.bm25_expression(stats, "r")
     statement = sql.SQL(
         "ref AS MATERIALIZED (SELECT impact::float8 AS aref FROM {p} WHERE lexeme = '' AND id IS NULL),"
+        # 1. Each term's best postings.
         " lists AS MATERIALIZED ("
         " SELECT t.word, t.idf, p.id, p.tf, p.dl, p.impact FROM terms AS t"
         " CROSS JOIN LATERAL (SELECT id, tf, dl, impact FROM {p} WHERE lexeme = t.word"
         " ORDER BY impact DESC LIMIT %s) AS p),"
-        " bounds AS MATERIALIZED ("
-        " SELECT t.word, CASE WHEN count(l.id) >= %s"
-        " THEN t.idf * min(l.impact) * greatest(1, %s::float8 / ref.aref) * {rounding} ELSE 0 END AS bound"
-        " FROM terms AS t CROSS JOIN ref LEFT JOIN lists AS l ON l.word = t.word GROUP BY t.word, t.idf, ref.aref),"
+        # 2. What a term can add to any chunk at most: its best posting's weight (bounded for drift).
+        # ... and what it can add to a chunk not among its best postings: the weight of the last one read (0 when
+        # all were read).
+        " maxima AS MATERIALIZED ("
+        " SELECT t.word, coalesce(t.idf * max(l.impact) * greatest(1, %s::float8 / ref.aref) * {rounding}, 0)"
+        " AS maxscore,"
+        " CASE WHEN count(l.id) >= %s THEN t.idf * min(l.impact) * greatest(1, %s::float8 / ref.aref) * {rounding}"
+        " ELSE 0 END AS bound"
+        " FROM terms AS t CROSS JOIN ref LEFT JOIN lists AS l ON l.word = t.word"
+        " GROUP BY t.word, t.idf, ref.aref),"
+        # 3. theta: a lower bound of the k-th best score: the k-th best exact score among the chunks with the
+        # most weight seen in step 1.
+        " theta AS MATERIALIZED ("
+        " SELECT coalesce((SELECT {exact} AS score FROM ("
+        " SELECT l.id FROM lists AS l GROUP BY l.id ORDER BY sum({weight}) DESC, l.id LIMIT %s) AS top"
+        " JOIN {t} AS r ON r.id = top.id ORDER BY score DESC LIMIT 1 OFFSET %s), 0) AS lower),"
+        # 4. MaxScore: the weakest terms whose maxima add up to less than theta can't put a chunk in the top
+        # k by themselves; every other term is essential and read in full.
+        " split AS MATERIALIZED ("
+        " SELECT m.word, sum(m.maxscore) OVER (ORDER BY m.maxscore, m.word) >= theta.lower AS essential"
+        " FROM maxima AS m, theta),"
+        # A chunk's other terms add at most their bound, or what step 1 saw of them.
+        " rest AS MATERIALIZED ("
+        " SELECT coalesce(sum(m.bound), 0) AS total FROM maxima AS m JOIN split AS s USING (word)"
+        " WHERE NOT s.essential),"
+        " known AS MATERIALIZED ("
+        " SELECT l.id, sum({weight}) AS seen, sum(m.bound) AS seen_bound"
+        " FROM lists AS l JOIN split AS s USING (word) JOIN maxima AS m USING (word) WHERE NOT s.essential"
+        " GROUP BY l.id),"
         " cand AS MATERIALIZED ("
-        " SELECT l.id, sum({weight}) AS seen, sum(b.bound) AS seen_bound"
-        " FROM lists AS l JOIN bounds AS b ON b.word = l.word GROUP BY l.id),"
-        " threshold AS MATERIALIZED (SELECT coalesce(sum(bound), 0) AS total FROM bounds),"
-        " kth_seen AS MATERIALIZED ("
-        " SELECT coalesce((SELECT seen FROM cand ORDER BY seen DESC LIMIT 1 OFFSET %s), 0) AS lower),"
+        " SELECT l.id, sum({weight}) AS part FROM ("
+        " SELECT t.word, t.idf, p.id, p.tf, p.dl FROM split AS s JOIN terms AS t USING (word)"
+        " CROSS JOIN LATERAL (SELECT id, tf, dl FROM {p} WHERE lexeme = t.word) AS p WHERE s.essential) AS l"
+        " GROUP BY l.id),"
+        # 5. Each candidate's lower bound (its essential part plus what step 1 saw of its other terms) and upper
+        # bound (plus the bound of the other terms it was not seen under).
+        # (One aggregate rather than a join: the planner can't estimate these CTEs and would nest loops.)
+        " bounded AS MATERIALIZED ("
+        " SELECT u.id, sum(u.part) AS part, sum(u.part) + sum(u.seen) AS lower,"
+        " sum(u.part) + rest.total - sum(u.seen_bound) + sum(u.seen) AS upper FROM ("
+        " SELECT id, part, 0::float8 AS seen, 0::float8 AS seen_bound, true AS essential FROM cand"
+        " UNION ALL SELECT id, 0, seen, seen_bound, false FROM known) AS u CROSS JOIN rest"
+        " GROUP BY u.id, rest.total HAVING bool_or(u.essential)),"
+        # A candidate's exact score: its essential part plus its other terms' weights, each one probe of the
+        # (lexeme, id) index.
+        " others AS MATERIALIZED ("
+        " SELECT t.word, t.idf FROM split AS s JOIN terms AS t USING (word) WHERE NOT s.essential),"
+        # 6. A better theta: the exact scores of the k candidates with the best lower bounds.
+        " first AS MATERIALIZED ("
+        " SELECT top.id, top.part + coalesce((SELECT sum({probe_weight}) FROM others AS o"
+        " JOIN {p} AS q ON q.lexeme = o.word AND q.id = top.id), 0) AS score"
+        " FROM (SELECT id, part FROM bounded ORDER BY lower DESC, id LIMIT %s) AS top),"
+        " theta2 AS MATERIALIZED ("
+        " SELECT greatest(theta.lower,"
+        " coalesce((SELECT score FROM first ORDER BY score DESC LIMIT 1 OFFSET %s), 0)) AS lower FROM theta),"
+        # 7. Exact BM25 of every other candidate whose upper bound reaches it.
         " scored AS MATERIALIZED ("
-        " SELECT r.id, {exact} AS score FROM cand, threshold, kth_seen, {t} AS r"
-        " WHERE r.id = cand.id AND cand.seen + threshold.total - cand.seen_bound >= kth_seen.lower),"
+        " SELECT id, score FROM first UNION ALL"
+        " SELECT b.id, b.part + coalesce((SELECT sum({probe_weight}) FROM others AS o"
+        " JOIN {p} AS q ON q.lexeme = o.word AND q.id = b.id), 0)"
+        " FROM bounded AS b CROSS JOIN theta2"
+        " WHERE b.upper >= theta2.lower AND b.id NOT IN (SELECT id FROM first)),"
         " kw AS ("
         " SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS rank FROM ("
-        " SELECT id, score FROM scored ORDER BY score DESC, id LIMIT %s) AS s),"
-        " kw_exact AS ("
-        " SELECT threshold.total = 0 OR coalesce((SELECT score FROM scored ORDER BY score DESC LIMIT 1 OFFSET %s),"
-        " -1) >= threshold.total AS ok FROM threshold)"
+        " SELECT id, score FROM scored ORDER BY score DESC, id LIMIT %s) AS s)"
     ).format(
         p=sql.Identifier(postings_table(layout.table)),
         t=layout.ident,
         weight=weight,
+        probe_weight=probe_weight,
         exact=exact_score,
         rounding=sql.Literal(_ROUNDING),
     )
     params: list[Any] = [
         postings_per_term,
+        avgdl,
         postings_per_term,
         avgdl,
-        avgdl,
-        k - 1,
         *exact_params,
+        avgdl,
+        THETA_FACTOR * k,
+        k - 1,
+        avgdl,
+        avgdl,
+        avgdl,
         k,
         k - 1,
+        avgdl,
+        k,
     ]
     return statement, params
 
@@ -185,16 +237,15 @@ def gin_leg(
     where_params: Sequence[Any],
     k: int,
 ) -> tuple[sql.Composed, list[Any]]:
-    """The GIN path of text.py (filtered searches, stores whose postings are not ready): `terms`, `words`, `kw`
-    and a `kw_exact` that is always true (it has no retry)."""
+    """The GIN path of text.py (filtered searches, stores whose postings are not ready): `terms`, `words`, `kw`."""
     terms, terms_params = text.terms_cte(stats, layout.language, query_text)
     leg, leg_params = text.keyword_leg(stats, layout.ident, where, where_params, k)
-    statement = sql.SQL("{terms}, {leg}, kw_exact AS (SELECT true AS ok)").format(terms=terms, leg=leg)
+    statement = sql.SQL("{terms}, {leg}").format(terms=terms, leg=leg)
     return statement, [*terms_params, *leg_params]
 
 
 def postings_leg(
-    stats: text.TextStats, layout: Layout, query_text: str, k: int, postings_per_term: int | None
+    stats: text.TextStats, layout: Layout, query_text: str, k: int, postings_per_term: int
 ) -> tuple[sql.Composed, list[Any]]:
     terms, terms_params = terms_cte(stats, layout, query_text)
     leg, leg_params = keyword_leg(stats, layout, k, postings_per_term)

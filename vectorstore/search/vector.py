@@ -196,8 +196,10 @@ async def execute(
     *,
     ef_search: int,
     iterative: str = "relaxed_order",
+    prepare: bool | None = None,
 ) -> list[TupleRow]:
-    """Run one search statement in autocommit with the HNSW settings it needs, sent only when they change."""
+    """Run one search statement in autocommit with the HNSW settings it needs, sent only when they change.
+    `prepare=False` keeps psycopg from preparing it (see search/hybrid.py)."""
     wanted = (str(ef_search), iterative, str(MAX_SCAN_TUPLES))
     autocommit = conn.autocommit
     if not autocommit:
@@ -210,7 +212,7 @@ async def execute(
                 list(wanted),
             )
             _applied[conn] = wanted
-        cur: psycopg.AsyncCursor[TupleRow] = await conn.execute(statement, params)
+        cur: psycopg.AsyncCursor[TupleRow] = await conn.execute(statement, params, prepare=prepare)
         return await cur.fetchall()
     finally:
         if not autocommit:

@@ -189,9 +189,9 @@ def postings_statements(layout: Layout, *, ready: bool) -> list[sql.Composed]:
         sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {p} (lexeme, impact DESC) INCLUDE (id, tf, dl)").format(
             name=sql.Identifier(f"{layout.table}_postings_impact"), p=p
         ),
-        # Deletes and backfill find a chunk's postings by its id.
-        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {p} (id)").format(
-            name=sql.Identifier(f"{layout.table}_postings_id"), p=p
+        # A search looks up a candidate's weight for one term; deletes find a chunk's postings by its lexemes.
+        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {p} (lexeme, id) INCLUDE (tf, dl)").format(
+            name=sql.Identifier(f"{layout.table}_postings_row"), p=p
         ),
         sql.SQL(
             "INSERT INTO {p} (lexeme, impact, id, tf, dl) SELECT '', {avgdl}, NULL, {ready}, 0"

@@ -39,7 +39,10 @@ $$;
 -- AFTER DELETE ... FOR EACH STATEMENT, REFERENCING OLD TABLE AS old_rows.
 CREATE FUNCTION vectorstore_postings_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('DELETE FROM %I WHERE id IN (SELECT id FROM old_rows)', TG_ARGV[0]);
+    -- Through the (lexeme, id) index: one probe per posting of each deleted row.
+    EXECUTE format(
+        'DELETE FROM %I AS p USING (SELECT o.id, u.lexeme FROM old_rows AS o, unnest(o.fts) AS u) AS gone'
+        ' WHERE p.lexeme = gone.lexeme AND p.id = gone.id', TG_ARGV[0]);
     RETURN NULL;
 END
 $$;
@@ -57,9 +60,10 @@ BEGIN
     END IF;
     EXECUTE format(
         'WITH changed AS MATERIALIZED ('
-        ' SELECT n.id, n.fts FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id'
+        ' SELECT n.id, n.fts, o.fts AS old_fts FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id'
         ' WHERE n.fts IS DISTINCT FROM o.fts),'
-        ' gone AS (DELETE FROM %I WHERE id IN (SELECT id FROM changed))'
+        ' gone AS (DELETE FROM %I AS p USING (SELECT c.id, u.lexeme FROM changed AS c, unnest(c.old_fts) AS u) AS g'
+        ' WHERE p.lexeme = g.lexeme AND p.id = g.id)'
         ' INSERT INTO %I (lexeme, impact, id, tf, dl)'
         ' SELECT u.lexeme, vectorstore_bm25_impact(u.tf, length(c.fts), $1), c.id, u.tf, length(c.fts)'
         ' FROM changed AS c, LATERAL (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf'
