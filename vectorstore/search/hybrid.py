@@ -137,21 +137,21 @@ def hybrid_statement(
         " SELECT id, sum(w / ({k} + rank)) / %s::float8 AS score, min(distance) AS distance FROM ("
         " SELECT id, rank, %s::float8 AS w, distance FROM vec"
         " UNION ALL SELECT id, rank, %s::float8, NULL FROM kw) AS r"
-        " GROUP BY id ORDER BY score DESC, id LIMIT %s)"
+        " GROUP BY id ORDER BY score DESC, id LIMIT {limit})"
         " {hits}"
     ).format(
         ctes=ctes,
-        nearest=nearest(layout, where, sql.SQL("id"), exact=exact),
+        nearest=nearest(layout, where, sql.SQL("id"), exact=exact, limit=depth, ef_search=ef_search),
         k=sql.Literal(RRF_K),
+        limit=sql.Literal(limit),
         hits=_select_hits(layout.ident, "fused"),
     )
     params: list[Any] = [
         *ctes_params,
-        *nearest_params(layout, embedding, where_params, depth, exact=exact, ef_search=ef_search),
+        *nearest_params(layout, embedding, where_params, depth, exact=exact, ef_search=ef_search, literal_limit=True),
         top if top > 0 else 1.0,
         weights.embedding,
         weights.text,
-        limit,
     ]
     return statement, params
 
@@ -168,9 +168,11 @@ def _hits(rows: Sequence[Any], distance: str, *, vector_scores: bool) -> list[Hi
     return hits
 
 
-# Keyword and hybrid statements run unprepared (`prepare=False`): psycopg prepares a statement after 5 runs,
-# and PostgreSQL then settles on a generic plan for these CTE chains that costs 3 times the custom one
-# (bench/keyword_search.py, PostgreSQL CPU 31 ms against 11 ms a hybrid search): planning each time is cheaper.
+# psycopg prepares a statement after 5 runs, and PostgreSQL may then settle on a generic plan. These statements
+# carry their row counts (LIMIT) as literals, not parameters, so that plan still walks the HNSW index: with a
+# parameter it sorted the whole table, and a hybrid search cost 3 times its custom plan (31 ms of PostgreSQL CPU
+# against 11 ms on the bench store, bench/keyword_search.py). With the literals, the generic plan also saves
+# planning these CTE chains every time (a third of the statement's CPU).
 
 
 async def _per_term(
@@ -195,7 +197,7 @@ async def run_keyword(
 ) -> Result:
     per_term = await _per_term(conn, layout, stats, where, limit)
     statement, params = keyword_statement(layout, stats, query_text, where, where_params, limit, per_term)
-    cur = await conn.execute(statement, params, prepare=False)
+    cur = await conn.execute(statement, params)
     rows = await cur.fetchall()
     # The LEFT JOIN gives one row even with no hits: it carries the number of terms (column 0 of `n`).
     terms = int(rows[0][0]) if rows else 0
@@ -232,6 +234,6 @@ async def run_hybrid(
         ef_search=ef_search,
         postings_per_term=await _per_term(conn, layout, stats, where, depth),
     )
-    rows = await execute(conn, statement, params, ef_search=index_ef_search(layout, ef_search, depth), prepare=False)
+    rows = await execute(conn, statement, params, ef_search=index_ef_search(layout, ef_search, depth))
     terms, keyword_rows = (int(rows[0][7]), int(rows[0][8])) if rows else (0, 0)
     return Result(_hits(rows, layout.distance, vector_scores=keyword_rows == 0), terms, keyword_rows)

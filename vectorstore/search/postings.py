@@ -135,23 +135,23 @@ def keyword_leg(
         " lists AS MATERIALIZED ("
         " SELECT t.word, t.idf, p.id, p.tf, p.dl, p.impact FROM terms AS t"
         " CROSS JOIN LATERAL (SELECT id, tf, dl, impact FROM {p} WHERE lexeme = t.word"
-        " ORDER BY impact DESC LIMIT %s) AS p),"
+        " ORDER BY impact DESC LIMIT {per_term}) AS p),"
         # 2. What a term can add to any chunk at most: its best posting's weight (bounded for drift).
         # ... and what it can add to a chunk not among its best postings: the weight of the last one read (0 when
         # all were read).
         " maxima AS MATERIALIZED ("
         " SELECT t.word, coalesce(t.idf * max(l.impact) * greatest(1, %s::float8 / ref.aref) * {rounding}, 0)"
         " AS maxscore,"
-        " CASE WHEN count(l.id) >= %s THEN t.idf * min(l.impact) * greatest(1, %s::float8 / ref.aref) * {rounding}"
-        " ELSE 0 END AS bound"
+        " CASE WHEN count(l.id) >= {per_term}"
+        " THEN t.idf * min(l.impact) * greatest(1, %s::float8 / ref.aref) * {rounding} ELSE 0 END AS bound"
         " FROM terms AS t CROSS JOIN ref LEFT JOIN lists AS l ON l.word = t.word"
         " GROUP BY t.word, t.idf, ref.aref),"
         # 3. theta: a lower bound of the k-th best score: the k-th best exact score among the chunks with the
         # most weight seen in step 1.
         " theta AS MATERIALIZED ("
         " SELECT coalesce((SELECT {exact} AS score FROM ("
-        " SELECT l.id FROM lists AS l GROUP BY l.id ORDER BY sum({weight}) DESC, l.id LIMIT %s) AS top"
-        " JOIN {t} AS r ON r.id = top.id ORDER BY score DESC LIMIT 1 OFFSET %s), 0) AS lower),"
+        " SELECT l.id FROM lists AS l GROUP BY l.id ORDER BY sum({weight}) DESC, l.id LIMIT {theta_k}) AS top"
+        " JOIN {t} AS r ON r.id = top.id ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0) AS lower),"
         # 4. MaxScore: the weakest terms whose maxima add up to less than theta can't put a chunk in the top
         # k by themselves; every other term is essential and read in full.
         " split AS MATERIALIZED ("
@@ -187,10 +187,10 @@ def keyword_leg(
         " first AS MATERIALIZED ("
         " SELECT top.id, top.part + coalesce((SELECT sum({probe_weight}) FROM others AS o"
         " JOIN {p} AS q ON q.lexeme = o.word AND q.id = top.id), 0) AS score"
-        " FROM (SELECT id, part FROM bounded ORDER BY lower DESC, id LIMIT %s) AS top),"
+        " FROM (SELECT id, part FROM bounded ORDER BY lower DESC, id LIMIT {k}) AS top),"
         " theta2 AS MATERIALIZED ("
         " SELECT greatest(theta.lower,"
-        " coalesce((SELECT score FROM first ORDER BY score DESC LIMIT 1 OFFSET %s), 0)) AS lower FROM theta),"
+        " coalesce((SELECT score FROM first ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0)) AS lower FROM theta),"
         # 7. Exact BM25 of every other candidate whose upper bound reaches it.
         " scored AS MATERIALIZED ("
         " SELECT id, score FROM first UNION ALL"
@@ -200,7 +200,7 @@ def keyword_leg(
         " WHERE b.upper >= theta2.lower AND b.id NOT IN (SELECT id FROM first)),"
         " kw AS ("
         " SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS rank FROM ("
-        " SELECT id, score FROM scored ORDER BY score DESC, id LIMIT %s) AS s)"
+        " SELECT id, score FROM scored ORDER BY score DESC, id LIMIT {k}) AS s)"
     ).format(
         p=sql.Identifier(postings_table(layout.table)),
         t=layout.ident,
@@ -208,24 +208,14 @@ def keyword_leg(
         probe_weight=probe_weight,
         exact=exact_score,
         rounding=sql.Literal(_ROUNDING),
+        # Row counts as literals, not parameters: see vector.nearest.
+        per_term=sql.Literal(postings_per_term),
+        theta_k=sql.Literal(THETA_FACTOR * k),
+        kth=sql.Literal(k - 1),
+        k=sql.Literal(k),
     )
-    params: list[Any] = [
-        postings_per_term,
-        avgdl,
-        postings_per_term,
-        avgdl,
-        *exact_params,
-        avgdl,
-        THETA_FACTOR * k,
-        k - 1,
-        avgdl,
-        avgdl,
-        avgdl,
-        k,
-        k - 1,
-        avgdl,
-        k,
-    ]
+    # In placeholder order: maxima (2), theta (the exact score's, then one weight), known, cand, first, scored.
+    params: list[Any] = [avgdl, avgdl, *exact_params, avgdl, avgdl, avgdl, avgdl, avgdl]
     return statement, params
 
 

@@ -173,10 +173,10 @@ def postings_table(table: str) -> str:
     return f"{table}_postings"
 
 
-def postings_statements(layout: Layout, *, ready: bool) -> list[sql.Composed]:
+def postings_statements(layout: Layout, *, ready: bool, avgdl: float = DEFAULT_POSTINGS_AVGDL) -> list[sql.Composed]:
     """Create `<t>_postings`, its index, its reference row and the triggers that keep it current (idempotent).
     `ready`: the table is new (empty), so every chunk has its postings from the start; an old table is
-    backfilled first and marked ready after."""
+    backfilled first and marked ready after. `avgdl`: the reference mean length (see search/postings.py)."""
     p = sql.Identifier(postings_table(layout.table))
     arg = sql.Literal(postings_table(layout.table))
     statements = [
@@ -196,7 +196,7 @@ def postings_statements(layout: Layout, *, ready: bool) -> list[sql.Composed]:
         sql.SQL(
             "INSERT INTO {p} (lexeme, impact, id, tf, dl) SELECT '', {avgdl}, NULL, {ready}, 0"
             " WHERE NOT EXISTS (SELECT 1 FROM {p} WHERE lexeme = '' AND id IS NULL)"
-        ).format(p=p, avgdl=sql.Literal(DEFAULT_POSTINGS_AVGDL), ready=sql.Literal(1 if ready else 0)),
+        ).format(p=p, avgdl=sql.Literal(avgdl), ready=sql.Literal(1 if ready else 0)),
     ]
     for event, function, transitions in (
         ("INSERT", "vectorstore_postings_insert", "NEW TABLE AS new_rows"),
