@@ -73,8 +73,9 @@ async def keep_current(conn: psycopg.AsyncConnection[Any], record: stores.StoreR
             return False
         await conn.execute(sql.SQL("ANALYZE {t}").format(t=sql.Identifier(record.table_name)))
         await refresh_text_stats(conn, record)
-        await renormalize_postings(conn, record)
     log.info("statistics: analyzed store %s", record.id)
+    # After the ANALYZE has committed, so waiting for the table's writers never holds up its statistics.
+    await renormalize_postings(conn, record)
     return True
 
 
@@ -143,8 +144,8 @@ RENORMALIZE_LOCK_TIMEOUT = "2s"
 
 
 async def renormalize_postings(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> bool:
-    """Recompute the store's postings weights at its current mean length if it drifted (inside the caller's
-    transaction, after `refresh_text_stats`). Returns whether it did."""
+    """Recompute the store's postings weights at its current mean length if it drifted, in a transaction of its
+    own (`conn` idle, autocommit; after `refresh_text_stats` committed). Returns whether it did."""
     postings = tables.postings_table(record.table_name)
     cur = await conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL, analyzed_rows, text_avg_length FROM vector_stores WHERE id = %s",
