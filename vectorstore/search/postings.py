@@ -1,25 +1,30 @@
 """Keyword search's BM25 top-k through impact-ordered postings: read a few hundred postings, not every match.
 
 Each chunk table `<t>` has `<t>_postings (lexeme, impact, id, tf, dl)` (vectorstore/storage/tables.py, migration
-0400), indexed by (lexeme, impact DESC) with id, tf and dl included. `impact` is the BM25 term weight
+0400), indexed by (lexeme, impact DESC) and by (lexeme, id), with the rest included. `impact` is the BM25 weight
 tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / A_ref)) at the table's reference mean length A_ref; its order within
 a lexeme is the order of the real BM25 term weight at the store's current mean length A when A = A_ref.
 
-One statement finds the top k of BM25 (the same score as vectorstore/search/text.py) with a threshold bound:
+One statement finds the exact top k of BM25 (the same score as vectorstore/search/text.py) with MaxScore
+(Turtle & Flood, 1995) over impact-ordered lists:
 
-1. For each query term t, its `per_term` best postings by impact (one index range scan each).
-2. Any posting of t not read has BM25 weight at most bound_t = idf_t * (last impact read) * max(1, A / A_ref):
-   the weight grows with the mean length, and by at most A / A_ref from A_ref to A (for A <= A_ref it only
-   shrinks), so the bound holds whatever drift the reference has. A term whose postings were all read has
-   bound 0. A chunk in no list scores at most T = sum of bound_t.
-3. Every chunk read gets a lower bound (the weights of the terms it was seen under, computed exactly from tf
-   and dl) and an upper bound (plus bound_t of the terms it was not seen under). Only chunks whose upper bound
-   reaches the k-th best lower bound can be in the top k: those are scored exactly from their `fts`, as the
-   GIN path does.
-4. The result is exact when the k-th exact score is at least T (no chunk left out can beat it) or T = 0. The
-   statement says whether it is (`kw_exact`); when it isn't, the caller runs it again with 8 times the postings,
-   then with all of them (which is always exact). On the bench corpus the first run is exact for nearly every
-   query (docs/benchmarks.md).
+1. For each query term, its `per_term(k)` best postings by impact (one index range scan each).
+2. Bounds per term: `maxscore`, the most it can add to any chunk (its best posting's weight), and `bound`, the
+   most it can add to a chunk not among the postings read (the last one's weight; 0 when all were read). A
+   weight grows with the store's mean length A by at most A / A_ref from the reference A_ref (for A <= A_ref
+   it only shrinks), so both are multiplied by max(1, A / A_ref): they hold whatever the drift.
+3. theta, a lower bound of the k-th best score: the exact BM25 (from `fts`) of the k chunks with the most
+   weight seen in step 1.
+4. The weakest terms whose maxscores add up to less than theta can't put a chunk in the top k by themselves;
+   every other term is essential and read in full. Candidates are the chunks of the essential lists, with the
+   exact essential part of their score.
+5. A candidate's lower bound adds what step 1 saw of its other terms; its upper bound also adds the `bound` of
+   the other terms it was not seen under. A second theta is the k-th best exact score of the k candidates with
+   the best lower bounds; then every candidate whose upper bound reaches it is scored exactly: its essential
+   part plus one probe of the (lexeme, id) index per other term.
+
+Every bound holds, so no chunk that belongs in the top k is left out: there is no candidate budget and no
+retry (tests/search/test_postings.py checks it against BM25 computed outside the database).
 
 Document frequencies: from ANALYZE's most common elements (text_stats) for common lexemes, as before, and
 counted in the postings (an index-only count of a short list) for the rest, which makes idf exact for rare
