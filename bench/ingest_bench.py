@@ -44,11 +44,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the deterministic fake upstream the tests use
 FakeEmbedder: Any = importlib.import_module("fakeembed").FakeEmbedder
 
-from vectorstore.ingest.chunking import Strategy, chunk_text  # noqa: E402
+from vectorstore.ingest.chunking import chunk_text  # noqa: E402
 from vectorstore.ingest.extract import extract_text  # noqa: E402
 from vectorstore.ingest.worker import Worker  # noqa: E402
 from vectorstore.storage import files, stores, tables  # noqa: E402
 from vectorstore.storage.migrations import migrate  # noqa: E402
+from vectorstore.storage.strategy import Strategy  # noqa: E402
 
 KEY = "bench-key-0123456789"
 WORDS = [
@@ -58,15 +59,26 @@ WORDS = [
 ]  # fmt: skip
 
 
-def document(rng: random.Random, chunks: int, tokens: int) -> str:
+def lexicon(size: int) -> tuple[list[str], list[float]]:
+    """`size` pseudo-words and Zipf weights: text with as many distinct words per chunk as prose has (the
+    25 WORDS give a chunk at most 25 lexemes, which would understate keyword postings)."""
+    rng = random.Random(size)
+    words: set[str] = set()
+    while len(words) < size:
+        words.add("".join(rng.choice("bcdfghjklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 4))))
+    return sorted(words), [1.0 / (rank + 1) ** 1.07 for rank in range(size)]
+
+
+def document(rng: random.Random, chunks: int, tokens: int, vocabulary: int = 0) -> str:
     """Prose of about `chunks` chunks: paragraphs of sentences, so chunks end at natural boundaries."""
+    vocab, weights = lexicon(vocabulary) if vocabulary else (WORDS, [1.0] * len(WORDS))
     words = int(chunks * tokens * 0.82)
     paragraphs: list[str] = []
     while words > 0:
         sentences = []
         for _ in range(rng.randint(2, 6)):
             n = rng.randint(6, 18)
-            sentences.append(" ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + ".")
+            sentences.append(" ".join(rng.choices(vocab, weights, k=n)).capitalize() + ".")
             words -= n
         paragraphs.append(" ".join(sentences))
     return "\n\n".join(paragraphs) + "\n"
@@ -78,7 +90,9 @@ def unit_vector(rng: random.Random, dims: int) -> list[float]:
     return [v / norm for v in values]
 
 
-async def new_store(conn: psycopg.AsyncConnection[Any], store_id: str, dims: int, index: bool) -> stores.StoreRecord:
+async def new_store(
+    conn: psycopg.AsyncConnection[Any], store_id: str, dims: int, index: bool, postings: bool = True
+) -> stores.StoreRecord:
     async with conn.transaction():
         record = await stores.insert(
             conn,
@@ -89,6 +103,14 @@ async def new_store(conn: psycopg.AsyncConnection[Any], store_id: str, dims: int
         )  # fmt: skip
         if not index:
             await conn.execute(tables.drop_index_statement(record.layout))
+        if not postings:  # the table as it was before keyword postings (migration 0400)
+            t = record.layout.ident
+            for event in ("insert", "update", "delete"):
+                name = sql.Identifier(f"{record.table_name}_postings_{event}")
+                await conn.execute(sql.SQL("DROP TRIGGER {name} ON {t}").format(name=name, t=t))
+            await conn.execute(
+                sql.SQL("DROP TABLE {p}").format(p=sql.Identifier(tables.postings_table(record.table_name)))
+            )
     return record
 
 
@@ -96,7 +118,7 @@ async def throughput(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     rng = random.Random(7)
     strategy = Strategy(args.tokens, 0)
     per_file = args.chunks // args.files
-    texts = [document(rng, per_file, args.tokens) for _ in range(args.files)]
+    texts = [document(rng, per_file, args.tokens, args.vocabulary) for _ in range(args.files)]
     pool_lists = [unit_vector(random.Random(i), args.dims) for i in range(1024)]
     counter = 0
 
@@ -109,8 +131,8 @@ async def throughput(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await migrate(conn)
         await register_vector_async(conn)
-        store = await new_store(conn, "vs_ingest", args.dims, not args.no_index)
-        floor_store = await new_store(conn, "vs_floor", args.dims, not args.no_index)
+        store = await new_store(conn, "vs_ingest", args.dims, not args.no_index, not args.without_postings)
+        floor_store = await new_store(conn, "vs_floor", args.dims, not args.no_index, not args.without_postings)
         attached: list[files.FileRecord] = []
         async with conn.transaction():
             for number, text in enumerate(texts):
@@ -272,6 +294,8 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--no-index", action="store_true")
+    parser.add_argument("--vocabulary", type=int, default=0, help="pseudo-words with a Zipf law instead of WORDS")
+    parser.add_argument("--without-postings", action="store_true", help="drop keyword postings (before 0400)")
     parser.add_argument("--memory-mb", type=int, default=50)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
@@ -283,7 +307,9 @@ async def main() -> None:
             print(
                 f"throughput: {result['chunks']} chunks x {args.dims} dims, {args.files} files,"
                 f" {args.tokens} tokens/chunk, concurrency {args.concurrency},"
-                f" HNSW index {'off' if args.no_index else 'on'}"
+                f" HNSW index {'off' if args.no_index else 'on'},"
+                f" keyword postings {'off' if args.without_postings else 'on'},"
+                f" vocabulary {args.vocabulary or len(WORDS)} words"
             )
             print(f"  ingestion: {result['ingest_seconds']:.1f} s = {result['ingest_chunks_per_second']:.0f} chunks/s")
             print(f"  floor (one binary COPY of the same rows): {result['floor_seconds']:.1f} s = "

@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--spec", type=Path, default=Path(DEFAULT_SPEC), help=f"spec file (default {DEFAULT_SPEC})")
     sync.add_argument("--data-dir", type=Path, default=None, help="embedded PostgreSQL data directory")
+    sync.add_argument(
+        "--allow-deletes",
+        action="store_true",
+        help="apply deletions the brake (sync.max_delete) would hold: confirm that the files are really gone",
+    )
 
     ingest = commands.add_parser("ingest", help="upload files into a store through the HTTP API")
     ingest.add_argument("--store", required=True, help="store name or id")
@@ -202,7 +207,7 @@ def _options(args: argparse.Namespace) -> Options:
         case "plan":
             return PlanOptions(spec=args.spec, data_dir=args.data_dir)
         case "sync":
-            return SyncOptions(spec=args.spec, data_dir=args.data_dir)
+            return SyncOptions(spec=args.spec, data_dir=args.data_dir, allow_deletes=args.allow_deletes)
         case "ingest":
             return IngestOptions(
                 store=args.store,

@@ -429,7 +429,16 @@ def source_urls(data: Any) -> list[Finding]:
     findings: list[Finding] = []
     for path, source in _sources(data):
         repo = _get(source, "git", "repo")
-        if isinstance(repo, str) and _url_credentials(repo):
+        if isinstance(repo, str) and ("?" in repo or "#" in repo):
+            # A forge token often rides in a query (`?private_token=...`), and git needs no query: refuse any.
+            findings.append(
+                (
+                    (*path, "git", "repo"),
+                    "has a query string or fragment, where tokens hide; secrets never go in the spec: declare "
+                    "`git.credentials: {secret: <name>}` instead, and give the plain repository URL",
+                )
+            )
+        elif isinstance(repo, str) and _url_credentials(repo):
             findings.append(
                 (
                     (*path, "git", "repo"),
@@ -443,6 +452,24 @@ def source_urls(data: Any) -> list[Finding]:
                     (*path, "git", "credentials"),
                     "`credentials` are sent only to an https:// repository; for ssh use a deploy key "
                     "(docs/sources.md), for a public repository omit them",
+                )
+            )
+    return findings
+
+
+def source_subpaths(data: Any) -> list[Finding]:
+    """`git.path` names a directory inside the repository: no `..` (nor `.` or an empty segment) to leave it.
+    (The server also resolves it and refuses one a symlink takes outside: docs/sources.md.)"""
+    findings: list[Finding] = []
+    for path, source in _sources(data):
+        subpath = _get(source, "git", "path")
+        if not isinstance(subpath, str) or not subpath.strip("/"):
+            continue
+        if any(segment in ("", ".", "..") for segment in subpath.strip("/").split("/")):
+            findings.append(
+                (
+                    (*path, "git", "path"),
+                    f"{subpath!r} has an empty, `.` or `..` segment; `git.path` is a directory inside the repository",
                 )
             )
     return findings
@@ -502,6 +529,17 @@ def litellm_auth_key(data: Any) -> list[Finding]:
     return []
 
 
+def litellm_files_settings(data: Any) -> list[Finding]:
+    if _get(data, "litellm", "files_settings") is True and _get(data, "litellm", "provider") == "pg_vector":
+        return [
+            (
+                ("litellm", "files_settings"),
+                "needs provider 'openai': LiteLLM's pg_vector provider can't attach uploaded files to a store",
+            )
+        ]
+    return []
+
+
 def read_replicas(data: Any) -> list[Finding]:
     instances = _get(data, "database", "cluster", "instances")
     if _get(data, "database", "read_replicas") is True and isinstance(instances, int) and instances < 2:
@@ -512,6 +550,36 @@ def read_replicas(data: Any) -> list[Finding]:
             )
         ]
     return []
+
+
+def monitoring_needs_pod_monitor(data: Any) -> list[Finding]:
+    """The alerts and the dashboard select `job="<namespace>/<name>"`, the job label the Prometheus Operator
+    gives the PodMonitor's targets: without the PodMonitor they would watch nothing, and the server-down
+    alert could not tell a dead server from one never scraped."""
+    server = _get(data, "server")
+    if not isinstance(server, dict) or server.get("pod_monitor") is True:
+        return []
+    return [
+        (("server", switch), "needs server.pod_monitor: true: its queries select the series that PodMonitor scrapes")
+        for switch in ("prometheus_rule", "grafana_dashboard")
+        if server.get(switch) is True
+    ]
+
+
+def dashboard_labels(data: Any) -> list[Finding]:
+    """The dashboard ConfigMap's own labels (app.kubernetes.io/*) say what rendered it and for which server:
+    a sidecar label must not overwrite them."""
+    labels = _get(data, "server", "grafana_dashboard_labels")
+    if not isinstance(labels, dict):
+        return []
+    return [
+        (
+            ("server", "grafana_dashboard_labels", name),
+            "app.kubernetes.io/ labels are set by render (name, instance, component, ...); pick another label",
+        )
+        for name in labels
+        if isinstance(name, str) and name.startswith("app.kubernetes.io/")
+    ]
 
 
 # CNPG's ScheduledBackup reads robfig/cron with seconds: six fields, or one of these descriptors.
@@ -602,10 +670,14 @@ ALL_CHECKS = (
     source_attributes,
     source_volumes,
     source_urls,
+    source_subpaths,
     source_secret_envs,
     search_overrides_once,
     litellm_auth_key,
+    litellm_files_settings,
     read_replicas,
+    monitoring_needs_pod_monitor,
+    dashboard_labels,
     backup,
 )
 
@@ -657,7 +729,29 @@ def litellm_secret_elsewhere(data: Any) -> list[Finding]:
     ]
 
 
-ALL_WARNINGS = (deprecated_search_defaults, litellm_secret_elsewhere)
+def litellm_read_key_cannot_ingest(data: Any) -> list[Finding]:
+    """Provider openai is chosen so that LiteLLM's users can load documents; a read key makes every load a 403."""
+    if _get(data, "litellm", "provider") != "openai":
+        return []
+    keys = _dicts(_get(data, "auth", "keys"))
+    key_names = [key.get("name") for key in keys]
+    if not keys:
+        return []
+    wanted = _get(data, "litellm", "auth_key")
+    chosen = wanted if isinstance(wanted, str) else ("litellm" if "litellm" in key_names else key_names[0])
+    key = next((key for key in keys if key.get("name") == chosen), None)
+    if key is None or key.get("scope") != "read":
+        return []
+    return [
+        (
+            ("litellm", "provider"),
+            f"LiteLLM sends the read-only key {chosen!r}: its users can search, but their uploads, attaches and "
+            "/v1/rag/ingest get 403. Give that key scope 'write', or set provider 'pg_vector' for search only",
+        )
+    ]
+
+
+ALL_WARNINGS = (deprecated_search_defaults, litellm_secret_elsewhere, litellm_read_key_cannot_ingest)
 
 
 def semantic_warnings(data: Any) -> list[Finding]:

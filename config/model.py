@@ -209,6 +209,20 @@ class Rerank:
 
 
 @dataclass(frozen=True)
+class AlertThresholds:
+    """`server.alerts`: what the rendered PrometheusRule's alerts compare against (render/alerts.py)."""
+
+    runbook_url: str
+    error_ratio: float
+    search_p99_seconds: float
+    embedding_error_ratio: float
+    source_stale_intervals: int
+    ingest_failed_files_per_hour: int
+    ingest_queue_growing_minutes: int
+    pool_saturation_ratio: float
+
+
+@dataclass(frozen=True)
 class Server:
     image: str
     replicas: int
@@ -217,11 +231,29 @@ class Server:
     resources: Resources
     max_upload_bytes: int
     ingest_concurrency: int
+    unattached_file_ttl_hours: int
+    """Never-attached uploads are deleted this long after upload; 0: never."""
     pod_monitor: bool
+    prometheus_rule: bool
+    alerts: AlertThresholds
+    grafana_dashboard: bool
+    grafana_dashboard_labels: dict[str, str]
+    console: bool
+
+
+LiteLLMProvider = Literal["openai", "pg_vector"]
 
 
 @dataclass(frozen=True)
 class LiteLLM:
+    provider: LiteLLMProvider
+    """`openai`: LiteLLM's OpenAI vector store provider, which can also upload, attach and ingest; `pg_vector`:
+    search only (docs/render.md)."""
+    api_base: str
+    """Where LiteLLM reaches the server, without `/v1`: the spec's `litellm.api_base`, else the Service URL."""
+    files_model: str | None
+    """`model_name` of the litellm.yml entry that routes `/v1/files` to the server (provider `openai` only)."""
+    files_settings: bool
     api_key_env: str
     namespace: str
     pod_selector: dict[str, str]
@@ -292,6 +324,24 @@ class S3Source:
     credentials: S3Credentials | None
 
 
+def shown_url(url: str) -> str:
+    """A URL as logs, `plan` and the status endpoint show it: no userinfo password, no query string, no fragment.
+    `validate` already refuses credentials in a URL; this is the second line of defence (a token in a query)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url.split("?", 1)[0]  # user@host:path, whose user is a login name
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if at and scheme in ("http", "https"):
+        authority = f"[redacted]@{host}"  # a token alone is a valid https username on most forges
+    elif at and ":" in userinfo:
+        authority = f"{userinfo.split(':', 1)[0]}:[redacted]@{host}"
+    for mark in ("?", "#"):
+        if mark in path:
+            path = path.split(mark, 1)[0] + mark + "[redacted]"
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
 @dataclass(frozen=True)
 class Source:
     """One place a store's documents come from (stores[].sources[])."""
@@ -309,9 +359,41 @@ class Source:
         if isinstance(location, PathSource):
             return location.path
         if isinstance(location, GitSource):
-            return f"{location.repo}@{location.ref}" + (f":{location.path}" if location.path else "")
+            return f"{shown_url(location.repo)}@{location.ref}" + (f":{location.path}" if location.path else "")
         where = f"s3://{location.bucket}/{location.prefix}"
         return f"{where} at {location.endpoint}" if location.endpoint else where
+
+
+@dataclass(frozen=True)
+class MaxDelete:
+    """`sync.max_delete`: the deletion brake's limit, a count of files or a share of a source's files."""
+
+    shown: str
+    """As written in the spec ("50%", "200"), for the status and the log."""
+    count: int | None = None
+    fraction: float | None = None
+
+    @property
+    def off(self) -> bool:
+        return self.fraction is not None and self.fraction >= 1.0
+
+    def holds(self, deleting: int, total: int) -> bool:
+        """Whether deleting `deleting` of a source's `total` files needs the operator's confirmation: more than
+        the limit, or all of them (an unmounted volume, an emptied bucket prefix or branch looks just so)."""
+        if deleting <= 0 or self.off:
+            return False
+        if deleting >= total:
+            return True
+        if self.count is not None:
+            return deleting > self.count
+        assert self.fraction is not None
+        return deleting > self.fraction * total
+
+
+def parse_max_delete(value: int | str) -> MaxDelete:
+    if isinstance(value, int):
+        return MaxDelete(str(value), count=value)
+    return MaxDelete(value, fraction=float(value.rstrip("%")) / 100)
 
 
 @dataclass(frozen=True)
@@ -319,6 +401,7 @@ class Sync:
     interval_seconds: float
     """0: sources are read at startup only."""
     git_sync_image: str
+    max_delete: MaxDelete = field(default_factory=lambda: parse_max_delete("50%"))
 
 
 def parse_duration(text: str) -> float:
@@ -326,6 +409,15 @@ def parse_duration(text: str) -> float:
     return float(
         sum(int(value) * {"h": 3600, "m": 60, "s": 1}[unit] for value, unit in re.findall(r"(\d+)([hms])", text))
     )
+
+
+@dataclass(frozen=True)
+class Ingest:
+    """`ingest`: what one file's extraction may cost (vectorstore.ingest.sandbox)."""
+
+    max_extract_seconds: float = 60.0
+    max_extracted_bytes: int = 64 << 20
+    max_extract_memory_bytes: int = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -371,6 +463,7 @@ class Spec:
     rerank: Rerank | None
     sync: Sync
     source_text: str = field(repr=False, compare=False)
+    ingest: Ingest = field(default_factory=Ingest)
     """The spec file exactly as written; render ships it in the ConfigMap."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What `vectorstore validate` warns about (FILE:LINE:COL: $.path: warning: ...); the spec is valid."""
@@ -538,9 +631,28 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             resources=_resources(server["resources"]),
             max_upload_bytes=server["max_upload_bytes"],
             ingest_concurrency=server["ingest_concurrency"],
+            unattached_file_ttl_hours=server["unattached_file_ttl_hours"],
             pod_monitor=server["pod_monitor"],
+            prometheus_rule=server["prometheus_rule"],
+            alerts=AlertThresholds(
+                runbook_url=server["alerts"]["runbook_url"],
+                error_ratio=float(server["alerts"]["error_ratio"]),
+                search_p99_seconds=float(server["alerts"]["search_p99_seconds"]),
+                embedding_error_ratio=float(server["alerts"]["embedding_error_ratio"]),
+                source_stale_intervals=server["alerts"]["source_stale_intervals"],
+                ingest_failed_files_per_hour=server["alerts"]["ingest_failed_files_per_hour"],
+                ingest_queue_growing_minutes=server["alerts"]["ingest_queue_growing_minutes"],
+                pool_saturation_ratio=float(server["alerts"]["pool_saturation_ratio"]),
+            ),
+            grafana_dashboard=server["grafana_dashboard"],
+            grafana_dashboard_labels=dict(sorted(server["grafana_dashboard_labels"].items())),
+            console=server["console"],
         ),
         litellm=LiteLLM(
+            provider=litellm["provider"],
+            api_base=litellm.get("api_base") or names.service_url(data["name"], data["namespace"], server["port"]),
+            files_model=litellm["files_model"],
+            files_settings=litellm["files_settings"],
             api_key_env=litellm["api_key_env"],
             namespace=litellm.get("namespace", data["namespace"]),
             pod_selector=dict(sorted(litellm["pod_selector"].items())),
@@ -564,8 +676,14 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
         sync=Sync(
             interval_seconds=parse_duration(data["sync"]["interval"]),
             git_sync_image=data["sync"]["git_sync_image"],
+            max_delete=parse_max_delete(data["sync"]["max_delete"]),
         ),
         source_text=source_text,
+        ingest=Ingest(
+            max_extract_seconds=float(data["ingest"]["max_extract_seconds"]),
+            max_extracted_bytes=data["ingest"]["max_extracted_bytes"],
+            max_extract_memory_bytes=data["ingest"]["max_extract_memory_bytes"],
+        ),
     )
 
 
@@ -667,6 +785,11 @@ def _source_secret(secret: str, key: str) -> SecretRef:
     return SecretRef(secret, key, names.source_secret_env(secret, key))
 
 
+def folder_prefix(prefix: str) -> str:
+    """An S3 prefix is a folder: `docs` means `docs/`, so a sibling `docs-archive/` is not part of the source."""
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
 def _source(data: dict[str, Any]) -> Source:
     location: PathSource | GitSource | S3Source
     kind: SourceKind
@@ -693,7 +816,7 @@ def _source(data: dict[str, Any]) -> Source:
         kind = "s3"
         location = S3Source(
             bucket=s3["bucket"],
-            prefix=s3["prefix"],
+            prefix=folder_prefix(s3["prefix"]),
             endpoint=s3.get("endpoint"),
             region=s3["region"],
             credentials=credentials,

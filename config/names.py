@@ -72,6 +72,26 @@ def config_map_name(app_name: str) -> str:
     return f"{app_name}-spec"
 
 
+def dashboard_config_map_name(app_name: str) -> str:
+    return f"{app_name}-dashboard"
+
+
+def prometheus_job(app_name: str, namespace: str) -> str:
+    """The `job` label the Prometheus Operator gives the targets of the rendered PodMonitor (same name as the
+    server's objects): `<namespace>/<PodMonitor name>`. The alerts and the dashboard select on it."""
+    return f"{namespace}/{app_name}"
+
+
+CONSOLE_PATH = "/console"
+CONSOLE_ASSETS = {
+    f"{CONSOLE_PATH}/": "index.html",
+    f"{CONSOLE_PATH}/console.js": "console.js",
+    f"{CONSOLE_PATH}/console.css": "console.css",
+    f"{CONSOLE_PATH}/favicon.svg": "favicon.svg",
+}
+"""The console's files by path (vectorstore/console/static/): public like /health, they hold no data."""
+
+
 def database_object_name(cluster_name: str, database: str) -> str:
     """Name of the CNPG `Database` object: a DNS-1123 subdomain, where a PostgreSQL name may hold `_`."""
     suffix = re.sub(r"[^a-z0-9]+", "-", database.lower()).strip("-") or "database"

@@ -7,7 +7,7 @@ Pure and deterministic: the same spec gives the same bytes, with no timestamps o
 from __future__ import annotations
 
 from config import Spec
-from render import database, litellm, secrets, server
+from render import alerts, dashboard, database, litellm, secrets, server
 from render.common import Document
 from render.yamlout import dump
 
@@ -21,7 +21,13 @@ Deployment (applied where LiteLLM is deployed)."""
 
 def documents(spec: Spec) -> list[Document]:
     """Every Kubernetes object, in apply order (secrets and database before the server that needs them)."""
-    return [*secrets.documents(spec), *database.documents(spec), *server.documents(spec)]
+    return [
+        *secrets.documents(spec),
+        *database.documents(spec),
+        *server.documents(spec),
+        *alerts.documents(spec),
+        *dashboard.documents(spec),
+    ]
 
 
 def file_name(document: Document) -> str:
@@ -44,6 +50,6 @@ def render_files(spec: Spec) -> dict[str, str]:
     if len(files) != len(objects) or set(files) & NOT_RESOURCES:
         raise AssertionError("two rendered objects share a file name")
     files[KUSTOMIZATION] = dump(kustomization(sorted(files)))
-    files[LITELLM_FILE] = dump(litellm.document(spec), header=litellm.LITELLM_HEADER)
+    files[LITELLM_FILE] = dump(litellm.document(spec), header=litellm.header(spec))
     files[LITELLM_PATCH_FILE] = dump(litellm.deployment_patch(spec), header=litellm.deployment_patch_header(spec))
     return dict(sorted(files.items()))

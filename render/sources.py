@@ -133,6 +133,9 @@ def git_sync_containers(spec: Spec, security_context: Document) -> list[Document
                     f"--sync-timeout={GIT_SYNC_TIMEOUT}",
                     f"--stale-worktree-timeout={GIT_SYNC_STALE_WORKTREE}",
                     f"--http-bind=:{port}",
+                    # With credentials, a redirect is never followed: the token is for this repository's origin
+                    # only (docs/sources.md, "What a source can reach").
+                    *(["--git-config=http.followRedirects:false"] if location.credentials is not None else []),
                 ],
                 # git-sync writes its git config under HOME, and git its temporary files under TMPDIR: the
                 # volume's top, outside --root (which git-sync empties), on a read-only root file system.

@@ -44,6 +44,9 @@ ROUTE_MODULES: tuple[str, ...] = (
     "vectorstore.api.files",
     "vectorstore.api.vector_store_files",
     "vectorstore.api.sources",
+    "vectorstore.api.vector_io",
+    # The console's page (server.console): static files at /console, calling the routes above with the user's key.
+    "vectorstore.console",
 )
 # Background services: each has `setup(app) -> None`, run after the routes, that adds its cleanup contexts.
 # Sources come after ingestion: their sync wakes the worker, and stops before it does.

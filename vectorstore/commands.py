@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -11,7 +12,7 @@ import signal
 import sys
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
@@ -22,6 +23,9 @@ from vectorstore.options import PlanOptions, ServeOptions, SyncOptions
 from vectorstore.settings import Settings, StartupError, resolve_read_dsn, resolve_rerank_key, resolve_secrets
 from vectorstore.storage import database, reconcile
 from vectorstore.storage.migrations import MigrationError, schema_ready
+
+if TYPE_CHECKING:
+    from vectorstore.state import Readiness
 
 log = logging.getLogger("vectorstore")
 
@@ -146,6 +150,7 @@ def serve_worker(spec: Spec, settings: Settings, index: int, parent: int) -> int
     """One of `serve --workers N`'s processes (vectorstore.workers): the same server, on a shared port."""
     _configure_logging()
     logs.add_secrets(settings.secret_values())
+    settings = dataclasses.replace(settings, worker_index=index)
     try:
         return run_loop(_serve(spec, settings, reuse_port=True, parent=parent))
     except OSError as exc:
@@ -177,6 +182,14 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
+async def _mark_ready(readiness: Readiness, directory: Path, index: int) -> None:
+    from vectorstore.workers import mark_ready
+
+    await readiness.done.wait()
+    if readiness.ready:
+        mark_ready(directory, index)
+
+
 async def _serve(spec: Spec, settings: Settings, *, reuse_port: bool = False, parent: int | None = None) -> int:
     from aiohttp import web
 
@@ -193,6 +206,7 @@ async def _serve(spec: Spec, settings: Settings, *, reuse_port: bool = False, pa
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.create_task(_watch_parent(parent, stop)) if parent is not None else None
+    marker: asyncio.Task[None] | None = None
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
         await site.start()
@@ -204,6 +218,8 @@ async def _serve(spec: Spec, settings: Settings, *, reuse_port: bool = False, pa
                 flush=True,
             )
         readiness = app[READINESS]
+        if settings.workers_ready_dir is not None:
+            marker = asyncio.create_task(_mark_ready(readiness, settings.workers_ready_dir, settings.worker_index))
         fatal = asyncio.create_task(readiness.fatal.wait())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({fatal, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -214,8 +230,9 @@ async def _serve(spec: Spec, settings: Settings, *, reuse_port: bool = False, pa
             return 1
         return 0
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        for task in (watcher, marker):
+            if task is not None:
+                task.cancel()
         await runner.cleanup()
 
 
@@ -284,7 +301,7 @@ def sync(options: SyncOptions) -> int:
         spec, location.dsn, options.spec, options.data_dir, api_keys={}, embedding_api_key=embedding_key or None
     )
     try:
-        return run_loop(run_sync(spec, settings, sys.stdout))
+        return run_loop(run_sync(spec, settings, sys.stdout, allow_deletes=options.allow_deletes))
     except psycopg.OperationalError as exc:
         print(f"vectorstore sync: can't connect to the database ({location.description}): {str(exc).strip()}",
               file=sys.stderr)  # fmt: skip

@@ -31,6 +31,7 @@ class PlanOptions:
 class SyncOptions:
     spec: Path
     data_dir: Path | None
+    allow_deletes: bool = False
 
 
 @dataclass(frozen=True)

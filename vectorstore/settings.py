@@ -53,6 +53,11 @@ class Settings:
     """The read replicas (database.read_replicas with DATABASE_READ_URL set): searches go there."""
     replica_wait_seconds: float = 0.05
     """How long a search waits for a replica to replay the writes it must see before it goes to the primary."""
+    workers_ready_dir: Path | None = None
+    """Under `serve --workers N` (vectorstore.workers): where each worker marks itself ready, so that /ready,
+    whichever worker answers it, says ready only once all `worker_count` of them are."""
+    worker_count: int = 1
+    worker_index: int = 0
 
     def secret_values(self) -> list[str]:
         """Every secret this server knows: API keys, the embedding and rerank keys, the sources' credentials,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from itertools import accumulate
 from typing import Any, Final
 
@@ -76,3 +77,10 @@ def shown(value: Any, limit: int = 40) -> str:
         return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def epoch_seconds() -> int:
+    """Now, in the whole seconds every API timestamp uses: truncated, never rounded, so no timestamp is ever
+    ahead of the clock. The database stamps its rows with the SQL function of the same name (migration 0500);
+    this is for the few timestamps made outside it."""
+    return math.floor(time.time())

@@ -11,6 +11,10 @@ Metrics: the children run prometheus_client's multiprocess mode (PROMETHEUS_MULT
 parent owns), so whichever worker answers a scrape reports the counters and histograms of them all, summed.
 Gauges read at scrape time (pool, queue depth, replicas up) are the answering worker's.
 
+Readiness: every worker listens as soon as it starts (so /health answers, as the liveness probe expects), but
+/ready, whichever worker answers it, says ready only once each worker has marked itself ready in a directory the
+parent owns: a probe never lets clients in while one of the workers would still answer them 503.
+
 Supervision: SIGTERM or SIGINT to the parent stops every child gracefully (each drains like a single
 `serve`). A child that exits on its own (a crash, a port it can't bind, a refused reconcile) stops the others,
 and the parent exits with the child's code (1 if that was 0), so the pod restarts as a whole. A child whose
@@ -19,6 +23,7 @@ parent is gone stops too.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -27,6 +32,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from config import Spec
@@ -46,6 +52,8 @@ def run_workers(spec: Spec, settings: Settings, count: int, worker: Worker) -> i
     """Start `count` worker processes on settings' host and port; return the exit code once they are done."""
     context = multiprocessing.get_context("spawn")
     metrics_dir = tempfile.mkdtemp(prefix="vectorstore-metrics-")
+    ready_dir = tempfile.mkdtemp(prefix="vectorstore-ready-")
+    settings = dataclasses.replace(settings, workers_ready_dir=Path(ready_dir), worker_count=count)
     previous_dir = os.environ.get(MULTIPROC_DIR_ENV)
     # Read by prometheus_client when a child imports it: set before the children start.
     os.environ[MULTIPROC_DIR_ENV] = metrics_dir
@@ -101,7 +109,20 @@ def run_workers(spec: Spec, settings: Settings, count: int, worker: Worker) -> i
         else:
             os.environ[MULTIPROC_DIR_ENV] = previous_dir
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(ready_dir, ignore_errors=True)
     return code
+
+
+def mark_ready(directory: Path, index: int) -> None:
+    """Worker `index` finished its startup (migrations, reconcile): /ready may count it."""
+    (directory / f"worker-{index}").touch()
+
+
+def ready_count(directory: Path) -> int:
+    try:
+        return sum(1 for name in os.listdir(directory) if name.startswith("worker-"))
+    except OSError:
+        return 0
 
 
 def _child(worker: Worker, spec: Spec, settings: Settings, index: int, parent: int) -> None:

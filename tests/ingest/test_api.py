@@ -143,6 +143,71 @@ async def test_batch_with_per_file_attributes(oai: AsyncOpenAI) -> None:
     assert _strategy(b_file)["static"]["max_chunk_size_tokens"] == 300
 
 
+async def test_litellm_chunking_shape_on_attach_and_batches(oai: AsyncOpenAI) -> None:
+    """LiteLLM's /v1/rag/ingest forwards `{chunk_size, chunk_overlap}` as is: a synonym of `static` in tokens."""
+    paragraphs = "\n\n".join(f"Paragraph {i} talks about topic number {i} in several words." for i in range(60))
+    a = await oai.files.create(file=("a.md", paragraphs.encode(), "text/markdown"), purpose="assistants")
+    b = await oai.files.create(file=("b.txt", BETA.encode(), "text/plain"), purpose="assistants")
+    c = await oai.files.create(file=("c.txt", b"Gamma.", "text/plain"), purpose="assistants")
+    attached = await oai.vector_stores.files.create_and_poll(
+        a.id,
+        vector_store_id=STORE_ID,
+        chunking_strategy={"chunk_size": 120, "chunk_overlap": 0},  # type: ignore[arg-type]
+    )
+    assert attached.status == "completed"
+    static = {"max_chunk_size_tokens": 120, "chunk_overlap_tokens": 0}
+    assert _strategy(attached) == {"type": "static", "static": static}
+    content = await oai.vector_stores.files.content(a.id, vector_store_id=STORE_ID)
+    assert len(content.data) > 3
+    # On a batch, both at the top and per file.
+    batch = await oai.vector_stores.file_batches.create_and_poll(
+        STORE_ID,
+        files=[
+            {"file_id": b.id, "chunking_strategy": {"chunk_size": 300, "chunk_overlap": 150}},  # type: ignore[typeddict-item]
+            {"file_id": c.id},
+        ],
+        chunking_strategy={"chunk_size": 200},  # type: ignore[arg-type]
+    )
+    assert batch.file_counts.completed == 2
+    b_file = await oai.vector_stores.files.retrieve(b.id, vector_store_id=STORE_ID)
+    c_file = await oai.vector_stores.files.retrieve(c.id, vector_store_id=STORE_ID)
+    assert _strategy(b_file)["static"] == {"max_chunk_size_tokens": 300, "chunk_overlap_tokens": 150}
+    assert _strategy(c_file)["static"] == {"max_chunk_size_tokens": 200, "chunk_overlap_tokens": 100}
+    [hit] = await _top(oai, BETA, max_num_results=1)
+    assert hit.file_id == b.id and hit.score == pytest.approx(1.0)
+
+
+async def test_bad_litellm_chunking_is_refused_whole(oai: AsyncOpenAI) -> None:
+    """Same limits as `static`, the field named as sent; a refused batch attaches nothing."""
+    uploaded = await oai.files.create(file=("a.txt", ALPHA.encode(), "text/plain"), purpose="assistants")
+    other = await oai.files.create(file=("b.txt", BETA.encode(), "text/plain"), purpose="assistants")
+    cases: list[tuple[object, str]] = [
+        ({"chunk_size": 50, "chunk_overlap": 0}, "chunking_strategy.chunk_size"),
+        ({"chunk_size": 200, "chunk_overlap": 150}, "chunking_strategy.chunk_overlap"),
+        ({"chunk_size": 200, "separators": ["."]}, "chunking_strategy.separators"),
+        ({"size": 200}, "chunking_strategy.type"),
+    ]
+    for value, param in cases:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await oai.vector_stores.files.create(
+                vector_store_id=STORE_ID,
+                file_id=uploaded.id,
+                chunking_strategy=value,  # type: ignore[arg-type]
+            )
+        assert caught.value.body["param"] == param  # type: ignore[index]
+    assert "chunk_overlap" in caught.value.message and "max_chunk_size_tokens" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        await oai.vector_stores.file_batches.create(
+            STORE_ID,
+            files=[
+                {"file_id": uploaded.id},
+                {"file_id": other.id, "chunking_strategy": {"chunk_size": 5000}},  # type: ignore[typeddict-item]
+            ],
+        )
+    assert caught.value.body["param"] == "files[1].chunking_strategy.chunk_size"  # type: ignore[index]
+    assert (await oai.vector_stores.retrieve(STORE_ID)).file_counts.total == 0
+
+
 async def test_attribute_update_and_detach_are_visible_at_once(oai: AsyncOpenAI) -> None:
     uploaded = await oai.files.create(file=("a.txt", ALPHA.encode(), "text/plain"), purpose="assistants")
     await oai.vector_stores.files.create_and_poll(uploaded.id, vector_store_id=STORE_ID, attributes={"stage": "draft"})

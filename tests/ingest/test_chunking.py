@@ -12,15 +12,8 @@ import random
 
 import pytest
 
-from vectorstore.ingest.chunking import (
-    AUTO,
-    Chunk,
-    ChunkingError,
-    Strategy,
-    chunk_text,
-    count_tokens,
-    parse_strategy,
-)
+from vectorstore.ingest.chunking import Chunk, chunk_text, count_tokens
+from vectorstore.storage.strategy import AUTO, ChunkingError, Strategy, parse_strategy
 
 WORDS = [
     "the", "vector", "store", "keeps", "every", "chunk", "of", "text", "close", "to", "its", "meaning",
@@ -166,3 +159,47 @@ def test_static_limits_accepted() -> None:
     assert parse_strategy(
         {"type": "static", "static": {"max_chunk_size_tokens": 4096, "chunk_overlap_tokens": 2048}}
     ) == Strategy(4096, 2048)
+
+
+def test_litellm_shape_is_static_in_tokens() -> None:
+    """LiteLLM's /v1/rag/ingest forwards its own `{chunk_size, chunk_overlap}` as the chunking_strategy."""
+    assert parse_strategy({"chunk_size": 500, "chunk_overlap": 100}) == Strategy(500, 100)
+    # A field left out takes LiteLLM's default (1000 and 200), the overlap capped at half the size.
+    assert parse_strategy({"chunk_size": 300}) == Strategy(300, 150)
+    assert parse_strategy({"chunk_size": 500}) == Strategy(500, 200)
+    assert parse_strategy({"chunk_overlap": 0}) == Strategy(1000, 0)
+    assert parse_strategy({"chunk_size": 4096, "chunk_overlap": 2048}).to_api() == {
+        "type": "static",
+        "static": {"max_chunk_size_tokens": 4096, "chunk_overlap_tokens": 2048},
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "param"),
+    [
+        ({"chunk_size": 99, "chunk_overlap": 0}, "chunking_strategy.chunk_size"),
+        ({"chunk_size": 4097}, "chunking_strategy.chunk_size"),
+        ({"chunk_size": 200, "chunk_overlap": 101}, "chunking_strategy.chunk_overlap"),
+        ({"chunk_size": 200, "chunk_overlap": -1}, "chunking_strategy.chunk_overlap"),
+        ({"chunk_size": "200"}, "chunking_strategy.chunk_size"),
+        ({"chunk_size": True}, "chunking_strategy.chunk_size"),
+        ({"chunk_overlap": "10"}, "chunking_strategy.chunk_overlap"),
+        ({"chunk_size": 200, "separators": ["\n"]}, "chunking_strategy.separators"),
+    ],
+)
+def test_invalid_litellm_shapes_name_the_field(value: object, param: str) -> None:
+    with pytest.raises(ChunkingError) as caught:
+        parse_strategy(value)
+    assert caught.value.param == param
+    # The field is named as the caller spelt it, never in OpenAI's words.
+    assert param.rsplit(".", 1)[1] in caught.value.message
+
+
+@pytest.mark.parametrize("value", [{"type": "fancy"}, {}, "auto", ["chunk_size", 200], {"size": 200}])
+def test_unknown_shapes_name_both_accepted_shapes(value: object) -> None:
+    """LiteLLM turns our 400 into a 200 `failed`: the message in its log must tell the operator what works."""
+    with pytest.raises(ChunkingError) as caught:
+        parse_strategy(value)
+    message = caught.value.message
+    assert '{"type": "static", "static": {"max_chunk_size_tokens": N, "chunk_overlap_tokens": M}}' in message
+    assert '{"chunk_size": N, "chunk_overlap": M}' in message

@@ -8,90 +8,28 @@ the queue gives the file to the new process, which finishes it. SIGTERM lets the
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import psycopg
 import pytest
 from fakeembed import FakeEmbedder
 from openai import AsyncOpenAI
-from server.conftest import WRITE_KEY, free_port, write_spec
+from server.conftest import WRITE_KEY, write_spec
+from serverprocess import ServerProcess
 
 from ingest.conftest import STORE_ID, ingest_spec
-from vectorstore.ingest.chunking import Strategy, chunk_text
+from vectorstore.ingest.chunking import chunk_text
 from vectorstore.storage import tables
+from vectorstore.storage.strategy import Strategy
 
 # 100-token chunks without overlap, two per embedding request, 0.4 s per request: ~8 s for 40 chunks.
 PARAGRAPH = "This sentence is about the crash test and what survives a crash of the server process. "
 TEXT = "\n\n".join(PARAGRAPH * 5 for _ in range(40))
 EXPECTED_CHUNKS = len(list(chunk_text(TEXT, Strategy(100, 0))))
-SERVE = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "serve"]
 STATIC = {"type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 0}}
-
-
-class ServerProcess:
-    def __init__(self, spec_path: Path, dsn: str, log_path: Path) -> None:
-        self.spec_path = spec_path
-        self.dsn = dsn
-        self.log_path = log_path
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "DATABASE_URL": self.dsn,
-            "VECTORSTORE_API_KEY_WRITER": WRITE_KEY,
-            "VECTORSTORE_API_KEY_READER": "read-key-0123456789",
-            "VECTORSTORE_API_KEY_LIMITED": "limited-key-0123456789",
-            "VECTORSTORE_EMBEDDING_API_KEY": "upstream-key",
-        }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*SERVE, "--spec", str(self.spec_path), "--port", str(self.port)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=Path(__file__).resolve().parents[2],
-            )
-
-    async def wait_ready(self, seconds: float = 30.0) -> None:
-        deadline = time.monotonic() + seconds
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                assert self.process is not None and self.process.poll() is None, self.log_path.read_text()[-2000:]
-                try:
-                    async with http.get(self.base_url + "/ready") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("server did not become ready:\n" + self.log_path.read_text()[-2000:])
-
-    def kill(self, sig: int) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout=30)
-        finally:
-            self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def test_output_does_not_depend_on_libyaml(case_spec: Spec, rendered: dict[str, 
     files = {manifests.file_name(obj): yamlout.dump(obj, dumper=python) for obj in objects}
     files[manifests.KUSTOMIZATION] = yamlout.dump(manifests.kustomization(sorted(files)), dumper=python)
     files[manifests.LITELLM_FILE] = yamlout.dump(
-        litellm.document(case_spec), header=litellm.LITELLM_HEADER, dumper=python
+        litellm.document(case_spec), header=litellm.header(case_spec), dumper=python
     )
     files[manifests.LITELLM_PATCH_FILE] = yamlout.dump(
         litellm.deployment_patch(case_spec), header=litellm.deployment_patch_header(case_spec), dumper=python

@@ -17,8 +17,8 @@ from render.manifests import LITELLM_PATCH_FILE, NOT_RESOURCES
 
 KUBERNETES_VERSION = "1.37"  # the newest schemas kubernetes-validate ships
 CORE_API_GROUPS = ("v1", "apps/v1", "networking.k8s.io/v1", "policy/v1")
-# No PodMonitor CRD ships in ../shared/crds; it is checked field by field below instead.
-UNCHECKED_CRDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+# Every custom resource is checked against its CRD in ../shared/crds (PodMonitor and PrometheusRule included).
+UNCHECKED_CRDS: set[tuple[str, str]] = set()
 
 
 def _by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -169,7 +169,7 @@ def test_deployment_hardening(objects: list[dict[str, Any]]) -> None:
 def test_spec_reaches_the_server_unchanged(case_spec_path: Any, case_spec: Spec, objects: list[dict[str, Any]]) -> None:
     """The ConfigMap holds the spec file byte for byte, the server reads it back as the same spec, and the
     pod template's checksum is that of the ConfigMap data, so editing the spec rolls the pods."""
-    config_map = _one(objects, "ConfigMap")
+    config_map = next(obj for obj in _by_kind(objects, "ConfigMap") if obj["metadata"]["name"].endswith("-spec"))
     text = config_map["data"][names.SPEC_FILE_NAME]
     assert text == case_spec_path.read_bytes().decode("utf-8")
     reread = check_bytes(text.encode("utf-8"), "configmap")
@@ -215,12 +215,33 @@ def test_optional_objects(case_spec: Spec, objects: list[dict[str, Any]]) -> Non
     monitors = _by_kind(objects, "PodMonitor")
     assert len(monitors) == (1 if case_spec.server.pod_monitor else 0)
     for monitor in monitors:
-        # Checked by hand: no PodMonitor CRD is available offline. Port by the container's port name.
+        # Its CRD passes any port name: the one the container declares is the one to scrape.
         assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
         assert set(monitor["spec"]) == {"selector", "podMetricsEndpoints"}
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
         container = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
         assert endpoint == {"port": container["ports"][0]["name"], "path": names.METRICS_PATH}
+    rules = _by_kind(objects, "PrometheusRule")
+    assert len(rules) == (1 if case_spec.server.prometheus_rule else 0)
+    for rule in rules:
+        (group,) = rule["spec"]["groups"]
+        assert group["rules"] and all(item["labels"]["severity"] for item in group["rules"])
+    dashboards = [obj for obj in _by_kind(objects, "ConfigMap") if obj["metadata"]["name"].endswith("-dashboard")]
+    assert len(dashboards) == (1 if case_spec.server.grafana_dashboard else 0)
+    for dashboard in dashboards:
+        labels = dashboard["metadata"]["labels"]
+        assert labels.items() >= case_spec.server.grafana_dashboard_labels.items()
+        assert json.loads(dashboard["data"]["vectorstore.json"])["panels"]
+
+
+def test_strict_crd_schema_catches_a_misspelt_rule_field(
+    objects: list[dict[str, Any]], crd_validators: dict[tuple[str, str], jsonschema.Draft7Validator]
+) -> None:
+    for rule in _by_kind(objects, "PrometheusRule"):
+        validator = crd_validators[("monitoring.coreos.com/v1", "PrometheusRule")]
+        assert validator.is_valid(rule)
+        rule["spec"]["groups"][0]["rules"][0]["anotations"] = {}
+        assert not validator.is_valid(rule)
 
 
 def test_litellm_snippet(case_spec: Spec, rendered: dict[str, str]) -> None:
@@ -233,20 +254,47 @@ def test_litellm_snippet(case_spec: Spec, rendered: dict[str, str]) -> None:
         assert entry["vector_store_name"] == store.registry.name
         params = entry["litellm_params"]
         assert params["vector_store_id"] == store.id
-        assert params["custom_llm_provider"] == "pg_vector"
-        assert params["api_base"] == case_spec.service_url
-        assert not params["api_base"].endswith("/v1")
+        assert params["custom_llm_provider"] == case_spec.litellm.provider
+        # pg_vector appends /v1/vector_stores itself; openai appends only /vector_stores and /files.
+        if case_spec.litellm.provider == "openai":
+            assert params["api_base"] == case_spec.litellm.api_base + "/v1"
+        else:
+            assert params["api_base"] == case_spec.litellm.api_base
+            assert not params["api_base"].endswith("/v1")
         assert params["api_key"] == f"os.environ/{case_spec.litellm.api_key_env}"
         assert params.get("vector_store_description") == store.registry.description
         for key, value in store.registry.search_overrides.items():
             assert params[key] == value
+    _check_files_route(case_spec, snippet)
+
+
+def _check_files_route(spec: Spec, snippet: dict[str, Any]) -> None:
+    """With openai: one model entry for files (unless turned off), `files_settings` only when asked; with
+    pg_vector, neither (LiteLLM couldn't attach what it uploaded)."""
+    target = {"api_base": spec.litellm.api_base + "/v1", "api_key": f"os.environ/{spec.litellm.api_key_env}"}
+    expected_keys = {"vector_store_registry"}
+    if spec.litellm.provider == "openai" and spec.litellm.files_model is not None:
+        expected_keys.add("model_list")
+        assert snippet["model_list"] == [
+            {
+                "model_name": spec.litellm.files_model,
+                "litellm_params": {"model": f"openai/{spec.litellm.files_model}", **target},
+            }
+        ]
+    if spec.litellm.provider == "openai" and spec.litellm.files_settings:
+        expected_keys.add("files_settings")
+        assert snippet["files_settings"] == [{"custom_llm_provider": "openai", **target}]
+    assert set(snippet) == expected_keys
 
 
 def test_litellm_deployment_patch(case_spec: Spec, rendered: dict[str, str]) -> None:
     """A strategic-merge patch for LiteLLM's Deployment: only the env var litellm.yml's api_key names, from the
     Secret key of the auth key LiteLLM sends (the one the server reads as VECTORSTORE_API_KEY_<NAME>)."""
     text = rendered[LITELLM_PATCH_FILE]
-    assert "PG_VECTOR_API_KEY" in text, "the header names the error LiteLLM gives without it"
+    if case_spec.litellm.provider == "pg_vector":
+        assert "PG_VECTOR_API_KEY" in text, "the header names the error LiteLLM gives without it"
+    else:
+        assert "OPENAI_API_KEY" in text, "the header says why the key must be present"
     patch = yaml.safe_load(text)
     assert (patch["apiVersion"], patch["kind"]) == ("apps/v1", "Deployment")
     assert patch["metadata"] == {"name": case_spec.litellm.deployment_name, "namespace": case_spec.litellm.namespace}
@@ -258,14 +306,18 @@ def test_litellm_deployment_patch(case_spec: Spec, rendered: dict[str, str]) -> 
         "env": [
             {
                 "name": case_spec.litellm.api_key_env,
-                "valueFrom": {"secretKeyRef": {"name": key.api_key.secret, "key": key.api_key.key}},
+                # optional: false: LiteLLM's pod must not start without it (openai would fall back to
+                # OPENAI_API_KEY and send it to the server).
+                "valueFrom": {"secretKeyRef": {"name": key.api_key.secret, "key": key.api_key.key, "optional": False}},
             }
         ],
     }
     # The server reads the very same Secret key.
     deployment = next(obj for obj in _objects(rendered) if obj["kind"] == "Deployment")
     server_env = {env["name"]: env for env in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert server_env[key.api_key.env]["valueFrom"] == container["env"][0]["valueFrom"]
+    server_ref = server_env[key.api_key.env]["valueFrom"]["secretKeyRef"]
+    litellm_ref = container["env"][0]["valueFrom"]["secretKeyRef"]
+    assert (server_ref["name"], server_ref["key"]) == (litellm_ref["name"], litellm_ref["key"])
 
 
 def _objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
@@ -302,6 +354,7 @@ def test_the_cases_cover_every_kind_render_can_emit() -> None:
         "NetworkPolicy",
         "PodDisruptionBudget",
         "PodMonitor",
+        "PrometheusRule",
         "ObjectStore",
         "ScheduledBackup",
     }

@@ -50,7 +50,8 @@ def _json_operations(ids: dict[str, str]) -> list[tuple[str, str]]:
             content = operation.get("requestBody", {}).get("content", {}) if isinstance(operation, dict) else {}
             if "application/json" in content:
                 found.append((method.upper(), path.format(**ids)))
-    assert len(found) == 8, found  # stores: create, modify; search; embeddings x2; files: attach, update; batches
+    # stores: create, modify; search; embeddings x2; files: attach, update; batches; OGX vector-io: insert, query
+    assert len(found) == 10, found
     return found
 
 

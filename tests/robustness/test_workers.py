@@ -90,3 +90,29 @@ def test_sigterm_stops_every_worker_gracefully(workers: ServerProcess) -> None:
     code = workers.process.wait(40)
     assert code == 0
     assert not any(os.path.exists(f"/proc/{pid}") for pid in children)
+
+
+async def test_ready_waits_for_every_worker(fresh_dsn: str, upstream: Upstream, tmp_path: Path) -> None:
+    """Whichever worker answers /ready, it says ready only once every worker has marked itself ready: the
+    kernel gives connections to all of them, and one still starting would answer the API with 503."""
+    from server.conftest import start_server
+
+    from config import load_spec
+    from vectorstore import workers as workers_module
+
+    ready_dir = tmp_path / "ready"
+    ready_dir.mkdir()
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", upstream.base_url))
+    server = await start_server(spec, fresh_dsn, workers_ready_dir=ready_dir, worker_count=2, worker_index=1)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for marked, expected in (((), 503), ((1,), 503), ((1, 0), 200)):
+                for index in marked:
+                    workers_module.mark_ready(ready_dir, index)
+                async with http.get(server.url("/ready")) as response:
+                    body = await response.json()
+                    assert response.status == expected, body
+                if expected == 503:
+                    assert body["error"]["message"] == f"Not ready: {len(marked)} of 2 worker processes are ready."
+    finally:
+        await server.stop()

@@ -187,11 +187,17 @@ async def test_filters_apply_to_both_legs_and_fill_the_page(db: psycopg.AsyncCon
 async def test_common_terms_stop_generating_candidates(
     db: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past the budget, a term only scores rows that rarer terms brought in."""
+    """On the GIN path (filtered searches), past the budget a term only scores rows that rarer terms brought
+    in; the postings path (unfiltered) has no budget and still finds every match."""
     record = await new_store(db)
-    await add_rows(db, record, [*FILLER, "garden rarity"])
+    await add_rows(db, record, [*FILLER, "garden rarity"], [{"team": "a"}] * (len(FILLER) + 1))
     record = await fresh(db, record.id)
-    assert len((await keyword(db, record, "garden rarity", limit=100)).hits) == len(FILLER) + 1
+    where, params = compile_filters({"type": "eq", "key": "team", "value": "a"})
+    assert len((await keyword(db, record, "garden rarity", limit=100, where=where, where_params=params)).hits) == (
+        len(FILLER) + 1
+    )
     monkeypatch.setattr(text, "CANDIDATE_BUDGET", 5)
-    result = await keyword(db, record, "garden rarity", limit=100)
+    result = await keyword(db, record, "garden rarity", limit=100, where=where, where_params=params)
     assert [hit.content for hit in result.hits] == ["garden rarity"]
+    unfiltered = await keyword(db, record, "garden rarity", limit=100)
+    assert len(unfiltered.hits) == len(FILLER) + 1 and unfiltered.hits[0].content == "garden rarity"

@@ -9,7 +9,7 @@ import pytest
 from fakeembed import fake_vector
 from psycopg import sql
 
-from search.conftest import DIMS, add_rows, connect, new_store
+from search.conftest import DIMS, add_rows, connect, drop_postings, new_store
 from vectorstore.search import hybrid, service, text, text_upgrade
 from vectorstore.search.vector import run_search
 from vectorstore.storage import stores, tables
@@ -21,6 +21,7 @@ async def legacy_store(conn: psycopg.AsyncConnection[Any]) -> stores.StoreRecord
     """A store as version 0.1 left it: no `fts`, no GIN index, marked `upgrading` by migration 0002."""
     record = await new_store(conn)
     await add_rows(conn, record, TEXTS)
+    await drop_postings(conn, record)
     await conn.execute(sql.SQL("ALTER TABLE {t} DROP COLUMN fts").format(t=sql.Identifier(record.table_name)))
     await conn.execute("UPDATE vector_stores SET text_search = 'upgrading' WHERE id = %s", [record.id])
     await conn.execute("DELETE FROM text_stats WHERE vector_store_id = %s", [record.id])

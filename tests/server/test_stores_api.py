@@ -11,7 +11,7 @@ from fakeembed import FakeEmbedder
 from openai import AsyncOpenAI
 
 from config.names import derived_store_id
-from server.conftest import DIMS, DOCS_ID, RunningServer, auth
+from server.conftest import DIMS, DOCS_ID, LIMITED_KEY, READ_KEY, RunningServer, auth
 
 
 async def add_rows(
@@ -214,3 +214,22 @@ async def test_query_embeddings_are_cached(client: AsyncOpenAI, fake_embedder: F
         await client.vector_stores.search(DOCS_ID, query="same question")
     assert fake_embedder.inputs == ["same question"]
     assert fake_embedder.calls[0].authorization == "Bearer upstream-key"
+
+
+async def test_store_settings_route(client: AsyncOpenAI, server: RunningServer, http: aiohttp.ClientSession) -> None:
+    """`GET /vector_stores/{id}/settings` (the console's store details): a read key may call it, a key limited to
+    other stores gets 404, and it says how the store is built and searched, nothing secret."""
+    created = await client.vector_stores.create(name="by-api")
+    answer = await http.get(server.url(f"/v1/vector_stores/{DOCS_ID}/settings"), headers=auth(READ_KEY))
+    assert answer.status == 200
+    settings = await answer.json()
+    assert settings["object"] == "vector_store.settings" and settings["id"] == DOCS_ID
+    assert settings["declared"] is True and settings["model"] == "fake-model" and settings["dimensions"] == DIMS
+    assert settings["index"]["m"] > 0 and settings["search"]["mode"] in {"vector", "keyword", "hybrid"}
+    assert "upstream-key" not in await answer.text()
+    other = await http.get(server.url(f"/v1/vector_stores/{created.id}/settings"), headers=auth(READ_KEY))
+    assert (await other.json())["declared"] is False
+    limited = await http.get(server.url(f"/v1/vector_stores/{created.id}/settings"), headers=auth(LIMITED_KEY))
+    assert limited.status == 404
+    missing = await http.get(server.url("/v1/vector_stores/vs_nothere/settings"), headers=auth(READ_KEY))
+    assert missing.status == 404 and (await missing.json())["error"]["type"] == "invalid_request_error"

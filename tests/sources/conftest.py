@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +59,9 @@ async def wait_synced(
     deadline = time.monotonic() + within
     while True:
         data: list[dict[str, Any]] = (await source_status(http, server, store_id))["data"]
-        if data and all(item["status"] in ("ok", "failed") and item["files"]["in_progress"] == 0 for item in data):
+        if data and all(
+            item["status"] in ("ok", "failed", "held") and item["files"]["in_progress"] == 0 for item in data
+        ):
             return data
         assert time.monotonic() < deadline, f"sources not synced after {within}s: {data}"
         await asyncio.sleep(0.1)
@@ -84,6 +91,45 @@ def attachments(dsn: str, store_id: str = STORE_ID) -> list[dict[str, Any]]:
         ).fetchall()
     keys = ("file_id", "filename", "owner", "status", "attributes", "last_error", "replaces")
     return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A directory outside /tmp: the spec refuses volumes there (the server mounts its own /tmp)."""
+    directory = Path(tempfile.mkdtemp(prefix="vs-source-", dir="/var/tmp"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class Mount:
+    """A tmpfs at `path` (the tests run as root, as CI does): mounted, unmounted and mounted again at will."""
+
+    path: Path
+
+    def mount(self) -> None:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(self.path)], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", str(self.path)], check=True)
+
+    @property
+    def mounted(self) -> bool:
+        return os.path.ismount(self.path)
+
+
+@pytest.fixture
+def tmpfs(outside_tmp: Path) -> Iterator[Mount]:
+    assert os.geteuid() == 0, "mounting a tmpfs needs root (CI runs the tests as root)"
+    mount = Mount(outside_tmp)
+    mount.mount()
+    try:
+        yield mount
+    finally:
+        if mount.mounted:
+            mount.unmount()
 
 
 @pytest.fixture

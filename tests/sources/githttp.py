@@ -19,6 +19,8 @@ class GitHttpServer:
     username: str
     password: str
     port: int = 0
+    public: bool = False
+    """Serve without asking for credentials (still recording any Authorization sent): a public host."""
     authorizations: list[str] = field(default_factory=list)
     _runner: web.AppRunner | None = None
 
@@ -30,7 +32,7 @@ class GitHttpServer:
         authorization = request.headers.get("Authorization", "")
         self.authorizations.append(authorization)
         expected = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        if authorization != expected:
+        if authorization != expected and not self.public:
             return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="git"'})
         env = {
             "GIT_PROJECT_ROOT": str(self.root),

@@ -104,3 +104,21 @@ async def test_sync_waits_while_another_replica_syncs_the_store(
         await replica.execute("SELECT pg_advisory_unlock(%s)", [lock_key(STORE_ID)])
         code, output = await command
     assert code == 0 and "3 added" in output, output
+
+
+async def test_sync_holds_a_mass_deletion_until_allow_deletes(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path
+) -> None:
+    spec = spec_file(tmp_path / "spec.yaml", fake_embedder.base_url, [{"name": "handbook", "path": str(docs)}])
+    code, output = await vectorstore(fresh_dsn, "sync", "--spec", spec)
+    assert code == 0, output
+    for path in (docs / "a.md", docs / "guide" / "b.txt", docs / "guide" / "c.md"):
+        await asyncio.to_thread(path.unlink)
+    code, output = await vectorstore(fresh_dsn, "plan", "--spec", spec)
+    assert "handbook: 0 to add, 0 to update, 0 to delete, 0 unchanged, 0 failed; 3 of its 3 file(s) are gone" in output
+    code, output = await vectorstore(fresh_dsn, "sync", "--spec", spec)
+    assert code == 1, output
+    assert "0 deleted" in output and "held until `vectorstore sync --allow-deletes` or a higher limit" in output
+    code, output = await vectorstore(fresh_dsn, "sync", "--spec", spec, "--allow-deletes")
+    assert code == 0, output
+    assert f"docs/handbook ({docs}): 0 added, 0 updated, 3 deleted, 0 unchanged, 0 failed" in output

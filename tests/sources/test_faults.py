@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
-import shutil
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import aiohttp
-import pytest
+import psycopg
 from fakeembed import FakeEmbedder
 from server.conftest import LIMITED_KEY, READ_KEY
 
@@ -20,13 +19,16 @@ from sources.conftest import (
     MAX_UPLOAD,
     OTHER_ID,
     STORE_ID,
+    Mount,
     attachments,
     headers,
     source_status,
     start_with_sources,
+    store_table,
     sync_again,
     wait_synced,
 )
+from vectorstore.sources.service import SYNCER
 
 T = TypeVar("T")
 
@@ -69,19 +71,10 @@ async def test_an_unreadable_source_is_an_error_and_deletes_nothing(
         await server.stop()
 
 
-@pytest.fixture
-def outside_tmp() -> Iterator[Path]:
-    """A directory outside /tmp: the spec refuses volumes there (the server mounts its own /tmp)."""
-    directory = Path(tempfile.mkdtemp(prefix="vs-source-", dir="/var/tmp"))
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 async def test_an_empty_sidecar_volume_is_not_believed(
-    fresh_dsn: str, fake_embedder: FakeEmbedder, outside_tmp: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fresh_dsn: str, fake_embedder: FakeEmbedder, tmpfs: Mount, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
+    outside_tmp = tmpfs.path  # an emptyDir is a volume mounted at `path`
     (outside_tmp / "a.md").write_text("Filled by a sidecar.\n")
     source = {"name": "shared", "path": str(outside_tmp), "volume": {"empty_dir": {}}}
     server = await start_with_sources(fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [source])
@@ -220,3 +213,77 @@ def test_a_file_without_read_permission_fails_alone(outside_tmp: Path) -> None:
         return out
 
     assert _as_nobody(read_all) == {"locked.md": "can't be read: Permission denied", "open.md": "read readable"}
+
+
+async def test_a_file_that_failed_for_its_content_is_not_queued_again(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    from ingest.pdfs import deep_page_tree_pdf
+
+    (docs / "deep.pdf").write_bytes(deep_page_tree_pdf())
+    server = await start_with_sources(
+        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
+    )
+    try:
+        await wait_synced(http, server)
+        (failed,) = [row for row in attachments(fresh_dsn) if row["filename"] == "deep.pdf"]
+        assert failed["status"] == "failed" and failed["last_error"]["code"] == "invalid_file"
+        assert "Maximum page tree depth" in failed["last_error"]["message"]
+        (result,) = await sync_again(server, http)
+        assert (result.sources[0].unchanged, result.sources[0].changes) == (4, 0)
+        assert [row for row in attachments(fresh_dsn) if row["filename"] == "deep.pdf"] == [failed]
+    finally:
+        await server.stop()
+
+
+async def test_a_writer_swapping_a_directory_for_a_symlink_gets_nothing_outside_in(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Statistical: for a few seconds a writer swaps root/sub with a symlink to a directory of the same file names
+    (and rewrites a file, so every sync reads), while syncs run back to back. Not one outside byte gets in."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for index in range(4):
+        (root / f"top-{index}.md").write_text(f"Top page {index}, inside.\n")
+        (root / "sub" / f"page-{index}.md").write_text(f"Sub page {index}, inside.\n")
+        (outside / f"page-{index}.md").write_text(f"OUTSIDE secret {index}.\n")
+    server = await start_with_sources(
+        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "r", "path": str(root)}]
+    )
+    stop = threading.Event()
+    swaps = [0]
+
+    def writer() -> None:
+        while not stop.is_set():
+            (root / "sub" / "page-0.md").write_text(f"Sub page 0, inside, version {swaps[0]}.\n")
+            os.rename(root / "sub", root / "sub.real")
+            (root / "sub").symlink_to(outside)
+            os.unlink(root / "sub")
+            os.rename(root / "sub.real", root / "sub")
+            swaps[0] += 1
+
+    try:
+        await wait_synced(http, server)
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        syncs = 0
+        deadline = asyncio.get_running_loop().time() + 4.0
+        try:
+            while asyncio.get_running_loop().time() < deadline:
+                await server.app[SYNCER].sync_all()
+                syncs += 1
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join)
+        await sync_again(server, http)
+        assert syncs >= 5 and swaps[0] >= 100, (syncs, swaps[0])
+        with psycopg.connect(fresh_dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM files WHERE position('OUTSIDE'::bytea IN content) > 0").fetchone()
+            chunks = conn.execute(
+                f"SELECT count(*) FROM {store_table(fresh_dsn)} WHERE content LIKE '%%OUTSIDE%%'"
+            ).fetchone()
+        assert row == (0,) and chunks == (0,)
+    finally:
+        stop.set()
+        await server.stop()

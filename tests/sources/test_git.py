@@ -234,3 +234,24 @@ async def test_a_private_repository_over_https_with_credentials_from_the_secret(
     finally:
         await server.stop()
         await forge.close()
+
+
+async def test_a_branch_emptied_of_its_files_is_held(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    repo = Repository(tmp_path)
+    _first_commit(repo)
+    source = {"name": "wiki", "git": {"repo": repo.url, "ref": "main", "path": "docs"}}
+    server = await start_with_sources(fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [source])
+    try:
+        await wait_synced(http, server)
+        assert len(attachments(fresh_dsn)) == 3
+        # A force-push that leaves docs/ with nothing the source reads (only a hidden file keeps the directory).
+        repo.commit({"docs/intro.md": None, "docs/howto/deploy.md": None, "docs/old.md": None,
+                     "docs/.keep": ""}, "empty the docs")  # fmt: skip
+        (result,) = await sync_again(server, http)
+        assert result.sources[0].error is None
+        assert result.sources[0].held == {"would_delete": 3, "files": 3, "max_delete": "50%"}
+        assert len(attachments(fresh_dsn)) == 3
+    finally:
+        await server.stop()

@@ -162,3 +162,36 @@ async def test_a_missing_bucket_is_an_error(
         assert status["status"] == "failed" and "NoSuchBucket" in status["last_sync"]["error"]
     finally:
         await server.stop()
+
+
+async def test_a_prefix_is_a_folder_and_an_emptied_prefix_is_held(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path, http: aiohttp.ClientSession, s3: S3Server, bucket: str
+) -> None:
+    put(
+        s3,
+        bucket,
+        {
+            "docs/intro.md": b"Intro of the docs folder.",
+            "docs/guide/setup.md": b"Setup guide.",
+            "docs-archive/old.md": b"A sibling folder: not under docs/.",
+            "docsREADME.md": b"A sibling key: not under docs/ either.",
+        },
+    )
+    settings = {"source_env": credentials_env(s3)}
+    sources = [source(s3, bucket, prefix="docs")]  # no trailing slash: still the folder docs/
+    server = await start_with_sources(fake_embedder, fresh_dsn, tmp_path / "spec.yaml", sources, settings)
+    try:
+        (status,) = await wait_synced(http, server)
+        assert status["status"] == "ok" and status["location"] == f"s3://{bucket}/docs/ at {s3.url}"
+        assert status["last_sync"]["failed"] == 0
+        assert sorted(row["filename"] for row in attachments(fresh_dsn)) == ["guide/setup.md", "intro.md"]
+
+        # Every object under the prefix gone (moved, or a wrong bucket policy): held, nothing deleted.
+        put(s3, bucket, {"docs/intro.md": None, "docs/guide/setup.md": None})
+        (result,) = await sync_again(server, http)
+        assert result.sources[0].held == {"would_delete": 2, "files": 2, "max_delete": "50%"}
+        assert len(attachments(fresh_dsn)) == 2
+        (status,) = await wait_synced(http, server)
+        assert status["status"] == "held"
+    finally:
+        await server.stop()

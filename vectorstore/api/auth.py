@@ -1,7 +1,8 @@
 """Bearer-key auth: who is calling, what they may do, which stores they can see.
 
-Every route but /health, /ready and /metrics needs a key. Keys are compared in constant time against *all*
-configured keys (no early exit), so timing tells nothing about which key or prefix matched.
+Every route but /health, /ready, /metrics and the console's static files needs a key. Keys are compared in
+constant time against *all* configured keys (no early exit), so timing tells nothing about which key or prefix
+matched.
 A `read` key may only use routes marked `@read_only`; a key limited to some stores sees 404 for the others,
 exactly as if they did not exist.
 """
@@ -16,10 +17,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from config import Spec
-from config.names import HEALTH_PATH, METRICS_PATH, READY_PATH
+from config.names import CONSOLE_ASSETS, CONSOLE_PATH, HEALTH_PATH, METRICS_PATH, READY_PATH
 from vectorstore.errors import Forbidden, Unauthorized, store_not_found
 
-PUBLIC_PATHS = frozenset({HEALTH_PATH, READY_PATH, METRICS_PATH})
+# The console's static files are public too (served only with `server.console`): the data they show comes from
+# API calls that carry the key the user types in.
+PUBLIC_PATHS = frozenset({HEALTH_PATH, READY_PATH, METRICS_PATH, CONSOLE_PATH, *CONSOLE_ASSETS})
 _READ_ONLY_ATTR = "_vectorstore_read_only"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -6,19 +6,19 @@ filters see it. When `embedding` is omitted it is computed by the embedding upst
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from psycopg import errors as pg_errors
 
 from vectorstore import state
 from vectorstore.api import common
-from vectorstore.errors import BadRequest
+from vectorstore.errors import BadRequest, Conflict
 from vectorstore.search import statistics
 from vectorstore.storage import stores, tables
-from vectorstore.values import as_float, is_number, shown
+from vectorstore.values import as_float, epoch_seconds, is_number, shown
 
 routes = web.RouteTableDef()
 
@@ -27,20 +27,18 @@ MAX_BATCH = 2048
 
 
 @dataclass
-class _Item:
+class Item:
+    """One row without a file: its text, its vector (None: the store's model embeds it), its attributes."""
+
     content: str
     embedding: list[float] | None
     metadata: dict[str, Any]
+    id: str | None = None
+    """None: a new id. A given id replaces the file-less row of that id (OGX's chunk ids)."""
 
 
-def _item(value: Any, path: str, dimensions: int) -> _Item:
-    if not isinstance(value, dict):
-        raise BadRequest(f"'{path}' must be an object.", param=path or "body")
-    prefix = f"{path}." if path else ""
-    for key in value:
-        if key not in _ITEM_FIELDS:
-            raise BadRequest(f"Unknown parameter: '{prefix}{key}'.", param=f"{prefix}{key}")
-    content = common.req_str(value, "content", param=f"{prefix}content")
+def parse_metadata(value: Any, prefix: str) -> dict[str, Any]:
+    """A row's attributes: an object of strings, numbers and booleans (what filters and OpenAI's results hold)."""
     metadata = common.opt_object(value, "metadata", param=f"{prefix}metadata") or {}
     for key, item in metadata.items():
         if isinstance(item, (dict, list)):
@@ -52,6 +50,11 @@ def _item(value: Any, path: str, dimensions: int) -> _Item:
                 f"'{prefix}metadata.{key}' must be a finite number a 64-bit float can hold; got {shown(item)}.",
                 param=f"{prefix}metadata.{key}",
             )
+    return dict(metadata)
+
+
+def parse_embedding(value: Any, prefix: str, dimensions: int) -> list[float] | None:
+    """The item's `embedding`, checked against the store's dimensions; None when it has none."""
     raw = value.get("embedding")
     embedding: list[float] | None = None
     if raw is not None:
@@ -71,14 +74,30 @@ def _item(value: Any, path: str, dimensions: int) -> _Item:
                     param=f"{prefix}embedding[{index}]",
                 )
         embedding = [number for number in floats if number is not None]
+    return embedding
+
+
+def _item(value: Any, path: str, dimensions: int) -> Item:
+    if not isinstance(value, dict):
+        raise BadRequest(f"'{path}' must be an object.", param=path or "body")
+    prefix = f"{path}." if path else ""
+    for key in value:
+        if key not in _ITEM_FIELDS:
+            raise BadRequest(f"Unknown parameter: '{prefix}{key}'.", param=f"{prefix}{key}")
+    content = common.req_str(value, "content", param=f"{prefix}content")
+    metadata = parse_metadata(value, prefix)
+    embedding = parse_embedding(value, prefix, dimensions)
     if embedding is None:
         # The server embeds it: one upstream input, bounded like a search query.
         common.embeddable(content, f"{prefix}content")
-    return _Item(content, embedding, metadata)
+    return Item(content, embedding, metadata)
 
 
-async def _insert(request: web.Request, items: list[_Item]) -> tuple[stores.StoreRecord, list[dict[str, Any]]]:
-    store_id = request.match_info["vector_store_id"]
+async def insert_items(
+    request: web.Request, store_id: str, items: list[Item]
+) -> tuple[stores.StoreRecord, list[tables.ChunkRow]]:
+    """Embed what has no vector (the store's model), then write every item in one transaction: searchable by
+    every search route at once, as file chunks are."""
     async with state.pool(request).connection() as conn:
         record = await common.visible_store(request, conn, store_id)
     missing = [item for item in items if item.embedding is None]
@@ -88,21 +107,38 @@ async def _insert(request: web.Request, items: list[_Item]) -> tuple[stores.Stor
         )
         for item, vector in zip(missing, vectors, strict=True):
             item.embedding = vector
-    now = int(time.time())
     rows = [
         tables.ChunkRow(
-            id="emb_" + uuid.uuid4().hex, content=item.content, embedding=item.embedding or [], attributes=item.metadata
+            id=item.id or "emb_" + uuid.uuid4().hex,
+            content=item.content,
+            embedding=item.embedding or [],
+            attributes=item.metadata,
         )
         for item in items
     ]
+    given = [item.id for item in items if item.id is not None]
     async with state.pool(request).connection() as conn:
         async with conn.transaction():
             record = await common.visible_store(request, conn, store_id, for_update=True)
-            await tables.copy_chunks(conn, record.layout, rows)
+            if given:
+                await tables.delete_rows_without_file(conn, record.layout, given)
+            try:
+                await tables.copy_chunks(conn, record.layout, rows)
+            except pg_errors.UniqueViolation:
+                raise Conflict(
+                    "A chunk id names a chunk of a file in this vector store; file chunks change only with their file.",
+                    retry=False,
+                ) from None
             await stores.update_fields(conn, record.id, {})
             await statistics.flush_table_counters(conn)
         # Scripts load stores through these routes in bulk: keep the planner's statistics current as they do.
         await statistics.after_write(conn, record.id)
+    return record, rows
+
+
+async def _insert(request: web.Request, items: list[Item]) -> tuple[stores.StoreRecord, list[dict[str, Any]]]:
+    now = epoch_seconds()
+    record, rows = await insert_items(request, request.match_info["vector_store_id"], items)
     out = [
         {
             "object": "embedding",
@@ -140,4 +176,4 @@ async def add_embeddings(request: web.Request) -> web.Response:
         record = await common.visible_store(request, conn, request.match_info["vector_store_id"])
     items = [_item(value, f"embeddings[{i}]", record.dimensions) for i, value in enumerate(raw)]
     _, out = await _insert(request, items)
-    return web.json_response({"object": "embedding.batch", "data": out, "created": int(time.time())})
+    return web.json_response({"object": "embedding.batch", "data": out, "created": epoch_seconds()})

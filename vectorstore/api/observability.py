@@ -25,7 +25,7 @@ from psycopg_pool import PoolClosed, PoolTimeout
 from config.names import METRICS_PATH
 from vectorstore.api.auth import read_only
 from vectorstore.observability import logs, metrics
-from vectorstore.state import POOL
+from vectorstore.state import POOL, READINESS
 
 OPENAPI_PATH: Final = "/openapi.json"
 
@@ -87,3 +87,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get(OPENAPI_PATH, openapi_handler, allow_head=False)
     # Read at scrape time from the app's own pool; absent (no series) until the pool exists.
     metrics.add_gauge_source("db_pool", metrics.pool_gauges(lambda: app[POOL].get_stats()))
+    metrics.add_gauge_source("ready", metrics.ready_gauge(lambda: READINESS in app and app[READINESS].ready))

@@ -4,8 +4,9 @@
 What a request doesn't say comes from the store's `search` settings in the spec (the top-level ones for stores
 created through the API): the mode (hybrid by default), the hybrid weights, how many results, and whether to
 rerank. A request can override the mode with OGX's `search_mode` (`vector | keyword | hybrid`) and the weights
-with OpenAI's `ranking_options.hybrid_search` (`{embedding_weight, text_weight}`, which also selects hybrid);
-`ranking_options.ranker: none` skips the reranker. Scores are 0..1 in every mode (docs/search.md says what
+with OpenAI's `ranking_options.hybrid_search` (`{embedding_weight, text_weight}`, which also selects hybrid)
+or OGX's `rrf` / `weighted` rankers (RRF's k, or the weights: see `_fusion`); `ranking_options.ranker: none`
+skips the reranker. Scores are 0..1 in every mode (docs/search.md says what
 they mean in each). `rewrite_query` is accepted and ignored: the query is searched as written, and
 `search_query` reports exactly that.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +30,7 @@ from vectorstore.search.filters import compile_filters
 from vectorstore.search.rerank import Reranker
 from vectorstore.search.vector import NO_FILTER, Hit, exact_is_cheap, run_search
 from vectorstore.storage import stores
+from vectorstore.values import shown
 
 routes = web.RouteTableDef()
 
@@ -41,8 +44,11 @@ _FIELDS = {
     "return_metadata",
     "search_mode",
 }
-_RANKING_FIELDS = {"ranker", "score_threshold", "hybrid_search"}
+_RANKING_FIELDS = {"ranker", "score_threshold", "hybrid_search", "impact_factor", "alpha", "weights", "model"}
 _RANKERS = ("auto", "none", "default-2024-11-15")
+_FUSION_RANKERS = ("rrf", "weighted")
+"""OGX's algorithm rankers: they choose how hybrid search fuses its two rankings (see `_fusion`)."""
+_MAX_IMPACT_FACTOR = 10000.0
 _MODES = ("vector", "keyword", "hybrid")
 _MAX_QUERIES = 32
 MAX_QUERY_TOKENS = common.MAX_INPUT_TOKENS
@@ -106,7 +112,128 @@ def _weights(ranking: dict[str, Any]) -> hybrid.Weights | None:
     return hybrid.Weights(embedding_weight, text_weight)
 
 
-async def _store(request: web.Request, store_id: str) -> stores.StoreRecord:
+@dataclass(frozen=True)
+class _Ranking:
+    weights: hybrid.Weights | None
+    """Set when the request chose the fusion (OpenAI's `hybrid_search`, or OGX's `rrf` / `weighted`)."""
+    rerank: bool
+    """Whether the store's reranker may run: not for `none`, nor when the request named its fusion ranker."""
+
+
+def _impact_factor(value: dict[str, Any], param: str) -> float:
+    k = common.opt_number(value, "impact_factor", lo=0.0, hi=_MAX_IMPACT_FACTOR, param=param)
+    if k is None:
+        return float(hybrid.RRF_K)
+    if k <= 0:
+        raise BadRequest(f"'{param}' must be a number above 0 (RRF's k, 60 by default); got {shown(k)}.", param=param)
+    return k
+
+
+def _fusion(ranking: dict[str, Any], spec_rerank_model: str | None) -> _Ranking:
+    """`ranking_options` as OpenAI and OGX send it.
+
+    OpenAI: `ranker` is `auto`, `none` or `default-2024-11-15`, and `hybrid_search` sets the two weights.
+    OGX: `ranker` is `rrf` or `weighted`, either as a string with `impact_factor` / `alpha` / `weights` beside it
+    (llama-stack-client's `SearchRankingOptions`), or as an object `{"type": "rrf", "impact_factor": k}` /
+    `{"type": "weighted", "alpha": a}`. Both select hybrid search: `rrf` sets RRF's k (equal weights);
+    `weighted` sets the weights with OGX's meaning of alpha, the vector side's share (1 = vector only,
+    0 = keyword only: OGX's `(1 - alpha) * keyword + alpha * vector`), fused by RRF with k = 60 rather than
+    OGX's average of min-max normalised scores, so scores keep the meaning docs/search.md gives them.
+    `neural` (and OGX's `model`) is the spec's reranker: accepted when one is declared, under its model.
+    """
+    raw = ranking.get("ranker")
+    extras = {key: ranking[key] for key in ("impact_factor", "alpha", "weights") if ranking.get(key) is not None}
+    prefix = "ranking_options"
+    if isinstance(raw, dict):
+        kind = common.req_str(raw, "type", param="ranking_options.ranker.type")
+        if extras:
+            key = next(iter(extras))
+            raise BadRequest(
+                f"'ranking_options.{key}' can't be given beside a ranker object; put it in 'ranking_options.ranker'.",
+                param=f"ranking_options.{key}",
+            )
+        prefix = "ranking_options.ranker"
+        allowed = {"type", "impact_factor"} if kind == "rrf" else {"type", "alpha"} if kind == "weighted" else set()
+        if not allowed:
+            raise BadRequest(
+                f"'ranking_options.ranker.type' must be 'rrf' or 'weighted'; got '{kind[:40]}'.",
+                param="ranking_options.ranker.type",
+            )
+        common.reject_unknown_in(raw, allowed, prefix)
+        extras = {key: raw[key] for key in ("impact_factor", "alpha") if raw.get(key) is not None}
+    else:
+        kind = common.opt_str(ranking, "ranker", param="ranking_options.ranker") or "auto"
+    model = common.opt_str(ranking, "model", max_len=512, param="ranking_options.model")
+    if kind == "neural" or model is not None:
+        if spec_rerank_model is None or (model is not None and model != spec_rerank_model):
+            what = (
+                "no reranker is declared (spec: rerank)"
+                if spec_rerank_model is None
+                else (f"the reranker is '{spec_rerank_model}'")
+            )
+            param = f"ranking_options.{'model' if model is not None else 'ranker'}"
+            raise BadRequest(f"'{param}' asks for a neural reranker, but {what}.", param=param)
+        if kind not in ("neural", "auto", "default-2024-11-15"):
+            raise BadRequest("'ranking_options.model' goes with ranker 'neural'.", param="ranking_options.model")
+        kind = "auto"
+    if kind in _RANKERS:
+        if extras:
+            key = next(iter(extras))
+            raise BadRequest(
+                f"'ranking_options.{key}' goes with ranker 'rrf' or 'weighted', not '{kind}'.",
+                param=f"ranking_options.{key}",
+            )
+        return _Ranking(_weights(ranking), rerank=kind != "none")
+    if kind not in _FUSION_RANKERS:
+        raise BadRequest(
+            "'ranking_options.ranker' must be 'auto', 'none', 'default-2024-11-15', 'rrf', 'weighted' or 'neural'; "
+            f"got '{kind[:40]}'.",
+            param="ranking_options.ranker",
+        )
+    if ranking.get("hybrid_search") is not None:
+        raise BadRequest(
+            f"'ranking_options.hybrid_search' can't be combined with ranker '{kind}'; use one of them.",
+            param="ranking_options.hybrid_search",
+        )
+    if kind == "rrf":
+        for key in ("alpha", "weights"):
+            if key in extras:
+                raise BadRequest(f"'{prefix}.{key}' goes with ranker 'weighted'.", param=f"{prefix}.{key}")
+        return _Ranking(hybrid.Weights(k=_impact_factor(extras, f"{prefix}.impact_factor")), rerank=False)
+    if "impact_factor" in extras:
+        raise BadRequest(f"'{prefix}.impact_factor' goes with ranker 'rrf'.", param=f"{prefix}.impact_factor")
+    if "alpha" in extras and "weights" in extras:
+        raise BadRequest(
+            "Give 'ranking_options.alpha' or 'ranking_options.weights', not both.", param=f"{prefix}.weights"
+        )
+    if "weights" in extras:
+        return _Ranking(_ogx_weights(ranking), rerank=False)
+    alpha = common.opt_number(extras, "alpha", lo=0.0, hi=1.0, param=f"{prefix}.alpha")
+    alpha = 0.5 if alpha is None else alpha
+    return _Ranking(hybrid.Weights(embedding=alpha, text=1.0 - alpha), rerank=False)
+
+
+def _ogx_weights(ranking: dict[str, Any]) -> hybrid.Weights:
+    value = common.opt_object(ranking, "weights", param="ranking_options.weights") or {}
+    common.reject_unknown_in(value, {"vector", "keyword", "neural"}, "ranking_options.weights")
+    vector, keyword, neural = (
+        common.opt_number(value, key, lo=0.0, hi=100.0, param=f"ranking_options.weights.{key}")
+        for key in ("vector", "keyword", "neural")
+    )
+    if neural:
+        raise BadRequest(
+            "'ranking_options.weights.neural' has no score to weigh here: the reranker replaces the fused order "
+            "(ranker 'neural') instead of joining it.",
+            param="ranking_options.weights.neural",
+        )
+    embedding_weight = 1.0 if vector is None else vector
+    text_weight = 1.0 if keyword is None else keyword
+    if embedding_weight == 0 and text_weight == 0:
+        raise BadRequest("'ranking_options.weights' needs a weight above 0.", param="ranking_options.weights")
+    return hybrid.Weights(embedding_weight, text_weight)
+
+
+async def searchable_store(request: web.Request, store_id: str) -> stores.StoreRecord:
     auth.check_store(request, store_id)
     cache = request.app[_CACHE]
     hit = cache.get(store_id)
@@ -125,6 +252,7 @@ async def _store(request: web.Request, store_id: str) -> stores.StoreRecord:
 @routes.post("/vector_stores/{vector_store_id}/search")
 @auth.read_only
 async def search(request: web.Request) -> web.Response:
+    started = time.perf_counter()
     store_id = request.match_info["vector_store_id"]
     body = await common.json_body(request)
     common.reject_unknown(body, _FIELDS)
@@ -132,12 +260,9 @@ async def search(request: web.Request) -> web.Response:
     ranking = common.opt_object(body, "ranking_options") or {}
     common.reject_unknown_in(ranking, _RANKING_FIELDS, "ranking_options")
     threshold = common.opt_number(ranking, "score_threshold", lo=0.0, hi=1.0, param="ranking_options.score_threshold")
-    ranker = common.opt_str(ranking, "ranker", param="ranking_options.ranker")
-    if ranker is not None and ranker not in _RANKERS:
-        raise BadRequest(
-            "'ranking_options.ranker' must be 'auto', 'none' or 'default-2024-11-15'.", param="ranking_options.ranker"
-        )
-    weights = _weights(ranking)
+    spec = state.spec(request)
+    fusion = _fusion(ranking, spec.rerank.model if spec.rerank is not None else None)
+    weights = fusion.weights
     mode = common.opt_str(body, "search_mode")
     if mode is not None and mode not in _MODES:
         raise BadRequest("'search_mode' must be 'vector', 'keyword' or 'hybrid'.", param="search_mode")
@@ -149,17 +274,17 @@ async def search(request: web.Request) -> web.Response:
         # The prototype's `limit` (up to 100), else the store's default.
         limit = common.opt_int(body, "limit", lo=1, hi=100)
 
-    record = await _store(request, store_id)
-    settings = state.spec(request).search_for(record.id)
+    record = await searchable_store(request, store_id)
+    settings = spec.search_for(record.id)
     limit = limit if limit is not None else settings.default_max_num_results
     if mode is None:
         mode = "hybrid" if weights is not None else settings.mode
     weights = weights or hybrid.Weights(settings.embedding_weight, settings.text_weight)
-    reranker = request.app[RERANKER] if settings.rerank and ranker != "none" else None
+    reranker = request.app[RERANKER] if settings.rerank and fusion.rerank else None
     fetch = max(limit, reranker.settings.candidates) if reranker is not None else limit
     try:
         # On a read replica that has replayed the caller's writes when database.read_replicas is on.
-        hits = await _run(request, record, query_text, mode, weights, where, params, limit=fetch)
+        hits = await ranked_hits(request, record, query_text, mode, weights, where, params, limit=fetch)
     except pg_errors.UndefinedTable:
         request.app[_CACHE].pop(store_id, None)
         raise store_not_found(store_id) from None
@@ -168,6 +293,8 @@ async def search(request: web.Request) -> web.Response:
         if ranked is not None:
             hits = [_rescored(hits[item.index], item.score) for item in ranked]
     hits = hits[:limit]
+    declared = next((item.name for item in state.spec(request).stores if item.id == record.id), None)
+    metrics.observe_store_search(declared or metrics.UNDECLARED_STORE, mode, time.perf_counter() - started)
     data = [
         {
             # OpenAI's schema has both as strings; rows added through the prototype's /embeddings have no file.
@@ -195,7 +322,7 @@ def _rescored(hit: Hit, score: float) -> Hit:
     return Hit(hit.id, hit.file_id, hit.filename, hit.content, hit.attributes, hit.distance, score)
 
 
-async def _run(
+async def ranked_hits(
     request: web.Request,
     record: stores.StoreRecord,
     query_text: str,

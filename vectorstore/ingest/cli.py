@@ -236,7 +236,7 @@ async def run(options: IngestOptions, key: str, stream: TextIO) -> int:
         return 0
     strategy: dict[str, Any] | None = None
     if options.chunk_size is not None:
-        from vectorstore.ingest.chunking import ChunkingError, validate_static
+        from vectorstore.storage.strategy import ChunkingError, validate_static
 
         try:
             validate_static(options.chunk_size, options.chunk_size // 4)

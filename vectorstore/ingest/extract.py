@@ -196,7 +196,7 @@ def _pdf_text(data: bytes, filename: str) -> str:
     import logging
 
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import PyPdfError
 
     if not data.lstrip()[:5].startswith(b"%PDF-"):
         raise InvalidFile(f"{filename!r} is not a PDF (no %PDF- header)")
@@ -214,7 +214,13 @@ def _pdf_text(data: bytes, filename: str) -> str:
                 raise InvalidFile(f"{filename!r}: PDF page {number} could not be read ({error})") from None
     except ExtractError:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as error:
+    except RecursionError:
+        raise InvalidFile(f"{filename!r}: the PDF's structure is nested too deeply to read") from None
+    except MemoryError:
+        raise InvalidFile(f"{filename!r}: the PDF needs more memory to read than a file may use") from None
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as error:
+        # PyPdfError covers every error of pypdf's own (PdfReadError, LimitReachedError on a deep page tree...):
+        # all say the file is bad, none is worth another try.
         raise InvalidFile(f"{filename!r} is a corrupt PDF ({error or type(error).__name__})") from None
     text = "\n\n".join(page.strip() for page in pages if page.strip())
     if not text:

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from vectorstore import state
+from vectorstore.ingest import expiry
+from vectorstore.ingest.sandbox import Sandbox
 from vectorstore.ingest.worker import BATCHES_PER_COPY, Worker, redacted_embed
 from vectorstore.storage import files
 
@@ -26,11 +28,13 @@ def wake(app: web.Application) -> None:
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     spec = app[state.SPEC]
+    sandbox = Sandbox.from_spec(spec.ingest)
     worker = Worker(
         app[state.SETTINGS].dsn,
         redacted_embed(app[state.EMBEDDER], app[state.REDACTOR]),
         concurrency=spec.server.ingest_concurrency,
         batch_chunks=spec.embedding.batch_size * BATCHES_PER_COPY,
+        extract=sandbox.extract,
     )
     app[WORKER] = worker
     readiness = app[state.READINESS]
@@ -46,9 +50,11 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await starter
     await worker.stop()
+    await sandbox.close()
 
 
 def setup(app: web.Application) -> None:
     app[state.FILE_COUNTS] = files.file_counts
     # Appended after the core's contexts, so it is torn down first: workers stop before the pool closes.
     app.cleanup_ctx.append(_worker_ctx)
+    app.cleanup_ctx.append(expiry.sweeper_ctx)

@@ -36,7 +36,8 @@ from psycopg.types.json import Jsonb
 from vectorstore.embeddings.client import EmbeddingClient
 from vectorstore.errors import ApiError
 from vectorstore.ingest.chunking import Chunk, chunk_text
-from vectorstore.ingest.extract import ExtractError, extract_text
+from vectorstore.ingest.extract import ExtractError
+from vectorstore.ingest.sandbox import Extract, in_thread
 from vectorstore.observability import metrics
 from vectorstore.observability.logs import Redactor
 from vectorstore.search import statistics
@@ -93,8 +94,11 @@ class Worker:
         grace_seconds: float = 20.0,
         batch_chunks: int = 256,
         name: str = "ingest",
+        extract: Extract = in_thread,
     ) -> None:
         self.dsn = dsn
+        self.extract = extract
+        """How a file becomes text: a Sandbox's `extract` (the limits of `ingest.*`) in the server and `sync`."""
         self.embed = embed
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
@@ -219,7 +223,8 @@ async def run_one(
         try:
             try:
                 async with conn.transaction():  # savepoint: the chunks, all or nothing
-                    outcome = await _process(conn, job, embed, batch_chunks)
+                    extract = worker.extract if worker is not None else in_thread
+                    outcome = await _process(conn, job, embed, batch_chunks, extract)
             except _Abandon:
                 await _delete_job(conn, job)
                 outcome = "dropped (detached or cancelled while ingesting)"
@@ -261,7 +266,9 @@ async def run_one(
     return True
 
 
-async def _process(conn: psycopg.AsyncConnection[Any], job: Job, embed: Embed, batch_chunks: int) -> str:
+async def _process(
+    conn: psycopg.AsyncConnection[Any], job: Job, embed: Embed, batch_chunks: int, extract: Extract
+) -> str:
     store = await stores.get(conn, job.vector_store_id)
     attached = await files.get_store_file(conn, job.vector_store_id, job.file_id)
     if store is None or attached is None or attached.generation != job.id or attached.status != "in_progress":
@@ -278,7 +285,7 @@ async def _process(conn: psycopg.AsyncConnection[Any], job: Job, embed: Embed, b
         await _delete_job(conn, job)
         return "dropped (file deleted)"
     try:
-        text = await asyncio.to_thread(extract_text, content, record.filename, record.content_type)
+        text = await extract(content, record.filename, record.content_type)
     except ExtractError as exc:
         await _finish(conn, job, "failed", error=(exc.code, exc.message))
         return "failed"

@@ -104,6 +104,16 @@ SEARCHES: Final = Counter(
     ["mode", "fallback"],
     registry=REGISTRY,
 )
+STORE_SEARCH_LATENCY: Final = Histogram(
+    "vectorstore_store_search_duration_seconds",
+    "Time of a whole search request as the handler sees it (query embedding, SQL, rerank), by store and by the "
+    "mode asked for (vector, keyword, hybrid). `store` is the name of a declared store, or `undeclared` for the "
+    "stores created through the API, so the label stays bounded. Its `_count` is searches per store and mode.",
+    ["store", "mode"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+UNDECLARED_STORE: Final = "undeclared"
 RERANK_LATENCY: Final = Histogram(
     "vectorstore_rerank_request_duration_seconds",
     "Latency of one request to the rerank endpoint, failures and timeouts included.",
@@ -204,6 +214,20 @@ def replica_up_gauge(up: Callable[[], bool]) -> GaugeSource:
     return collect
 
 
+def ready_gauge(ready: Callable[[], bool]) -> GaugeSource:
+    """`vectorstore_ready`: what `/ready` answers before its database round trip (startup done: migrated and
+    reconciled). Alerts need it as a series: a probe's answer never reaches Prometheus."""
+
+    def collect() -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "vectorstore_ready",
+            "1 once startup (migrations, reconcile) has finished, 0 before or when it failed.",
+            value=1 if ready() else 0,
+        )
+
+    return collect
+
+
 def queue_gauge(depths: Callable[[], Mapping[str, int]]) -> GaugeSource:
     """A source for the ingestion queue: a callback returning the number of jobs per state (queued, running...)."""
 
@@ -220,6 +244,10 @@ def queue_gauge(depths: Callable[[], Mapping[str, int]]) -> GaugeSource:
 
 def observe_search(seconds: float) -> None:
     SEARCH_LATENCY.observe(seconds)
+
+
+def observe_store_search(store: str, mode: str, seconds: float) -> None:
+    STORE_SEARCH_LATENCY.labels(store, mode).observe(seconds)
 
 
 def count_search(mode: str, fallback: str = "none") -> None:
@@ -410,6 +438,13 @@ SOURCE_FILES: Final = Counter(
     ["store", "source", "change"],
     registry=REGISTRY,
 )
+SOURCE_DELETES_HELD: Final = Gauge(
+    "vectorstore_source_deletes_held",
+    "Deletions the last sync of the source held back (the deletion brake, sync.max_delete); 0 when none.",
+    ["store", "source"],
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
 SOURCE_UP: Final = Gauge(
     "vectorstore_source_up",
     "1 when the last sync of the source could read it, 0 when it could not.",
@@ -437,10 +472,20 @@ SOURCE_DURATION: Final = Gauge(
 
 
 def observe_source_sync(
-    store: str, source: str, *, ok: bool, seconds: float, finished_at: float, changes: Mapping[str, int]
+    store: str,
+    source: str,
+    *,
+    ok: bool,
+    seconds: float,
+    finished_at: float,
+    changes: Mapping[str, int],
+    held: int = 0,
 ) -> None:
     """One sync of one source: its outcome, its duration and how many files it added, updated, deleted..."""
     SOURCE_SYNCS.labels(store, source, "ok" if ok else "error").inc()
+    if ok:
+        # Only a sync that read the source knows; a failed one leaves the last known figure.
+        SOURCE_DELETES_HELD.labels(store, source).set(held)
     for change, count in changes.items():
         if count:
             SOURCE_FILES.labels(store, source, change).inc(count)

@@ -4,12 +4,13 @@ Hybrid takes the `depth` nearest rows through HNSW and the `depth` best BM25 row
 search/text.py), each leg with the same filters, and fuses the two rankings with weighted reciprocal rank
 fusion (Cormack et al., 2009):
 
-    fused(d) = sum over legs L where d appears of  w_L / (RRF_K + rank_L(d))
+    fused(d) = sum over legs L where d appears of  w_L / (k + rank_L(d))
 
 RRF only uses ranks, so it needs no calibration between cosine distances and BM25 scores, which live on
-unrelated scales and vary from query to query; k = 60 is the constant of the original paper, kept because it
-is not tuned to any one collection. The reported score is `fused` divided by its largest possible value (first
-in every leg), so it lies in 0..1: 1.0 is a chunk both legs ranked first.
+unrelated scales and vary from query to query; k = 60 (RRF_K) is the constant of the original paper, kept as
+the default because it is not tuned to any one collection (a request may set it: OGX's `impact_factor`). The
+reported score is `fused` divided by its largest possible value (first in every leg), so it lies in 0..1: 1.0
+is a chunk both legs ranked first.
 
 When the keyword leg is empty (the query has no indexable term, only stop words or punctuation, or no row holds
 any of its terms), the result is the vector ranking and is scored as a vector search, not capped at the half
@@ -28,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from vectorstore.observability import metrics
-from vectorstore.search import text
+from vectorstore.search import postings, text
 from vectorstore.search.vector import NO_FILTER, Hit, execute, index_ef_search, nearest, nearest_params, score_of
 from vectorstore.storage.tables import Layout
 
@@ -49,6 +50,8 @@ def depth_for(limit: int, candidates: int = 0) -> int:
 class Weights:
     embedding: float = 1.0
     text: float = 1.0
+    k: float = RRF_K
+    """RRF's constant: OGX's `impact_factor`. Larger values flatten the gap between ranks."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,27 @@ def _select_hits(table: sql.Identifier, source: str) -> sql.Composed:
     ).format(t=table, source=sql.Identifier(source))
 
 
+GIN: Literal["gin"] = "gin"
+"""`postings_per_term` for the GIN path (filtered searches, stores whose postings are not ready)."""
+
+PerTerm = int | Literal["gin"]
+
+
+def _keyword_ctes(
+    layout: Layout,
+    stats: text.TextStats,
+    query_text: str,
+    where: sql.Composable,
+    where_params: Sequence[Any],
+    k: int,
+    postings_per_term: PerTerm,
+) -> tuple[sql.Composed, list[Any]]:
+    """`terms`, `words` and `kw` (the k best BM25 rows), through the postings or through GIN."""
+    if postings_per_term == GIN:
+        return postings.gin_leg(stats, layout, query_text, where, where_params, k)
+    return postings.postings_leg(stats, layout, query_text, k, postings_per_term)
+
+
 def keyword_statement(
     layout: Layout,
     stats: text.TextStats,
@@ -75,21 +99,20 @@ def keyword_statement(
     where: sql.Composable,
     where_params: Sequence[Any],
     limit: int,
+    postings_per_term: PerTerm = GIN,
 ) -> tuple[sql.Composed, list[Any]]:
-    terms, terms_params = text.terms_cte(stats, layout.language, query_text)
-    leg, leg_params = text.keyword_leg(stats, layout.ident, where, where_params, limit)
+    ctes, params = _keyword_ctes(layout, stats, query_text, where, where_params, limit, postings_per_term)
     statement = sql.SQL(
-        "WITH {terms}, {leg}, best AS ("
+        "WITH {ctes}, best AS ("
         " SELECT id, score / nullif({max_score}, 0) AS score, NULL::float8 AS distance FROM kw)"
         " SELECT * FROM (SELECT count(*) AS terms FROM terms) AS n"
         " LEFT JOIN ({hits}) AS h ON true"
     ).format(
-        terms=terms,
-        leg=leg,
+        ctes=ctes,
         max_score=text.max_score_expression(),
         hits=_select_hits(layout.ident, "best"),
     )
-    return statement, [*terms_params, *leg_params]
+    return statement, params
 
 
 def hybrid_statement(
@@ -105,35 +128,33 @@ def hybrid_statement(
     weights: Weights,
     exact: bool,
     ef_search: int = 0,
+    postings_per_term: PerTerm = GIN,
 ) -> tuple[sql.Composed, list[Any]]:
-    terms, terms_params = text.terms_cte(stats, layout.language, query_text)
-    leg, leg_params = text.keyword_leg(stats, layout.ident, where, where_params, depth)
-    top = weights.embedding / (RRF_K + 1) + weights.text / (RRF_K + 1)
+    ctes, ctes_params = _keyword_ctes(layout, stats, query_text, where, where_params, depth, postings_per_term)
+    top = weights.embedding / (weights.k + 1) + weights.text / (weights.k + 1)
     statement = sql.SQL(
-        "WITH {terms}, {leg},"
+        "WITH {ctes},"
         " vec AS ("
         " SELECT id, distance, row_number() OVER (ORDER BY distance, id) AS rank FROM ({nearest}) AS v),"
         " fused AS ("
-        " SELECT id, sum(w / ({k} + rank)) / %s::float8 AS score, min(distance) AS distance FROM ("
+        " SELECT id, sum(w / (%s::float8 + rank)) / %s::float8 AS score, min(distance) AS distance FROM ("
         " SELECT id, rank, %s::float8 AS w, distance FROM vec"
         " UNION ALL SELECT id, rank, %s::float8, NULL FROM kw) AS r"
-        " GROUP BY id ORDER BY score DESC, id LIMIT %s)"
+        " GROUP BY id ORDER BY score DESC, id LIMIT {limit})"
         " {hits}"
     ).format(
-        terms=terms,
-        leg=leg,
-        nearest=nearest(layout, where, sql.SQL("id"), exact=exact),
-        k=sql.Literal(RRF_K),
+        ctes=ctes,
+        nearest=nearest(layout, where, sql.SQL("id"), exact=exact, limit=depth, ef_search=ef_search),
+        limit=sql.Literal(limit),
         hits=_select_hits(layout.ident, "fused"),
     )
     params: list[Any] = [
-        *terms_params,
-        *leg_params,
-        *nearest_params(layout, embedding, where_params, depth, exact=exact, ef_search=ef_search),
+        *ctes_params,
+        *nearest_params(layout, embedding, where_params, depth, exact=exact, ef_search=ef_search, literal_limit=True),
+        weights.k,
         top if top > 0 else 1.0,
         weights.embedding,
         weights.text,
-        limit,
     ]
     return statement, params
 
@@ -150,6 +171,22 @@ def _hits(rows: Sequence[Any], distance: str, *, vector_scores: bool) -> list[Hi
     return hits
 
 
+# psycopg prepares a statement after 5 runs, and PostgreSQL may then settle on a generic plan. These statements
+# carry their row counts (LIMIT) as literals, not parameters, so that plan still walks the HNSW index: with a
+# parameter it sorted the whole table, and a hybrid search cost 3 times its custom plan (31 ms of PostgreSQL CPU
+# against 11 ms on the bench store, bench/keyword_search.py). With the literals, the generic plan also saves
+# planning these CTE chains every time (a third of the statement's CPU).
+
+
+async def _per_term(
+    conn: psycopg.AsyncConnection[Any], layout: Layout, stats: text.TextStats, where: sql.Composable, k: int
+) -> PerTerm:
+    """The postings read per term up front (vectorstore/search/postings.py), or the GIN path."""
+    if postings.usable(stats, where, NO_FILTER) and await postings.is_ready(conn, layout.table):
+        return postings.per_term(k)
+    return GIN
+
+
 @metrics.timed_search
 async def run_keyword(
     conn: psycopg.AsyncConnection[Any],
@@ -161,7 +198,8 @@ async def run_keyword(
     where: sql.Composable = NO_FILTER,
     where_params: Sequence[Any] = (),
 ) -> Result:
-    statement, params = keyword_statement(layout, stats, query_text, where, where_params, limit)
+    per_term = await _per_term(conn, layout, stats, where, limit)
+    statement, params = keyword_statement(layout, stats, query_text, where, where_params, limit, per_term)
     cur = await conn.execute(statement, params)
     rows = await cur.fetchall()
     # The LEFT JOIN gives one row even with no hits: it carries the number of terms (column 0 of `n`).
@@ -197,6 +235,7 @@ async def run_hybrid(
         weights=weights,
         exact=exact,
         ef_search=ef_search,
+        postings_per_term=await _per_term(conn, layout, stats, where, depth),
     )
     rows = await execute(conn, statement, params, ef_search=index_ef_search(layout, ef_search, depth))
     terms, keyword_rows = (int(rows[0][7]), int(rows[0][8])) if rows else (0, 0)

@@ -1,7 +1,7 @@
-"""Search's background part: once the database is ready, upgrade the stores that predate keyword search.
-
-See vectorstore/search/text_upgrade.py. A store whose table is busy is tried again a little later; the loop
-ends when every store is `ready` (new stores are created ready), and stops with the app.
+"""Search's background part: once the database is ready, upgrade the stores that predate keyword search
+(vectorstore/search/text_upgrade.py: `fts` and its GIN index) and then those that predate the postings
+(vectorstore/search/postings_upgrade.py). A store whose table is busy is tried again a little later; the loop
+ends when every store has both (new stores are created with them), and stops with the app.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import psycopg
 from aiohttp import web
 
 from vectorstore import state
-from vectorstore.search import text_upgrade
+from vectorstore.search import postings_upgrade, text_upgrade
 
 log = logging.getLogger("vectorstore")
 
@@ -27,12 +27,12 @@ async def upgrade_all(dsn: str) -> None:
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                remaining = await text_upgrade.pending(conn)
-                if not remaining:
-                    return
-                for record in remaining:
+                for record in await text_upgrade.pending(conn):
                     await text_upgrade.upgrade(conn, record)
-                if not await text_upgrade.pending(conn):
+                # A store's postings are made from its `fts`: only stores whose `fts` is ready are pending here.
+                for record in await postings_upgrade.pending(conn):
+                    await postings_upgrade.upgrade(conn, record)
+                if not await text_upgrade.pending(conn) and not await postings_upgrade.pending(conn):
                     return
         except psycopg.Error as exc:
             log.warning("text search upgrade: %s; retrying in %.0fs", str(exc).strip()[:200], RETRY_SECONDS)

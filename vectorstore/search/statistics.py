@@ -20,9 +20,10 @@ import logging
 from typing import Any
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import sql
 
-from vectorstore.storage import stores
+from vectorstore.storage import stores, tables
 
 log = logging.getLogger("vectorstore")
 
@@ -73,6 +74,8 @@ async def keep_current(conn: psycopg.AsyncConnection[Any], record: stores.StoreR
         await conn.execute(sql.SQL("ANALYZE {t}").format(t=sql.Identifier(record.table_name)))
         await refresh_text_stats(conn, record)
     log.info("statistics: analyzed store %s", record.id)
+    # After the ANALYZE has committed, so waiting for the table's writers never holds up its statistics.
+    await renormalize_postings(conn, record)
     return True
 
 
@@ -127,3 +130,52 @@ async def refresh_text_stats(conn: psycopg.AsyncConnection[Any], record: stores.
         ).format(t=sql.Identifier(record.table_name)),
         [rows, record.table_name, sample_percent, record.id],
     )
+
+
+# Keyword postings (vectorstore/search/postings.py) hold BM25 weights at a reference mean length. Searches stay
+# exact whatever it is, but their bounds loosen by the ratio of the store's mean length to it when the mean is
+# larger, so after an ANALYZE that finds the mean more than POSTINGS_DRIFT away from the reference the weights
+# are recomputed, in the same transaction, while the table has at most RENORMALIZE_MAX_POSTINGS postings (the
+# first loads of a store, where its mean is set; past that size the rewrite would hold up writers too long, and
+# searches stay exact with looser bounds).
+POSTINGS_DRIFT = 0.25
+RENORMALIZE_MAX_POSTINGS = 2_000_000
+RENORMALIZE_LOCK_TIMEOUT = "2s"
+
+
+async def renormalize_postings(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> bool:
+    """Recompute the store's postings weights at its current mean length if it drifted, in a transaction of its
+    own (`conn` idle, autocommit; after `refresh_text_stats` committed). Returns whether it did."""
+    postings = tables.postings_table(record.table_name)
+    cur = await conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL, analyzed_rows, text_avg_length FROM vector_stores WHERE id = %s",
+        [postings, record.id],
+    )
+    row = await cur.fetchone()
+    # The postings number about rows x mean distinct lexemes a row.
+    if not row or not row[0] or float(row[1]) * float(row[2]) > RENORMALIZE_MAX_POSTINGS:
+        return False
+    mean = float(row[2])
+    p = sql.Identifier(postings)
+    cur = await conn.execute(sql.SQL("SELECT impact FROM {p} WHERE lexeme = '' AND id IS NULL").format(p=p))
+    ref_row = await cur.fetchone()
+    if mean <= 0 or ref_row is None or abs(mean / float(ref_row[0]) - 1) <= POSTINGS_DRIFT:
+        return False
+    try:
+        async with conn.transaction():
+            # SHARE waits for writers in flight and holds new ones until commit, so no trigger writes weights at
+            # the old reference in between; searches (ACCESS SHARE) go on.
+            await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(RENORMALIZE_LOCK_TIMEOUT)))
+            await conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE MODE").format(t=sql.Identifier(record.table_name)))
+            await conn.execute(
+                sql.SQL(
+                    "UPDATE {p} SET impact = CASE WHEN id IS NULL THEN %s::real"
+                    " ELSE vectorstore_bm25_impact(tf, dl, %s::real) END"
+                ).format(p=p),
+                [mean, mean],
+            )
+    except pg_errors.LockNotAvailable:
+        log.info("postings of store %s not renormalised: its table is busy", record.id)
+        return False
+    log.info("postings of store %s renormalised to mean length %.1f", record.id, mean)
+    return True

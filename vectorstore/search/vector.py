@@ -119,16 +119,35 @@ def order_expression(layout: Layout, *, exact: bool) -> sql.Composed:
     return sql.SQL("({bare}) + 0").format(bare=bare) if exact else bare
 
 
-def nearest(layout: Layout, where: sql.Composable, columns: sql.Composable, *, exact: bool) -> sql.Composed:
+def nearest(
+    layout: Layout,
+    where: sql.Composable,
+    columns: sql.Composable,
+    *,
+    exact: bool,
+    limit: int | None = None,
+    ef_search: int = 0,
+) -> sql.Composed:
     """`SELECT <columns>, distance` of the nearest rows that pass `where`, closest first (roughly: iterative
-    scans may return rows slightly out of order). Its parameters are `nearest_params`."""
+    scans may return rows slightly out of order). Its parameters are `nearest_params`.
+
+    With `limit`, the row counts are written into the statement rather than passed as parameters (pass the
+    same `limit` to `nearest_params`): a generic plan of a prepared statement that does not know its LIMIT
+    estimates a tenth of the table and sorts all of it instead of walking the index."""
+    if limit is not None:
+        count: sql.Composable = sql.Literal(limit)
+        candidates: sql.Composable = sql.Literal(binary_candidates(limit, ef_search))
+    else:
+        count = candidates = sql.SQL("%s")
     if layout.quantization == "binary" and not exact:
         return sql.SQL(
             "SELECT {columns}, embedding {op} %s AS distance FROM ("
             " SELECT {columns}, embedding FROM {t} WHERE {where}"
-            " ORDER BY {quantized} <~> binary_quantize(%s)::bit({dims}) LIMIT %s) AS candidates"
-            " ORDER BY distance LIMIT %s"
+            " ORDER BY {quantized} <~> binary_quantize(%s)::bit({dims}) LIMIT {candidates}) AS candidates"
+            " ORDER BY distance LIMIT {count}"
         ).format(
+            candidates=candidates,
+            count=count,
             columns=columns,
             op=layout.operator,
             t=layout.ident,
@@ -137,18 +156,31 @@ def nearest(layout: Layout, where: sql.Composable, columns: sql.Composable, *, e
             dims=sql.Literal(layout.dimensions),
         )
     return sql.SQL(
-        "SELECT {columns}, embedding {op} %s AS distance FROM {t} WHERE {where} ORDER BY {order} LIMIT %s"
+        "SELECT {columns}, embedding {op} %s AS distance FROM {t} WHERE {where} ORDER BY {order} LIMIT {count}"
     ).format(
-        columns=columns, op=layout.operator, t=layout.ident, where=where, order=order_expression(layout, exact=exact)
+        count=count,
+        columns=columns,
+        op=layout.operator,
+        t=layout.ident,
+        where=where,
+        order=order_expression(layout, exact=exact),
     )
 
 
 def nearest_params(
-    layout: Layout, query: Any, where_params: Sequence[Any], limit: int, *, exact: bool, ef_search: int = 0
+    layout: Layout,
+    query: Any,
+    where_params: Sequence[Any],
+    limit: int,
+    *,
+    exact: bool,
+    ef_search: int = 0,
+    literal_limit: bool = False,
 ) -> list[Any]:
     if layout.quantization == "binary" and not exact:
-        return [query, *where_params, query, binary_candidates(limit, ef_search), limit]
-    return [query, *where_params, query, limit]
+        counts = [] if literal_limit else [binary_candidates(limit, ef_search), limit]
+        return [query, *where_params, query, *counts]
+    return [query, *where_params, query, *([] if literal_limit else [limit])]
 
 
 def index_ef_search(layout: Layout, ef_search: int, limit: int) -> int:

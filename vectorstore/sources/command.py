@@ -3,8 +3,9 @@
 For a Kubernetes Job or CI: it migrates and reconciles like `serve` (the stores must exist), syncs each store's
 sources, runs an ingestion worker until every queued file is done, prints one line per source and exits
 0 when every source was read and every file of every source is in, 1 when anything failed (a source it could
-not read, a file it could not take in, a file whose ingestion failed), 2 when it could not run at all. The
-server's own worker, if one runs on the same database, shares the queue with it.
+not read, a file it could not take in, a file whose ingestion failed, deletions the brake held), 2 when it
+could not run at all. `--allow-deletes` applies the deletions the brake would hold. The server's own worker,
+if one runs on the same database, shares the queue with it.
 
 Also the source part of `vectorstore plan`: the same sync as a dry run (`plan_lines`).
 """
@@ -20,6 +21,7 @@ import psycopg
 
 from config import Spec
 from vectorstore.embeddings.client import EmbeddingClient
+from vectorstore.ingest.sandbox import Sandbox
 from vectorstore.ingest.worker import BATCHES_PER_COPY, Worker, redacted_embed, running
 from vectorstore.observability.logs import Redactor
 from vectorstore.settings import Settings
@@ -44,22 +46,24 @@ WHERE s.vector_store_id = ANY(%s) AND v.status = 'failed' ORDER BY 1, 2, 3
 """
 
 
-async def run_sync(spec: Spec, settings: Settings, out: TextIO) -> int:
+async def run_sync(spec: Spec, settings: Settings, out: TextIO, *, allow_deletes: bool = False) -> int:
     async with await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True) as conn:
         await migrate(conn)
         await reconcile.reconcile(conn, spec, source="sync")
     embedder = EmbeddingClient.from_spec(spec.embedding, settings.embedding_api_key)
+    sandbox = Sandbox.from_spec(spec.ingest)
     worker = Worker(
         settings.dsn,
         redacted_embed(embedder, Redactor(settings.secret_values())),
         concurrency=spec.server.ingest_concurrency,
         batch_chunks=spec.embedding.batch_size * BATCHES_PER_COPY,
         name="sync-ingest",
+        extract=sandbox.extract,
     )
     started = time.monotonic()
     try:
         async with running(worker):
-            syncer = Syncer(settings.dsn, spec, context(settings), on_change=worker.wake)
+            syncer = Syncer(settings.dsn, spec, context(settings), on_change=worker.wake, allow_deletes=allow_deletes)
             results = await _sync_waiting_for_others(syncer)
             store_ids = [result.store.id for result in results]
             async with await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True) as conn:
@@ -67,6 +71,7 @@ async def run_sync(spec: Spec, settings: Settings, out: TextIO) -> int:
                 cur = await conn.execute(_FAILED_SQL, [store_ids])
                 failed = await cur.fetchall()
     finally:
+        await sandbox.close()
         await embedder.close()
     return report(spec, results, failed, time.monotonic() - started, out)
 
@@ -107,7 +112,7 @@ def report(
             print(f"{result.store.name}/{source.source} ({source.location}): {source.summary()}", file=out)
             for failure in source.failures[:MAX_FAILED_SHOWN]:
                 print(f"  failed: {failure['path']}: {failure['reason']}", file=out)
-            problems += (source.error is not None) + source.failed
+            problems += (source.error is not None) + bool(source.held) + source.failed
     for store_id, source_name, path, message in failed[:MAX_FAILED_SHOWN]:
         print(f"{names.get(store_id, store_id)}/{source_name}: ingestion failed: {path}: {message}", file=out)
     problems += len(failed)
@@ -138,6 +143,8 @@ async def plan_lines(spec: Spec, settings: Settings) -> tuple[list[str], bool]:
                 )
             elif source.error:
                 lines.append(f"          {source.source}: can't read it ({source.error}); not counted")
+            elif source.held:
+                lines.append(f"          {source.source}: {source.summary(planned=True)}")
             else:
                 lines.append(f"          {source.source}: {source.summary(planned=True)}")
     return lines, changes

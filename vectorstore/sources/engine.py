@@ -13,7 +13,9 @@ For each declared source of a store (docs/sources.md):
    Each file's writes (File, attachment, job, `source_files` row) are one transaction: a kill -9 anywhere
    leaves each path either done or untouched, and the next sync finishes the job with no duplicate.
 3. Only after the listing completed (the reader returned normally) are the paths it did not yield deleted.
-   A source that can't be read raises `SourceError` before that: nothing is deleted.
+   A source that can't be read raises `SourceError` before that: nothing is deleted. And a complete listing
+   that would delete all of a source's files, or more than `sync.max_delete`, is held (the deletion brake):
+   nothing is deleted until the operator confirms (`allow_deletes`).
 
 One store is synced by one replica at a time: a session advisory lock on the sync's own connection
 (`pg_try_advisory_lock`; a replica that doesn't get it skips the store until the next interval), and inside a
@@ -35,13 +37,13 @@ import psycopg
 from config import Spec, Store, names
 from config.globs import Matcher
 from config.model import Source
-from vectorstore.ingest.chunking import Strategy, validate_static
 from vectorstore.ingest.extract import UnsupportedFile, detect_kind
 from vectorstore.observability import metrics
 from vectorstore.sources import status
 from vectorstore.sources.readers import Context, Entry, FileProblem, Listed, Reader, Rejected, SourceError, make_reader
 from vectorstore.sources.status import SourceResult, lock_key
 from vectorstore.storage import files, stores
+from vectorstore.storage.strategy import Strategy, validate_static
 
 log = logging.getLogger("vectorstore")
 
@@ -116,8 +118,11 @@ class Syncer:
         context: Context,
         *,
         on_change: Callable[[], None] = lambda: None,
+        allow_deletes: bool = False,
     ) -> None:
         self.dsn = dsn
+        self.allow_deletes = allow_deletes
+        """The operator confirmed deletions over the brake (`vectorstore sync --allow-deletes`)."""
         self.spec = spec
         self.context = context
         self.on_change = on_change
@@ -283,10 +288,14 @@ class _SourceRun:
                 "unchanged": result.unchanged,
                 "failed": result.failed,
             },
+            held=result.held["would_delete"] if result.held else 0,
         )
         if result.error:
             log.error("sources: %r/%r (%s): can't read the source, nothing deleted: %s", self.store.name,
                       self.source.name, result.location, result.error)  # fmt: skip
+        elif result.held:
+            log.warning("sources: %r/%r (%s): deletions held: %s", self.store.name, self.source.name,
+                        result.location, result.summary())  # fmt: skip
         else:
             log.info("sources: %r/%r synced in %.2fs: %s", self.store.name, self.source.name, result.duration,
                      result.summary())  # fmt: skip
@@ -328,6 +337,12 @@ class _SourceRun:
         await self._flush()
         # The listing is complete: what it did not yield is gone from the source (or no longer included).
         gone = sorted(existing.keys() - seen)
+        brake = self.syncer.spec.sync.max_delete
+        if not self.syncer.allow_deletes and brake.holds(len(gone), len(existing)):
+            # An unmounted volume, an emptied prefix or branch lists as a real, complete and empty listing: that
+            # many deletions wait for the operator's word (docs/sources.md, "The deletion brake").
+            self.result.held = {"would_delete": len(gone), "files": len(existing), "max_delete": brake.shown}
+            return
         for start in range(0, len(gone), WRITE_BATCH_FILES):
             if not self.dry_run:
                 assert self.record is not None
@@ -453,7 +468,7 @@ async def write_version(
         "INSERT INTO source_files (vector_store_id, source, path, file_id, sha256, fingerprint)"
         " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (vector_store_id, source, path) DO UPDATE SET"
         " file_id = EXCLUDED.file_id, sha256 = EXCLUDED.sha256, fingerprint = EXCLUDED.fingerprint,"
-        " synced_at = extract(epoch FROM now())::bigint",
+        " synced_at = epoch_seconds()",
         [store.id, source.name, path, record.id, digest, fingerprint],
     )
     return record.id

@@ -8,7 +8,11 @@ The guard against deleting documents by mistake lives here (docs/sources.md, "Wh
 a reader either lists the *whole* source or raises `SourceError`. A missing or unreadable root, a directory
 that can't be listed halfway through, a failed clone or fetch, an unreachable bucket or refused credentials:
 each is a `SourceError`, and the engine then deletes nothing. A listing is complete only when the generator
-returns normally; only then does the engine delete the paths it did not see.
+returns normally; only then does the engine delete the paths it did not see (under its deletion brake).
+
+The trust boundary lives here too (docs/sources.md, "What a source can reach"): a directory is walked by
+descriptors, never by full paths, so nothing swapped in while it is read leads out of the root; hidden entries
+are not read, not even through a symlink; `git.path` must resolve inside the checkout.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ import os
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from config import names
-from config.model import GitSource, PathSource, S3Source, Source
+from config.model import GitSource, PathSource, S3Source, Source, shown_url
 
 log = logging.getLogger("vectorstore")
 
@@ -113,14 +117,70 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-class DirectoryReader:
-    """A directory tree: hidden entries (`.git`, a ConfigMap's `..data`) skipped, symlinks followed only to files
-    inside the root, nothing but regular files read."""
+def hidden_component(parts: Sequence[str]) -> str | None:
+    """The first hidden name among `parts`, the rule of docs/sources.md ("Hidden entries"): a name starting with
+    `.` is hidden, except a name starting with `..` *reached through a symlink*: the kubelet's own layout of a
+    mounted ConfigMap (`key -> ..data/key`, `..data -> ..2024_01_01_...`), which holds nothing but the keys."""
+    return next((part for part in parts if part.startswith(".") and not part.startswith("..")), None)
 
-    def __init__(self, root: Path, *, must_have_files: bool = False) -> None:
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
+# O_NONBLOCK: a file swapped for a FIFO can't hang the sync (it fails the S_ISREG check instead).
+_FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC
+
+
+class Swapped(Exception):
+    """A component of a path below the root is no longer a directory (swapped for a symlink or a file)."""
+
+
+def open_beneath(real_root: str, parts: Sequence[str], *, directory: bool) -> int:
+    """A descriptor of root/parts[0]/.../parts[-1], opened one component at a time from the root's descriptor
+    with O_NOFOLLOW: no component may be a symlink, so whatever is swapped in the tree meanwhile, the file opened
+    is below the root (docs/sources.md, "Nothing is followed out of the root"). The caller closes it."""
+    descriptor = os.open(real_root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+    try:
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            flags = _FILE_FLAGS if last and not directory else _DIRECTORY_FLAGS
+            try:
+                opened = os.open(part, flags, dir_fd=descriptor)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise Swapped("/".join(parts[: index + 1])) from None
+                raise
+            os.close(descriptor)
+            descriptor = opened
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+ReadHook = Callable[[str], None]
+
+
+class DirectoryReader:
+    """A directory tree, walked by directory descriptors: hidden entries (`.git`, `.env`) skipped, symlinks followed
+    only to files inside the root that are not hidden, nothing but regular files read."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        must_have_files: bool = False,
+        mount_point: bool = False,
+        before_read: ReadHook | None = None,
+    ) -> None:
         self.root = root
         self.must_have_files = must_have_files
         """An empty listing is an error (a directory a sidecar has not filled yet), not an empty source."""
+        self.mount_point = mount_point
+        """The root is declared as a mounted volume: unless it is a mount point, it is not mounted (and an empty
+        directory underneath must not be believed)."""
+        self.before_read = before_read
+        """Tests only: called with a file's relative path just before it is opened (a swap hook)."""
 
     def prepare(self) -> None:
         try:
@@ -131,6 +191,11 @@ class DirectoryReader:
             raise SourceError(f"can't read {self.root}: {exc.strerror}") from None
         if not stat.S_ISDIR(info.st_mode):
             raise SourceError(f"{self.root} is not a directory")
+        if self.mount_point and not is_mount_point(self.root):
+            raise SourceError(
+                f"{self.root} is declared as a mounted volume but nothing is mounted there; nothing is deleted "
+                "until it is"
+            )
         try:
             with os.scandir(self.root):
                 pass
@@ -141,84 +206,123 @@ class DirectoryReader:
         real_root = os.path.realpath(self.root)
         count = 0
         # Depth first with an explicit stack: no recursion limit, and one directory's names in memory at a time
-        # per level (what a directory holds, never the whole tree).
-        stack: list[tuple[str, str]] = [(str(self.root), "")]
+        # per level (what a directory holds, never the whole tree). Each directory is opened again from the root,
+        # one component at a time, never by its full path: a directory swapped for a symlink is not entered.
+        stack: list[tuple[str, ...]] = [()]
         while stack:
-            directory, prefix = stack.pop()
+            parts = stack.pop()
+            shown = printable("/".join(parts)) or "."
             try:
-                with os.scandir(directory) as scan:
-                    items = sorted(scan, key=lambda item: item.name)
+                descriptor = open_beneath(real_root, parts, directory=True)
+                try:
+                    with os.scandir(descriptor) as scan:
+                        items = sorted(item.name for item in scan)
+                    subdirectories: list[tuple[str, ...]] = []
+                    listed: list[Listed] = []
+                    for name in items:
+                        if name.startswith("."):
+                            continue
+                        relative = "/".join((*parts, name))
+                        if not _valid_utf8(name):
+                            listed.append(
+                                Rejected(None, printable(relative), "the name is not valid UTF-8; not synced")
+                            )
+                            continue
+                        entry = self._entry(descriptor, real_root, parts, name, relative)
+                        if entry is None:
+                            subdirectories.append((*parts, name))
+                        else:
+                            listed.append(entry)
+                finally:
+                    os.close(descriptor)
+            except Swapped as swapped:
+                # A directory became a symlink (or a file) since its parent was listed: the listing is not
+                # complete, so nothing may be deleted; the next sync sees what it has become.
+                raise SourceError(
+                    f"{printable(str(swapped))!r} in {self.root} changed from a directory while it was read; "
+                    "nothing deleted, read again at the next sync"
+                ) from None
             except OSError as exc:
                 # A directory we can't list makes the listing incomplete: deleting what we did not see could
                 # delete documents that are still there.
-                shown = printable(prefix.rstrip("/")) or "."
                 raise SourceError(f"can't list directory {shown!r} in {self.root}: {exc.strerror}") from None
-            subdirectories: list[tuple[str, str]] = []
-            for item in items:
-                if item.name.startswith("."):
-                    continue
-                relative = prefix + item.name
-                if not _valid_utf8(item.name):
-                    count += 1
-                    yield Rejected(None, printable(relative), "the name is not valid UTF-8; not synced")
-                    continue
-                listed = self._entry(item, relative, real_root)
-                if listed is None:
-                    subdirectories.append((item.path, relative + "/"))
-                    continue
-                count += 1
-                yield listed
+            count += len(listed)
+            yield from listed
             stack.extend(reversed(subdirectories))
         if count == 0 and self.must_have_files:
             raise SourceError(
                 f"{self.root} is empty: the volume has not been filled yet; nothing is deleted until it is"
             )
 
-    def _entry(self, item: os.DirEntry[str], relative: str, real_root: str) -> Listed | None:
-        """The file at `item`, a Rejected, or None for a directory to descend into."""
+    def _entry(self, directory: int, real_root: str, parts: tuple[str, ...], name: str, relative: str) -> Listed | None:
+        """The file `name` in the open `directory`, a Rejected, or None for a directory to descend into."""
         try:
-            if item.is_symlink():
-                target = os.path.realpath(item.path)
-                if not _within(target, real_root):
-                    return Rejected(relative, relative, "a symlink to outside the source root; not followed")
-                info = os.stat(target)
-                if stat.S_ISDIR(info.st_mode):
-                    return Rejected(relative, relative, "a symlink to a directory; not followed")
-                return self._file(target, relative, info, real_root, follow=True)
-            info = item.stat(follow_symlinks=False)
+            info = os.stat(name, dir_fd=directory, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                return self._link(real_root, parts, name, relative)
         except FileNotFoundError:
-            return Rejected(relative, relative, "can't be read: it points to nothing (a dangling symlink)")
+            return Rejected(relative, relative, "can't be read: it vanished or points to nothing (a dangling symlink)")
         except OSError as exc:
             return Rejected(relative, relative, f"can't be read: {exc.strerror}")
         if stat.S_ISDIR(info.st_mode):
             return None
-        return self._file(item.path, relative, info, real_root, follow=False)
+        return self._file(real_root, (*parts, name), relative, info)
 
-    @staticmethod
-    def _file(path: str, relative: str, info: os.stat_result, real_root: str, *, follow: bool) -> Listed:
+    def _link(self, real_root: str, parts: tuple[str, ...], name: str, relative: str) -> Listed:
+        target = os.path.realpath(os.path.join(real_root, *parts, name))
+        if target == real_root:
+            return Rejected(relative, relative, "a symlink to a directory; not followed")
+        if not _within(target, real_root):
+            return Rejected(relative, relative, "a symlink to outside the source root; not followed")
+        target_parts = tuple(os.path.relpath(target, real_root).split(os.sep))
+        hidden = hidden_component(target_parts)
+        if hidden is not None:
+            return Rejected(relative, relative, f"a symlink to a hidden entry ({printable(hidden)!r}); not followed")
+        try:
+            descriptor = open_beneath(real_root, target_parts, directory=False)
+        except IsADirectoryError:
+            return Rejected(relative, relative, "a symlink to a directory; not followed")
+        except Swapped:
+            return Rejected(relative, relative, "its target changed while it was read; not followed")
+        try:
+            info = os.fstat(descriptor)
+        finally:
+            os.close(descriptor)
+        if stat.S_ISDIR(info.st_mode):
+            return Rejected(relative, relative, "a symlink to a directory; not followed")
+        return self._file(real_root, target_parts, relative, info)
+
+    def _file(self, real_root: str, parts: tuple[str, ...], relative: str, info: os.stat_result) -> Listed:
         if not stat.S_ISREG(info.st_mode):
             return Rejected(relative, relative, "not a regular file (a pipe, socket or device); not read")
+        hook = self.before_read
 
         def read(limit: int) -> bytes:
-            return _read_file(path, limit, real_root, follow=follow)
+            if hook is not None:
+                hook(relative)
+            return _read_file(real_root, parts, limit)
 
         return Entry(relative, info.st_size, f"{info.st_size}:{info.st_mtime_ns}", read)
 
 
-def _read_file(path: str, limit: int, real_root: str, *, follow: bool) -> bytes:
-    # O_NOFOLLOW: a file swapped for a symlink since the listing is refused, not followed out of the root;
-    # O_NONBLOCK: a file swapped for a FIFO can't hang the sync (it fails the S_ISREG check below instead).
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    if follow:
-        if not _within(os.path.realpath(path), real_root):
-            raise FileProblem("a symlink to outside the source root; not followed")
-    else:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
+def is_mount_point(path: Path) -> bool:
+    """Whether something is mounted at `path`: its device differs from its parent's (or it is `/`)."""
+    real = os.path.realpath(path)
+    parent = os.path.dirname(real)
+    if parent == real:
+        return True
     try:
-        descriptor = os.open(path, flags)
+        return os.stat(real).st_dev != os.stat(parent).st_dev or os.path.ismount(real)
+    except OSError:
+        return False
+
+
+def _read_file(real_root: str, parts: Sequence[str], limit: int) -> bytes:
+    try:
+        descriptor = open_beneath(real_root, parts, directory=False)
+    except Swapped:
+        raise FileProblem("it, or a directory above it, became a symlink during the sync; not followed") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise FileProblem("became a symlink during the sync; not followed") from None
         raise FileProblem(f"can't be read: {exc.strerror}") from None
     with os.fdopen(descriptor, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
@@ -233,10 +337,30 @@ def _read_file(path: str, limit: int, real_root: str, *, follow: bool) -> bytes:
 
 
 def _git_path(root: Path, location: GitSource, where: str) -> Path:
-    directory = root / location.path if location.path else root
-    if location.path and not directory.is_dir():
+    """The directory `git.path` names, which must lie inside the checkout once resolved: a repository that commits
+    `docs -> /etc` must not make the server's own files searchable."""
+    if not location.path:
+        return root
+    parts = location.path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise SourceError(f"git.path {location.path!r} has an empty, `.` or `..` segment; not read")
+    real_root = os.path.realpath(root)
+    directory = os.path.realpath(root / location.path)
+    if not _within(directory, real_root):
+        raise SourceError(
+            f"git.path {location.path!r} resolves outside the repository (a symlink in it, {where}); "
+            "not read, nothing deleted"
+        )
+    resolved = os.path.relpath(directory, real_root).split(os.sep)
+    hidden = hidden_component(resolved)
+    if resolved != parts and hidden is not None:
+        raise SourceError(
+            f"git.path {location.path!r} is a symlink to a hidden entry ({hidden!r}, {where}); not read, "
+            "nothing deleted"
+        )
+    if not os.path.isdir(directory):
         raise SourceError(f"the repository has no directory {location.path!r} at {location.ref} ({where})")
-    return directory
+    return Path(directory)
 
 
 class GitCloneReader:
@@ -249,24 +373,39 @@ class GitCloneReader:
         self.environ = environ if environ is not None else {}
         self._reader: DirectoryReader | None = None
 
+    @property
+    def shown(self) -> str:
+        return shown_url(self.location.repo)
+
+    def scrub(self, text: str) -> str:
+        """git's own messages quote the URL: shown as `shown_url` shows it, never its query or password."""
+        repo = self.location.repo
+        text = text.replace(repo, self.shown).replace(repo.rstrip("/"), self.shown.rstrip("/"))
+        _, _, query = repo.partition("?")
+        return text.replace(query, "[redacted]") if query else text
+
     def _credentials(self) -> dict[str, str]:
         """`git.credentials` as an Authorization header for this repository's URL only, passed in git's env
-        (GIT_CONFIG_*): never on a command line, in a file or in a URL that could reach a log."""
+        (GIT_CONFIG_*): never on a command line, in a file or in a URL that could reach a log. git sends an
+        extraHeader with every request of the fetch, redirected ones too: with credentials, redirects are not
+        followed at all (`http.followRedirects=false`), so the header never reaches another origin."""
         credentials = self.location.credentials
         if credentials is None:
             return {}
         missing = [ref.env for ref in (credentials.username, credentials.password) if not self.environ.get(ref.env)]
         if missing:
             raise SourceError(
-                f"the credentials of {self.location.repo} from Secret {credentials.username.secret!r} are not set: "
+                f"the credentials of {self.shown} from Secret {credentials.username.secret!r} are not set: "
                 f"{', '.join(missing)} (keys `{names.GIT_USERNAME_KEY}` and `{names.GIT_PASSWORD_KEY}`)"
             )
         pair = f"{self.environ[credentials.username.env]}:{self.environ[credentials.password.env]}"
         header = "Authorization: Basic " + base64.b64encode(pair.encode()).decode()
         return {
-            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_COUNT": "2",
             "GIT_CONFIG_KEY_0": f"http.{self.location.repo}.extraHeader",
             "GIT_CONFIG_VALUE_0": header,
+            "GIT_CONFIG_KEY_1": "http.followRedirects",
+            "GIT_CONFIG_VALUE_1": "false",
         }
 
     def _git(self, *args: str) -> None:
@@ -297,13 +436,11 @@ class GitCloneReader:
                 "the `git` command is not installed; install git, or run in Kubernetes (git-sync)"
             ) from None
         except subprocess.TimeoutExpired:
-            raise SourceError(
-                f"git {args[0]} of {self.location.repo} took longer than {GIT_TIMEOUT_SECONDS:.0f}s"
-            ) from None
+            raise SourceError(f"git {args[0]} of {self.shown} took longer than {GIT_TIMEOUT_SECONDS:.0f}s") from None
         except subprocess.CalledProcessError as exc:
             lines = [line for line in exc.stderr.decode(errors="replace").splitlines() if line.strip()]
-            detail = "; ".join(lines[-2:]) or f"exit {exc.returncode}"
-            raise SourceError(f"git {args[0]} of {self.location.repo} ({self.location.ref}) failed: {detail}") from None
+            detail = self.scrub("; ".join(lines[-2:]) or f"exit {exc.returncode}")
+            raise SourceError(f"git {args[0]} of {self.shown} ({self.location.ref}) failed: {detail}") from None
 
     def prepare(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -340,8 +477,8 @@ class GitSyncReader:
         while not self.link.exists():
             if time.monotonic() >= deadline:
                 raise SourceError(
-                    f"git-sync has not published a checkout of {self.location.repo} ({self.location.ref}) at "
-                    f"{self.link} yet: see the git-sync container's log"
+                    f"git-sync has not published a checkout of {shown_url(self.location.repo)} "
+                    f"({self.location.ref}) at {self.link} yet: see the git-sync container's log"
                 )
             time.sleep(1.0)
         worktree = Path(os.path.realpath(self.link))
@@ -495,7 +632,9 @@ def make_reader(source: Source, store_id: str, context: Context) -> Reader:
         if not root.is_absolute():
             root = context.base_dir / root
         sidecar_filled = location.volume is not None and location.volume.kind == "empty_dir"
-        return DirectoryReader(root, must_have_files=sidecar_filled)
+        # A declared volume is mounted at `path`: a directory there that is not a mount point is the empty one
+        # underneath, and its listing would delete every document of the source.
+        return DirectoryReader(root, must_have_files=sidecar_filled, mount_point=location.volume is not None)
     if isinstance(location, GitSource):
         if context.git_checkouts:
             link = Path(names.git_checkout_path(context.git_checkouts, store_id, source.name))

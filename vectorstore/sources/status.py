@@ -48,6 +48,8 @@ class SourceResult:
     finished_at: float | None = None
     removed: bool = False
     """The source is no longer declared: its files were deleted."""
+    held: dict[str, Any] | None = None
+    """The deletion brake held this sync's deletions: {"would_delete", "files", "max_delete"} (nothing deleted)."""
 
     @property
     def duration(self) -> float:
@@ -68,7 +70,18 @@ class SourceResult:
             f"{self.added} {verbs[0]}, {self.updated} {verbs[1]}, {self.deleted} {verbs[2]}, "
             f"{self.unchanged} unchanged, {self.failed} failed"
         )
-        return f"{counts}; can't read the source: {self.error}" if self.error else counts
+        if self.error:
+            return f"{counts}; can't read the source: {self.error}"
+        if self.held:
+            return f"{counts}; {held_reason(self.held)}"
+        return counts
+
+
+def held_reason(held: Mapping[str, Any]) -> str:
+    return (
+        f"{held['would_delete']} of its {held['files']} file(s) are gone, over sync.max_delete ({held['max_delete']}) "
+        "or all of them: nothing deleted, held until `vectorstore sync --allow-deletes` or a higher limit"
+    )
 
 
 async def tables_exist(conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -88,9 +101,10 @@ async def started(conn: psycopg.AsyncConnection[Any], store_id: str, source: str
 
 async def finished(conn: psycopg.AsyncConnection[Any], store_id: str, result: SourceResult) -> None:
     ok = result.error is None
+    outcome = "failed" if not ok else "held" if result.held else "ok"
     await conn.execute(
         "UPDATE source_status SET syncing = false, syncing_since = NULL, started_at = %s, finished_at = %s,"
-        " duration_seconds = %s, outcome = %s,"
+        " duration_seconds = %s, outcome = %s, held = %s,"
         " added = %s, updated = %s, deleted = %s, unchanged = %s, failed = %s, last_error = %s, failures = %s,"
         " last_success_at = CASE WHEN %s THEN %s ELSE last_success_at END"
         " WHERE vector_store_id = %s AND source = %s",
@@ -98,7 +112,8 @@ async def finished(conn: psycopg.AsyncConnection[Any], store_id: str, result: So
             result.started_at,
             result.finished_at,
             result.duration,
-            "ok" if ok else "failed",
+            outcome,
+            Jsonb(result.held) if result.held else None,
             result.added,
             result.updated,
             result.deleted,
@@ -157,7 +172,7 @@ def _view(
     last: dict[str, Any] | None = None
     state = "never_synced"
     if row is not None and row["finished_at"] is not None:
-        state = "ok" if row["outcome"] == "ok" else "failed"
+        state = str(row["outcome"]) if row["outcome"] in ("ok", "held") else "failed"
         last = {
             "started_at": _seconds(row["started_at"]),
             "finished_at": _seconds(row["finished_at"]),
@@ -169,6 +184,7 @@ def _view(
             "failed": row["failed"],
             "error": row["last_error"],
             "failures": row["failures"],
+            "held": row["held"],
         }
     if syncing:
         state = "syncing"

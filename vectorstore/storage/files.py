@@ -20,8 +20,8 @@ from psycopg.types.json import Jsonb
 
 from config import names
 from vectorstore.errors import BadRequest
-from vectorstore.ingest.chunking import Strategy
 from vectorstore.storage import stores, tables
+from vectorstore.storage.strategy import Strategy
 from vectorstore.values import as_float, shown
 
 Status = Literal["in_progress", "completed", "failed", "cancelled"]
@@ -160,6 +160,30 @@ async def delete_file(conn: psycopg.AsyncConnection[Any], file_id: str) -> bool:
     return cur.rowcount > 0
 
 
+async def expire_unattached(conn: psycopg.AsyncConnection[Any], older_than: int, limit: int = 500) -> list[str]:
+    """Delete files never attached to any store and uploaded before `older_than` (Unix time), at most `limit`
+    of them; their ids. In the caller's transaction.
+
+    A file being attached right now is skipped: the attach's foreign key check holds its row lock, so
+    `SKIP LOCKED` passes over it. One locked here first makes that attach's insert wait, then fail on the
+    foreign key: the client gets 404, and nothing is half-attached.
+    """
+    cur = await conn.execute(
+        "SELECT id FROM files WHERE NOT attached_once AND created_at < %s ORDER BY created_at"
+        " LIMIT %s FOR UPDATE SKIP LOCKED",
+        [older_than, limit],
+    )
+    candidates = [row[0] for row in await cur.fetchall()]
+    if not candidates:
+        return []
+    cur = await conn.execute(
+        "DELETE FROM files f WHERE f.id = ANY(%s) AND NOT f.attached_once"
+        " AND NOT EXISTS (SELECT 1 FROM vector_store_files v WHERE v.file_id = f.id) RETURNING f.id",
+        [candidates],
+    )
+    return [row[0] for row in await cur.fetchall()]
+
+
 # --- vector store files -------------------------------------------------------------------------------
 
 
@@ -290,6 +314,9 @@ async def attach(
         )
         created = await dcur.fetchone()
     assert created is not None
+    # After the insert, whose foreign key check already holds the file's KEY SHARE lock: an expiry sweep
+    # (FOR UPDATE SKIP LOCKED) skips this file from here until the commit, and never takes it afterwards.
+    await conn.execute("UPDATE files SET attached_once = true WHERE id = %s AND NOT attached_once", [file_id])
     return _store_file(created)
 
 
@@ -415,6 +442,36 @@ async def chunk_texts(conn: psycopg.AsyncConnection[Any], store: stores.StoreRec
         [file_id],
     )
     return [str(row[0]) for row in await cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: str
+    content: str
+    attributes: dict[str, Any]
+    embedding: list[float] | None
+    created_at: int
+
+
+async def chunks_of(
+    conn: psycopg.AsyncConnection[Any], store: stores.StoreRecord, file_id: str, *, with_embeddings: bool
+) -> list[StoredChunk]:
+    """A file's chunks in order, with their attributes and, when asked, their vectors (OGX's file contents)."""
+    vector = sql.SQL("embedding") if with_embeddings else sql.SQL("NULL")
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT id, content, attributes, {vector}, created_at FROM {t} WHERE file_id = %s ORDER BY chunk_index"
+        ).format(vector=vector, t=store.layout.ident),
+        [file_id],
+    )
+    out: list[StoredChunk] = []
+    for row in await cur.fetchall():
+        raw = row[3]
+        # pgvector's loader gives a numpy array (or its own Vector / HalfVector without numpy).
+        values = None if raw is None else raw.to_list() if hasattr(raw, "to_list") else raw.tolist()
+        embedding = None if values is None else [float(x) for x in values]
+        out.append(StoredChunk(str(row[0]), str(row[1]), dict(row[2] or {}), embedding, int(row[4])))
+    return out
 
 
 # --- batches -------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ Reconcile and the API both go through here, so a store created either way looks 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -205,11 +204,15 @@ async def delete(conn: psycopg.AsyncConnection[Any], record: StoreRecord) -> Non
 
 async def update_fields(conn: psycopg.AsyncConnection[Any], store_id: str, values: Mapping[str, Any]) -> StoreRecord:
     """Set plain columns (name, description, metadata, declared, ef_search, expires_after, ...)."""
+    # last_active_at comes from the same clock and function as created_at (migration 0500): truncated seconds.
     assignments = sql.SQL(", ").join(
-        sql.SQL("{} = %s").format(sql.Identifier(column)) for column in [*values, "last_active_at"]
+        [
+            *(sql.SQL("{} = %s").format(sql.Identifier(column)) for column in values),
+            sql.SQL("last_active_at = epoch_seconds()"),
+        ]
     )
     params = [Jsonb(v) if isinstance(v, dict) else v for v in values.values()]
-    params += [int(time.time()), store_id]
+    params += [store_id]
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             sql.SQL("UPDATE vector_stores SET {a} WHERE id = %s RETURNING {cols}").format(

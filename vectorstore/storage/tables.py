@@ -11,6 +11,11 @@ created before keyword search existed gets a plain `fts` column, a trigger and a
 (vectorstore/search/text_upgrade.py), because adding a stored generated column rewrites the table (and its
 HNSW index) under an exclusive lock.
 Ingestion writes rows with `copy_chunks` (binary COPY) inside its own transaction, one per file.
+
+Beside each chunk table `<t>` lives `<t>_postings`, keyword search's impact-ordered postings (migration 0400,
+vectorstore/search/postings.py), kept in step with `<t>` by statement-level triggers in the writer's own
+transaction, so every write path (COPY, attribute or content updates, deletes) and every table made here has
+them. A table from before them gets them in the background (vectorstore/search/postings_upgrade.py).
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ def create_table_statements(layout: Layout) -> list[sql.Composed]:
             " content text NOT NULL,"
             " attributes jsonb NOT NULL DEFAULT '{{}}'::jsonb,"
             " embedding {vtype}({dims}) NOT NULL,"
-            " created_at bigint NOT NULL DEFAULT extract(epoch FROM now())::bigint,"
+            " created_at bigint NOT NULL DEFAULT epoch_seconds(),"
             " fts tsvector GENERATED ALWAYS AS (to_tsvector({language}::regconfig, content)) STORED)"
         ).format(
             t=t,
@@ -111,6 +116,7 @@ def create_table_statements(layout: Layout) -> list[sql.Composed]:
         sql.SQL("CREATE INDEX {name} ON {t} (file_id, chunk_index)").format(
             name=sql.Identifier(f"{layout.table}_file"), t=t
         ),
+        *postings_statements(layout, ready=True),
         # jsonb_path_ops serves `attributes @> ...`, which is how equality filters compile: the planner can
         # pick it over HNSW when a filter is very selective.
         sql.SQL("CREATE INDEX {name} ON {t} USING gin (attributes jsonb_path_ops)").format(
@@ -152,7 +158,65 @@ def drop_index_statement(layout: Layout) -> sql.Composed:
 
 
 def drop_table_statement(table: str) -> sql.Composed:
-    return sql.SQL("DROP TABLE IF EXISTS {t}").format(t=sql.Identifier(table))
+    return sql.SQL("DROP TABLE IF EXISTS {t}, {postings}").format(
+        t=sql.Identifier(table), postings=sql.Identifier(postings_table(table))
+    )
+
+
+# The reference mean length (distinct lexemes per chunk) postings' impacts are computed with until the store's
+# real one is known; statistics.keep_current re-normalises them to it after the first ANALYZE and whenever the
+# mean drifts by more than POSTINGS_DRIFT. Searches stay exact meanwhile (search/postings.py bounds the drift).
+DEFAULT_POSTINGS_AVGDL = 100.0
+
+
+def postings_table(table: str) -> str:
+    return f"{table}_postings"
+
+
+def postings_statements(layout: Layout, *, ready: bool, avgdl: float = DEFAULT_POSTINGS_AVGDL) -> list[sql.Composed]:
+    """Create `<t>_postings`, its index, its reference row and the triggers that keep it current (idempotent).
+    `ready`: the table is new (empty), so every chunk has its postings from the start; an old table is
+    backfilled first and marked ready after. `avgdl`: the reference mean length (see search/postings.py)."""
+    p = sql.Identifier(postings_table(layout.table))
+    arg = sql.Literal(postings_table(layout.table))
+    statements = [
+        # id is NULL only in the reference row (see migration 0400).
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {p} (lexeme text NOT NULL, impact real NOT NULL, id text,"
+            " tf integer NOT NULL, dl integer NOT NULL)"
+        ).format(p=p),
+        # The search reads each term's postings best first, and only from this index (id, tf, dl included).
+        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {p} (lexeme, impact DESC) INCLUDE (id, tf, dl)").format(
+            name=sql.Identifier(f"{layout.table}_postings_impact"), p=p
+        ),
+        # A search looks up a candidate's weight for one term; deletes find a chunk's postings by its lexemes.
+        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {p} (lexeme, id) INCLUDE (tf, dl)").format(
+            name=sql.Identifier(f"{layout.table}_postings_row"), p=p
+        ),
+        sql.SQL(
+            "INSERT INTO {p} (lexeme, impact, id, tf, dl) SELECT '', {avgdl}, NULL, {ready}, 0"
+            " WHERE NOT EXISTS (SELECT 1 FROM {p} WHERE lexeme = '' AND id IS NULL)"
+        ).format(p=p, avgdl=sql.Literal(avgdl), ready=sql.Literal(1 if ready else 0)),
+    ]
+    for event, function, transitions in (
+        ("INSERT", "vectorstore_postings_insert", "NEW TABLE AS new_rows"),
+        ("UPDATE", "vectorstore_postings_update", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+        ("DELETE", "vectorstore_postings_delete", "OLD TABLE AS old_rows"),
+    ):
+        statements.append(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {t} REFERENCING {transitions}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION {function}({arg})"
+            ).format(
+                name=sql.Identifier(f"{layout.table}_postings_{event.lower()}"),
+                event=sql.SQL(event),
+                t=layout.ident,
+                transitions=sql.SQL(transitions),
+                function=sql.Identifier(function),
+                arg=arg,
+            )
+        )
+    return statements
 
 
 @dataclass(frozen=True)
@@ -196,6 +260,15 @@ async def copy_chunks(conn: psycopg.AsyncConnection[Any], layout: Layout, rows: 
 
 async def delete_file_chunks(conn: psycopg.AsyncConnection[Any], layout: Layout, file_id: str) -> int:
     cur = await conn.execute(sql.SQL("DELETE FROM {t} WHERE file_id = %s").format(t=layout.ident), [file_id])
+    return cur.rowcount
+
+
+async def delete_rows_without_file(conn: psycopg.AsyncConnection[Any], layout: Layout, ids: Sequence[str]) -> int:
+    """Remove the file-less rows (prototype /embeddings, OGX's chunks) with these ids, so a chunk inserted again
+    under its id replaces the old one. File chunks are never touched here."""
+    cur = await conn.execute(
+        sql.SQL("DELETE FROM {t} WHERE id = ANY(%s) AND file_id IS NULL").format(t=layout.ident), [list(ids)]
+    )
     return cur.rowcount
 
 
