@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vectorstore.options import IngestOptions, PlanOptions, ServeOptions, SyncOptions
+from vectorstore.options import (
+    ExportOptions,
+    ImportOptions,
+    IngestOptions,
+    PlanOptions,
+    ServeOptions,
+    SyncOptions,
+)
 
 DEFAULT_SPEC = "config/stack.yaml"
 
@@ -36,7 +43,17 @@ class RenderOptions:
     check: bool
 
 
-Options = ValidateOptions | SchemaOptions | RenderOptions | ServeOptions | PlanOptions | SyncOptions | IngestOptions
+Options = (
+    ValidateOptions
+    | SchemaOptions
+    | RenderOptions
+    | ServeOptions
+    | PlanOptions
+    | SyncOptions
+    | IngestOptions
+    | ExportOptions
+    | ImportOptions
+)
 
 
 def _port(text: str) -> int:
@@ -126,7 +143,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="env var holding the bearer key (default %(default)s)",
     )
     ingest.add_argument("--chunk-size", type=_positive, default=None, help="static chunk size in tokens")
+
+    export = commands.add_parser(
+        "export", help="write one store (settings, files, chunks with their embeddings) to an archive file"
+    )
+    export.add_argument("store", metavar="STORE", help="store id or name")
+    export.add_argument("-o", "--output", type=Path, required=True, help="archive file to write")
+    _database_arguments(export)
+
+    load = commands.add_parser(
+        "import", help="load a store archive into the database in one transaction, with no embedding call"
+    )
+    load.add_argument("archive", type=Path, metavar="FILE", help="archive written by `vectorstore export`")
+    load.add_argument(
+        "--as",
+        dest="as_",
+        default=None,
+        metavar="NAME|ID",
+        help="import under a declared store's name, an id (vs_...), or a new name (default: the archive's own)",
+    )
+    load.add_argument(
+        "--replace", action="store_true", help="drop a store with the same id first (in the same transaction)"
+    )
+    _database_arguments(load)
     return parser
+
+
+def _database_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", type=Path, default=Path(DEFAULT_SPEC), help=f"spec file (default {DEFAULT_SPEC})")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="embedded PostgreSQL data directory, used when neither PG* nor DATABASE_URL is set",
+    )
 
 
 def _render_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,6 +216,12 @@ def _options(args: argparse.Namespace) -> Options:
                 api_key_env=args.api_key_env,
                 chunk_size=args.chunk_size,
             )
+        case "export":
+            return ExportOptions(store=args.store, output=args.output, spec=args.spec, data_dir=args.data_dir)
+        case "import":
+            return ImportOptions(
+                archive=args.archive, as_=args.as_, replace=args.replace, spec=args.spec, data_dir=args.data_dir
+            )
     raise AssertionError(args.command)
 
 
@@ -200,6 +256,14 @@ def run(options: Options) -> int:
             from vectorstore.ingest.cli import ingest
 
             return ingest(options)
+        case ExportOptions():
+            from vectorstore.archive.command import export_command
+
+            return export_command(options)
+        case ImportOptions():
+            from vectorstore.archive.command import import_command
+
+            return import_command(options)
     raise AssertionError(options)
 
 

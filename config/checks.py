@@ -13,11 +13,13 @@ from typing import Any
 from config import names
 from config.globs import check_glob
 from config.model import (
+    AZURE_BLOB_HOST_SUFFIX,
     BUILTIN_ALLOWED_DIMENSIONS,
     BUILTIN_MODEL,
     HALFVEC_MAX_INDEXED_DIMENSIONS,
     VECTOR_MAX_DIMENSIONS,
     VECTOR_MAX_INDEXED_DIMENSIONS,
+    object_store_kind,
 )
 from config.yamlsafe import JsonPath
 
@@ -32,6 +34,10 @@ SECRET_REF_PATHS: tuple[JsonPath, ...] = (
 CREDENTIALS_PATH: JsonPath = ("database", "credentials")
 S3_CREDENTIALS_PATH: JsonPath = ("stores", "*", "sources", "*", "s3", "credentials")
 GIT_CREDENTIALS_PATH: JsonPath = ("stores", "*", "sources", "*", "git", "credentials")
+BACKUP_CREDENTIALS_PATHS: tuple[JsonPath, ...] = (
+    ("database", "backup", "credentials"),
+    ("database", "restore", "credentials"),
+)
 _REF_HINT = "reference it instead, as {secret: <secret-name>, key: <key-in-secret>}"
 
 
@@ -91,6 +97,16 @@ def literal_secrets(data: Any) -> list[Finding]:
                     path,
                     f"takes only the name of a Secret holding `{names.GIT_USERNAME_KEY}` and "
                     f"`{names.GIT_PASSWORD_KEY}`, as {{secret: <secret-name>}}; never the values",
+                )
+            )
+    for path in BACKUP_CREDENTIALS_PATHS:
+        value = _get(data, *path)
+        if value is not None and (not isinstance(value, dict) or set(value) - {"secret"}):
+            findings.append(
+                (
+                    path,
+                    "takes only the name of a Secret holding the object store's credentials, as "
+                    "{secret: <secret-name>}; never the values (docs/operations.md lists its keys)",
                 )
             )
     credentials = _get(data, *CREDENTIALS_PATH)
@@ -566,6 +582,79 @@ def dashboard_labels(data: Any) -> list[Finding]:
     ]
 
 
+# CNPG's ScheduledBackup reads robfig/cron with seconds: six fields, or one of these descriptors.
+CRON_DESCRIPTORS = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,#-]+$")
+_DESTINATION_HINT = (
+    f"the Barman Cloud plugin writes to s3://<bucket>/<path>, gs://<bucket>/<path> or "
+    f"https://<account>{AZURE_BLOB_HOST_SUFFIX}/<container>/<path>"
+)
+
+
+def _cron_finding(schedule: str) -> str | None:
+    if schedule.startswith("@"):
+        ok = schedule in CRON_DESCRIPTORS or re.fullmatch(r"@every [0-9hms.]+", schedule) is not None
+        return None if ok else f"unknown descriptor {schedule!r} (known: {', '.join(sorted(CRON_DESCRIPTORS))})"
+    fields = schedule.split()
+    if len(fields) == 5:
+        return (
+            f"has five fields; CNPG's cron has six, seconds first: did you mean {'0 ' + ' '.join(fields)!r}? "
+            "(with five, the first would be read as seconds)"
+        )
+    if len(fields) != 6:
+        return f"must have six cron fields, seconds first, as '0 0 3 * * *' (found {len(fields)})"
+    bad = [field for field in fields if not _CRON_FIELD.match(field)]
+    return f"{bad[0]!r} is not a cron field" if bad else None
+
+
+def backup(data: Any) -> list[Finding]:
+    """The schedule, the destinations, the restore's credentials, and that a restore never archives over the
+    backups it came from (CNPG's docs warn: the WAL of two clusters would interleave in one folder)."""
+    findings: list[Finding] = []
+    backup_data, restore_data = _get(data, "database", "backup"), _get(data, "database", "restore")
+    cluster_name = _get(data, "database", "cluster", "name")
+    if isinstance(backup_data, dict):
+        schedule = backup_data.get("schedule")
+        problem = _cron_finding(schedule) if isinstance(schedule, str) else None
+        if problem:
+            findings.append((("database", "backup", "schedule"), problem))
+        destination = backup_data.get("destination")
+        if isinstance(destination, str) and object_store_kind(destination) is None:
+            findings.append(
+                (("database", "backup", "destination"), f"unsupported destination {destination!r}: {_DESTINATION_HINT}")
+            )
+    if isinstance(restore_data, dict):
+        source = restore_data.get("from")
+        if isinstance(source, str) and object_store_kind(source) is None:
+            findings.append((("database", "restore", "from"), f"unsupported source {source!r}: {_DESTINATION_HINT}"))
+        if "credentials" not in restore_data and not isinstance(backup_data, dict):
+            findings.append(
+                (
+                    ("database", "restore"),
+                    "needs `credentials` (a Secret reference): there is no database.backup to take them from",
+                )
+            )
+        if isinstance(backup_data, dict) and isinstance(source, str):
+            destination = backup_data.get("destination")
+            backup_server = backup_data.get("server_name", cluster_name)
+            restore_server = restore_data.get("server_name", cluster_name)
+            if (
+                isinstance(destination, str)
+                and destination.rstrip("/") == source.rstrip("/")
+                and backup_server == restore_server
+            ):
+                findings.append(
+                    (
+                        ("database", "backup", "server_name")
+                        if "server_name" in backup_data
+                        else ("database", "backup"),
+                        f"this cluster would archive into the backups it restores from ({source} server "
+                        f"{restore_server!r}): give database.backup another `server_name` (or `destination`)",
+                    )
+                )
+    return findings
+
+
 ALL_CHECKS = (
     uniqueness,
     key_store_limits,
@@ -589,6 +678,7 @@ ALL_CHECKS = (
     read_replicas,
     monitoring_needs_pod_monitor,
     dashboard_labels,
+    backup,
 )
 
 

@@ -82,6 +82,55 @@ class Cluster:
         return names.database_ro_host(self.name)
 
 
+ObjectStoreKind = Literal["s3", "gs", "azure"]
+AZURE_BLOB_HOST_SUFFIX = ".blob.core.windows.net"
+
+
+def object_store_kind(url: str) -> ObjectStoreKind | None:
+    """Which object store a Barman Cloud destination URL names, or None when the plugin can't write there."""
+    scheme, _, rest = url.partition("://")
+    if scheme == "s3" and rest.strip("/"):
+        return "s3"
+    if scheme == "gs" and rest.strip("/"):
+        return "gs"
+    host = rest.partition("/")[0].partition(":")[0]
+    if scheme == "https" and host.endswith(AZURE_BLOB_HOST_SUFFIX) and rest.partition("/")[2].strip("/"):
+        return "azure"
+    return None
+
+
+@dataclass(frozen=True)
+class ObjectStoreLocation:
+    """A Barman Cloud destination: where, at which endpoint, with which Secret's credentials."""
+
+    destination: str
+    endpoint: str | None
+    credentials_secret: str
+    server_name: str
+
+    @property
+    def kind(self) -> ObjectStoreKind:
+        kind = object_store_kind(self.destination)
+        if kind is None:  # checks.backup refused it already
+            raise ValueError(f"unsupported destination {self.destination!r}")
+        return kind
+
+
+@dataclass(frozen=True)
+class Backup:
+    location: ObjectStoreLocation
+    retention: str
+    schedule: str
+    wal_compression: str | None
+    data_compression: str | None
+
+
+@dataclass(frozen=True)
+class Restore:
+    location: ObjectStoreLocation
+    target_time: str | None
+
+
 @dataclass(frozen=True)
 class Database:
     cluster: Cluster
@@ -96,6 +145,8 @@ class Database:
     pool_max_size: int
     read_replicas: bool = False
     """Searches go to the replicas (`<cluster>-ro`) through a second pool, with read-your-writes."""
+    backup: Backup | None = None
+    restore: Restore | None = None
 
 
 @dataclass(frozen=True)
@@ -441,6 +492,20 @@ class Spec:
             unique.setdefault(ref.env, ref)
         return list(unique.values())
 
+    def object_store_secret_keys(self) -> list[tuple[str, str]]:
+        """(secret, key) of the backup and restore credentials: the plugin reads them, never the server."""
+        out: list[tuple[str, str]] = []
+        for holder in (self.database.backup, self.database.restore):
+            if holder is not None:
+                location = holder.location
+                keys = {
+                    "s3": (names.S3_ACCESS_KEY_ID_KEY, names.S3_SECRET_ACCESS_KEY_KEY),
+                    "gs": (names.GCS_CREDENTIALS_KEY,),
+                    "azure": (names.AZURE_CONNECTION_STRING_KEY,),
+                }[location.kind]
+                out += [(location.credentials_secret, key) for key in keys]
+        return out
+
     def git_credential_refs(self) -> list[SecretRef]:
         """The git credentials' references: the server reads them only outside Kubernetes (its own `git`)."""
         refs: list[SecretRef] = []
@@ -521,6 +586,8 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             pool_min_size=db["pool"]["min_size"],
             pool_max_size=db["pool"]["max_size"],
             read_replicas=db["read_replicas"],
+            backup=_backup(db.get("backup"), cluster["name"]),
+            restore=_restore(db.get("restore"), db.get("backup"), cluster["name"]),
         ),
         secrets=tuple(
             SecretSource(
@@ -617,6 +684,41 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             max_extracted_bytes=data["ingest"]["max_extracted_bytes"],
             max_extract_memory_bytes=data["ingest"]["max_extract_memory_bytes"],
         ),
+    )
+
+
+def _backup(data: dict[str, Any] | None, cluster_name: str) -> Backup | None:
+    if data is None:
+        return None
+    return Backup(
+        location=ObjectStoreLocation(
+            destination=data["destination"],
+            endpoint=data.get("endpoint"),
+            credentials_secret=data["credentials"]["secret"],
+            server_name=data.get("server_name", cluster_name),
+        ),
+        retention=data["retention"],
+        schedule=data["schedule"],
+        wal_compression=data.get("wal_compression"),
+        data_compression=data.get("data_compression"),
+    )
+
+
+def _restore(data: dict[str, Any] | None, backup: dict[str, Any] | None, cluster_name: str) -> Restore | None:
+    """Endpoint and credentials default to the backup's ("same as backup"), as a pair: a restore that names its
+    own credentials names its own endpoint too."""
+    if data is None:
+        return None
+    inherit = "credentials" not in data and backup is not None
+    source = backup if inherit and backup is not None else data
+    return Restore(
+        location=ObjectStoreLocation(
+            destination=data["from"],
+            endpoint=data.get("endpoint", source.get("endpoint")) if inherit else data.get("endpoint"),
+            credentials_secret=source["credentials"]["secret"],
+            server_name=data.get("server_name", cluster_name),
+        ),
+        target_time=data.get("target_time"),
     )
 
 

@@ -154,3 +154,23 @@ def git_checkout_volume_dir(root: str, store_id: str, source: str) -> str:
 def git_checkout_path(root: str, store_id: str, source: str) -> str:
     """The directory the server reads for a git source when git-sync keeps the checkout (before `git.path`)."""
     return f"{git_checkout_volume_dir(root, store_id, source)}/{GIT_SYNC_ROOT}/{GIT_SYNC_LINK}"
+
+
+# --- backups and restore (database.backup / database.restore, docs/operations.md) ----------------------------
+
+BARMAN_CLOUD_PLUGIN = "barman-cloud.cloudnative-pg.io"
+RECOVERY_SOURCE = "origin"
+"""The `externalClusters[]` entry a restored cluster bootstraps from."""
+# The keys a backup credentials Secret holds, per object store (S3 shares the sources' key names).
+GCS_CREDENTIALS_KEY = "application_credentials"
+AZURE_CONNECTION_STRING_KEY = "connection_string"
+
+
+def backup_object_store_name(cluster_name: str) -> str:
+    """The ObjectStore the cluster archives to; also its ScheduledBackup's name."""
+    return f"{cluster_name}-backup"
+
+
+def recovery_object_store_name(cluster_name: str) -> str:
+    """The ObjectStore a restored cluster reads its backup from (never the one it archives to)."""
+    return f"{cluster_name}-recovery"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from config import Spec, names
 from config.model import Resources
+from render import backup
 from render.common import Document, metadata
 
 CNPG_API = "postgresql.cnpg.io/v1"
@@ -42,7 +43,9 @@ def cluster(spec: Spec) -> Document:
     if cnpg.parameters:
         # The model already turned every value into a string, as CNPG requires.
         body["postgresql"] = {"parameters": dict(sorted(cnpg.parameters.items()))}
-    body["bootstrap"] = {"initdb": initdb}
+    recovery = backup.recovery(spec)
+    body["bootstrap"] = {"recovery": recovery} if recovery is not None else {"initdb": initdb}
+    body.update(backup.cluster_fields(spec))
     return {
         "apiVersion": CNPG_API,
         "kind": "Cluster",
@@ -68,7 +71,8 @@ def database(spec: Spec) -> Document:
 
 
 def documents(spec: Spec) -> list[Document]:
-    out = [cluster(spec)]
+    """The ObjectStores the Cluster references come first, its ScheduledBackup after it."""
+    out = [*backup.object_stores(spec), cluster(spec)]
     if spec.database.cluster.database_resource:
         out.append(database(spec))
-    return out
+    return out + backup.scheduled_backup(spec)

@@ -13,8 +13,9 @@ BASIC_AUTH = "kubernetes.io/basic-auth"
 
 
 def referenced_keys(spec: Spec, secret: str) -> list[str]:
-    """Every key of `secret` the server reads, sorted, each once."""
-    return sorted({ref.key for ref in spec.secret_refs() if ref.secret == secret})
+    """Every key of `secret` the server (or, for backups, the Barman Cloud plugin) reads, sorted, each once."""
+    keys = {ref.key for ref in spec.secret_refs() if ref.secret == secret}
+    return sorted(keys | {key for name, key in spec.object_store_secret_keys() if name == secret})
 
 
 def _is_database_secret(spec: Spec, source: SecretSource) -> bool:

@@ -41,3 +41,20 @@ class IngestOptions:
     base_url: str
     api_key_env: str
     chunk_size: int | None
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    store: str
+    output: Path
+    spec: Path
+    data_dir: Path | None
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    archive: Path
+    as_: str | None
+    replace: bool
+    spec: Path
+    data_dir: Path | None

@@ -64,20 +64,23 @@ def test_strict_crd_schema_catches_a_misspelt_field(
     objects: list[dict[str, Any]], crd_validators: dict[tuple[str, str], jsonschema.Draft7Validator]
 ) -> None:
     cluster = _one(objects, "Cluster")
-    cluster["spec"]["bootstrap"]["initdb"]["postInitAplicationSQL"] = ["SELECT 1"]
+    bootstrap = cluster["spec"]["bootstrap"]
+    bootstrap[next(iter(bootstrap))]["postInitAplicationSQL"] = ["SELECT 1"]  # initdb, or recovery on a restore
     assert not crd_validators[("postgresql.cnpg.io/v1", "Cluster")].is_valid(cluster)
 
 
 def test_cluster(case_spec: Spec, objects: list[dict[str, Any]]) -> None:
     cluster = _one(objects, "Cluster")
     db = case_spec.database
-    initdb = cluster["spec"]["bootstrap"]["initdb"]
+    # A restored cluster recovers instead (tests/rendering/test_render_backup.py); its database and owner stay.
+    initdb = cluster["spec"]["bootstrap"]["initdb" if db.restore is None else "recovery"]
     assert cluster["metadata"]["name"] == db.cluster.name
     assert cluster["spec"]["imageName"] == db.cluster.image
     assert "-standard-" in cluster["spec"]["imageName"]
     assert initdb["database"] == db.name
     assert initdb["owner"] == db.owner
-    assert initdb["postInitApplicationSQL"] == ["CREATE EXTENSION IF NOT EXISTS vector"]
+    if db.restore is None:
+        assert initdb["postInitApplicationSQL"] == ["CREATE EXTENSION IF NOT EXISTS vector"]
     assert ("secret" in initdb) == db.credentials_declared
     assert "enableSuperuserAccess" not in cluster["spec"]
     parameters = cluster["spec"].get("postgresql", {}).get("parameters", {})
@@ -104,7 +107,11 @@ def test_secret_sources(case_spec: Spec, objects: list[dict[str, Any]]) -> None:
         if obj["kind"] == "ExternalSecret":
             template = obj["spec"]["target"].get("template", {})
             assert template.get("type") == ("kubernetes.io/basic-auth" if is_db else None)
-            wanted = sorted({ref.key for ref in case_spec.secret_refs() if ref.secret == obj["metadata"]["name"]})
+            name = obj["metadata"]["name"]
+            wanted = sorted(
+                {ref.key for ref in case_spec.secret_refs() if ref.secret == name}
+                | {key for secret, key in case_spec.object_store_secret_keys() if secret == name}
+            )
             assert [item["secretKey"] for item in obj["spec"].get("data", [])] == wanted
 
 
@@ -348,4 +355,6 @@ def test_the_cases_cover_every_kind_render_can_emit() -> None:
         "PodDisruptionBudget",
         "PodMonitor",
         "PrometheusRule",
+        "ObjectStore",
+        "ScheduledBackup",
     }
