@@ -44,12 +44,14 @@ ROUTE_MODULES: tuple[str, ...] = (
     "vectorstore.api.files",
     "vectorstore.api.vector_store_files",
     "vectorstore.api.sources",
+    "vectorstore.api.recall",
 )
 # Background services: each has `setup(app) -> None`, run after the routes, that adds its cleanup contexts.
 # Sources come after ingestion: their sync wakes the worker, and stops before it does.
 SERVICE_MODULES: tuple[str, ...] = (
     "vectorstore.ingest.service",
     "vectorstore.search.service",
+    "vectorstore.calibration.service",
     "vectorstore.sources.service",
 )
 

@@ -53,6 +53,12 @@ class Settings:
     """The read replicas (database.read_replicas with DATABASE_READ_URL set): searches go there."""
     replica_wait_seconds: float = 0.05
     """How long a search waits for a replica to replay the writes it must see before it goes to the primary."""
+    calibration_poll_seconds: float = 30.0
+    """How often each server reloads the stores' recall calibrations and starts the ones that are due."""
+    calibration_interval_seconds: float = 3600.0
+    """A store with `search.target_recall` is measured again at least this often (vectorstore/calibration)."""
+    calibration_budget_seconds: float = 120.0
+    """Database time one calibration may use in all (it also keeps to half a core while it runs)."""
 
     def secret_values(self) -> list[str]:
         """Every secret this server knows: API keys, the embedding and rerank keys, the sources' credentials,

@@ -104,6 +104,13 @@ SEARCHES: Final = Counter(
     ["mode", "fallback"],
     registry=REGISTRY,
 )
+CALIBRATIONS: Final = Counter(
+    "vectorstore_calibrations_total",
+    "Recall calibrations this process ran (vectorstore/calibration), by outcome: reached (every group met the "
+    "store's target_recall) or not_reached (the best setting found is in use).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 RERANK_LATENCY: Final = Histogram(
     "vectorstore_rerank_request_duration_seconds",
     "Latency of one request to the rerank endpoint, failures and timeouts included.",
