@@ -432,9 +432,10 @@ async def calibrate(
         conn, layout, cases, _unfiltered_plans(layout, declared_ef_search, floor), target, budget
     )
     exact = _exact_trial(cases) if allow_exact else None
-    chosen = _choose(reached, best, exact) if declared_ef_search is None else (reached or best or exact)
+    # A declared ef_search is kept as is: measured, never swapped for another setting or an exact scan.
+    chosen = _choose(reached, best, exact if declared_ef_search is None else None)
     groups[UNFILTERED] = _measured(chosen, target, cases, 0, [])
-    base = chosen.plan if not chosen.plan.exact else (best.plan if best else Plan(ef_search=100))
+    base = chosen.plan if not chosen.plan.exact else (best.plan if best else Plan(max(floor_ef_search, K)))
 
     filters: list[tuple[sql.Composable, tuple[Any, ...]]] = [(item.where, item.params) for item in recent_filters]
     try:
