@@ -58,7 +58,9 @@ class Settings:
     calibration_interval_seconds: float = 3600.0
     """A store with `search.target_recall` is measured again at least this often (vectorstore/calibration)."""
     calibration_budget_seconds: float = 120.0
-    """Database time one calibration may use in all (it also keeps to half a core while it runs)."""
+    """Database time one calibration may use in all."""
+    calibration_db_share: float = 0.5
+    """Share of one database core a calibration keeps to while it runs (it sleeps between its statements)."""
 
     def secret_values(self) -> list[str]:
         """Every secret this server knows: API keys, the embedding and rerank keys, the sources' credentials,

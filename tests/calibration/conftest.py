@@ -16,7 +16,7 @@ from search.conftest import db  # noqa: F401 - a migrated database, for the test
 from vectorstore.search import statistics
 from vectorstore.storage import stores, tables
 
-ROWS = 3000
+ROWS = 2000
 DIMS = 32
 
 
@@ -48,3 +48,43 @@ async def fill(
     async with conn.transaction():
         await tables.copy_chunks(conn, record.layout, chunk_rows)
     await statistics.keep_current(conn, record, force=True)
+
+
+STORE_ID = "vs_recall0001"
+
+
+def recall_spec_data(embed_url: str, *, target: float, index: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A spec with one store, `docs`, at DIMS dimensions and the given target recall."""
+    from server.conftest import spec_data
+
+    store: dict[str, Any] = {"name": "docs", "id": STORE_ID, "search": {"mode": "vector"}}
+    if index is not None:
+        store["index"] = index
+    data = spec_data(embed_url, stores=[store], dims=DIMS)
+    data["search"] = {"target_recall": target}
+    return data
+
+
+async def fill_store(dsn: str, rows: int = ROWS, *, start: int = 0) -> stores.StoreRecord:
+    """Rows into the declared store (created by a server's reconcile) through its own connection."""
+    from pgvector.psycopg import register_vector_async
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await register_vector_async(conn)
+        record = await stores.get(conn, STORE_ID)
+        assert record is not None
+        await fill(conn, record, rows, start=start)
+        found = await stores.get(conn, STORE_ID)
+        assert found is not None
+        return found
+
+
+async def calibration_row(dsn: str) -> dict[str, Any] | None:
+    from psycopg.rows import dict_row
+
+    async with (
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
+        conn.cursor(row_factory=dict_row) as cur,
+    ):
+        await cur.execute("SELECT runs, calibrated_by, reached, rows_at FROM search_calibration")
+        return await cur.fetchone()

@@ -84,6 +84,7 @@ class Budget:
     db_share: float = 0.5
     statement_seconds: float = 30.0
     spent: float = 0.0
+    longest: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
     async def run(self, work: Callable[[], Awaitable[T]]) -> tuple[T, float]:
@@ -93,6 +94,7 @@ class Budget:
         result = await work()
         took = time.perf_counter() - began
         self.spent += took
+        self.longest = max(self.longest, took)
         if self.db_share < 1.0:
             await asyncio.sleep(took * (1.0 / self.db_share - 1.0))
         return result, took

@@ -154,8 +154,16 @@ async def estimate_selectivity(
         _ESTIMATES.move_to_end(key)
         return hit[1]
     statement = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {t} WHERE {where}").format(t=layout.ident, where=where)
-    cur = await conn.execute(statement, list(params))
-    row = await cur.fetchone()
+    # In autocommit like the search that follows (search/vector.py `execute`): no transaction left open.
+    autocommit = conn.autocommit
+    if not autocommit:
+        await conn.set_autocommit(True)
+    try:
+        cur = await conn.execute(statement, list(params))
+        row = await cur.fetchone()
+    finally:
+        if not autocommit:
+            await conn.set_autocommit(False)
     plan = row[0] if row else None
     document = json.loads(plan) if isinstance(plan, str) else plan
     estimated = float(document[0]["Plan"]["Plan Rows"]) if document else rows

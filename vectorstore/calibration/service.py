@@ -159,7 +159,6 @@ async def calibrate_store(
         row = await cur.fetchone()
         if not row or not row[0]:
             return False
-        view.running.add(record.id)
         try:
             fresh = await stores.get(lock_conn, record.id)
             found = await plans.load(lock_conn, record.id)
@@ -174,6 +173,7 @@ async def calibrate_store(
                 if found is not None:
                     view.by_store[record.id] = found
                 return False
+            view.running.add(record.id)
             log.info("calibration of store %s started (%s)", record.id, reason)
             result = await _measure(app, fresh, target, declared_ef, node)
             await plans.save(lock_conn, result)
@@ -211,7 +211,9 @@ async def _measure(
         "recent_queries": view.samples.queries(record.id),
         "recent_filters": view.samples.filters(record.id),
         "floor_ef_search": record.ef_search,
-        "budget": measure.Budget(db_seconds=settings.calibration_budget_seconds),
+        "budget": measure.Budget(
+            db_seconds=settings.calibration_budget_seconds, db_share=settings.calibration_db_share
+        ),
         "calibrated_by": view.identity,
         "index_node": node,
     }
