@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import psycopg
 from _db import bench_server, finish_report, fresh_database
-from large_stores import make_vectors
 from pgvector.psycopg import register_vector_async
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -48,6 +47,23 @@ from vectorstore.storage.migrations import migrate
 
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 K = 10
+
+
+def make_vectors(rows: int, dims: int, clusters: int, queries: int, spread: float, seed: int = 7) -> tuple[Any, Any]:
+    """bench/large_stores.py's clustered unit vectors, with the noise around each centre a parameter: the
+    larger `spread`, the less the nearest neighbours stand out, the harder for HNSW (0.6 there)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dims), dtype=np.float32)
+    data = np.empty((rows, dims), dtype=np.float32)
+    for start in range(0, rows, 50000):
+        stop = min(rows, start + 50000)
+        picks = rng.integers(0, clusters, stop - start)
+        data[start:stop] = centres[picks] + spread * rng.standard_normal((stop - start, dims), dtype=np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    query = centres[rng.integers(0, clusters, queries)]
+    query = query + spread * rng.standard_normal((queries, dims), dtype=np.float32)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    return data, query
 
 
 def attributes_of(index: int) -> dict[str, str]:
@@ -176,24 +192,75 @@ async def evaluate(
                 "short": short,
             }
     if qps:
-        position = 0
-
-        async def worker() -> None:
-            nonlocal position
-            while position < len(queries):
-                index = position
-                position += 1
-                async with pool.connection() as conn:
-                    await search(conn, record, queries[index], vector.NO_FILTER, [], calibration, fixed)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(16)))
-        result["qps_c16"] = round(len(queries) / (time.perf_counter() - started), 1)
+        result["qps_c16"], result["p99_c16_ms"] = await concurrent(pool, record, queries, calibration, fixed)
     return result
 
 
+async def concurrent(
+    pool: Pool,
+    record: stores.StoreRecord,
+    queries: list[list[float]],
+    calibration: plans.Calibration | None,
+    fixed: plans.Plan,
+    rounds: int = 1,
+) -> tuple[float, float]:
+    """(QPS, p99 ms) of unfiltered searches by 16 concurrent clients, `rounds` times over the queries."""
+    position = 0
+    times: list[float] = []
+    work = queries * rounds
+
+    async def worker() -> None:
+        nonlocal position
+        while position < len(work):
+            index = position
+            position += 1
+            async with pool.connection() as conn:
+                began = time.perf_counter()
+                await search(conn, record, work[index], vector.NO_FILTER, [], calibration, fixed)
+                times.append(time.perf_counter() - began)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(16)))
+    elapsed = time.perf_counter() - started
+    ordered = sorted(times)
+    return round(len(work) / elapsed, 1), round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2)
+
+
+async def p99_during_calibration(
+    pool: Pool,
+    dsn: str,
+    record: stores.StoreRecord,
+    queries: list[list[float]],
+    traffic: list[list[float]],
+    target: float,
+) -> dict[str, Any]:
+    """Search p99 (c=16, fixed default settings) alone, then while a calibration runs as the server runs it
+    (half a database core at most), on the same database."""
+    fixed = plans.Plan(100)
+    _, alone = await concurrent(pool, record, queries, None, fixed, rounds=3)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await register_vector_async(conn)
+        task = asyncio.create_task(
+            measure.calibrate(
+                conn,
+                record.layout,
+                store_id=record.id,
+                target=target,
+                rows=record.analyzed_rows,
+                declared_ef_search=None,
+                recent_queries=traffic,
+                floor_ef_search=record.ef_search,
+                budget=measure.Budget(db_share=0.5),
+            )
+        )
+        _, during = await concurrent(pool, record, queries, None, fixed, rounds=3)
+        overlapped = not task.done()
+        await task
+    return {"p99_alone_ms": alone, "p99_during_ms": during, "ratio": round(during / alone, 3), "overlapped": overlapped}
+
+
 async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
-    data, queries = make_vectors(args.rows, args.dims, args.clusters, args.queries + args.traffic)
+    data, queries = make_vectors(args.rows, args.dims, args.clusters, args.queries + args.traffic, args.spread)
     traffic = queries[args.queries :].tolist()
     evaluation = queries[: args.queries]
     filters = filters_for(args.rows)
@@ -265,6 +332,11 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
                     file=sys.stderr,
                     flush=True,
                 )
+            if args.p99:
+                entry["p99_during_calibration"] = await p99_during_calibration(
+                    pool, dsn, record, query_list, traffic, args.targets[0]
+                )
+                print(json.dumps({setting: entry["p99_during_calibration"]}), file=sys.stderr, flush=True)
         report[setting] = entry
         if args.drop:
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -311,12 +383,17 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=50000)
     parser.add_argument("--dims", type=int, default=768)
     parser.add_argument("--clusters", type=int, default=200)
+    parser.add_argument("--spread", type=float, default=1.0, help="noise around each cluster centre")
     parser.add_argument("--queries", type=int, default=200, help="evaluation queries")
     parser.add_argument("--traffic", type=int, default=measure.QUERIES, help="queries the calibration samples")
     parser.add_argument("--settings", nargs="+", default=["none", "halfvec"])
-    parser.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.95, 0.98])
+    parser.add_argument("--targets", type=float, nargs="*", default=[0.9, 0.95, 0.98])
     parser.add_argument("--sweep", type=int, nargs="+", default=[20, 40, 100, 200, 400])
     parser.add_argument("--budget", type=float, default=120.0, help="database seconds per calibration")
+    parser.add_argument("--p99", action="store_true", help="also measure search p99 during a calibration")
+    parser.add_argument(
+        "--merge", nargs="*", default=[], help="reports (--json) of earlier runs to plot with this one's settings"
+    )
     parser.add_argument("--plot", help="write the recall/QPS plot here (PNG)")
     parser.add_argument("--drop", action="store_true")
     parser.add_argument("--json")
@@ -327,6 +404,9 @@ def main() -> int:
         report: dict[str, Any] = {"settings": asyncio.run(bench(args, dsn))}
     report["args"] = {key: value for key, value in vars(args).items() if key not in ("json", "plot")}
     report["wall_seconds"] = round(time.perf_counter() - started)
+    for path in args.merge:
+        with open(path) as handle:
+            report["settings"] = json.load(handle)["settings"] | report["settings"]
     if args.plot:
         plot(
             report["settings"],
