@@ -78,5 +78,6 @@ async def recall(request: web.Request) -> web.Response:
             "duration_seconds": found.duration_seconds,
             "db_seconds": found.db_seconds,
             "runs": found.runs,
+            "last_error": view.errors.get(record.id),
         }
     )

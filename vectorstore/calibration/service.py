@@ -175,7 +175,15 @@ async def calibrate_store(
                 return False
             view.running.add(record.id)
             log.info("calibration of store %s started (%s)", record.id, reason)
-            result = await _measure(app, fresh, target, declared_ef, node)
+            try:
+                result = await _measure(app, fresh, target, declared_ef, node)
+            except (psycopg.Error, measure.BudgetExhausted) as exc:
+                # Shown in the status route: redacted, though PostgreSQL's messages hold no secret of ours.
+                message = app[state.REDACTOR].redact(str(exc).strip()[:300] or "the budget ran out before any result")
+                view.errors[record.id] = message
+                metrics.CALIBRATIONS.labels("failed").inc()
+                log.warning("calibration of store %s failed: %s", record.id, message)
+                return False
             await plans.save(lock_conn, result)
             saved = await plans.load(lock_conn, record.id)
             if saved is not None:
@@ -238,14 +246,16 @@ async def _loop(app: web.Application) -> None:
     await readiness.done.wait()
     if not readiness.ready:
         return
-    settings, view = app[state.SETTINGS], app[CALIBRATIONS]
+    settings = app[state.SETTINGS]
     while True:
         try:
             await tick(app)
         except (psycopg.Error, OSError) as exc:
-            message = str(exc).strip()[:200]
-            view.errors["*"] = message
+            message = app[state.REDACTOR].redact(str(exc).strip()[:200])
             log.warning("calibration: %s; trying again in %.0fs", message, settings.calibration_poll_seconds)
+        except Exception:
+            # Never let the loop die: searches keep the last settings, and the next poll tries again.
+            log.exception("calibration: unexpected error; trying again in %.0fs", settings.calibration_poll_seconds)
         await asyncio.sleep(settings.calibration_poll_seconds)
 
 

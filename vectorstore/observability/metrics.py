@@ -107,7 +107,8 @@ SEARCHES: Final = Counter(
 CALIBRATIONS: Final = Counter(
     "vectorstore_calibrations_total",
     "Recall calibrations this process ran (vectorstore/calibration), by outcome: reached (every group met the "
-    "store's target_recall) or not_reached (the best setting found is in use).",
+    "store's target_recall), not_reached (the best setting found is in use) or failed (the database failed it, "
+    "or its budget ran out before any result: the log says which).",
     ["outcome"],
     registry=REGISTRY,
 )
