@@ -141,7 +141,7 @@ async def test_a_declared_ef_search_is_measured_not_changed(db: psycopg.AsyncCon
     assert not unfiltered.reached and unfiltered.recall < 1.0 and not result.reached
 
 
-@pytest.mark.parametrize("quantization", ["halfvec", "binary"])
+@pytest.mark.parametrize("quantization", ["binary"])
 async def test_quantized_stores(db: psycopg.AsyncConnection[Any], quantization: Any) -> None:
     record = await _store(db, quantization=quantization)
     result = await measure.calibrate(

@@ -4,6 +4,7 @@ and shared, exported in /metrics and the status route; a target nothing reaches 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -138,3 +139,68 @@ async def test_an_unreachable_target_is_reported_and_search_still_works(
         assert await search_many(server, 5) == [10] * 5
     finally:
         await server.stop()
+
+
+def test_when_a_store_is_due() -> None:
+    """Every reason to measure again, and none when nothing changed."""
+    from vectorstore.calibration import plans
+    from vectorstore.storage import stores
+
+    record = stores.StoreRecord(
+        id=STORE_ID,
+        seq=1,
+        name="docs",
+        description=None,
+        metadata={},
+        declared=True,
+        model="m",
+        dimensions=DIMS,
+        distance="cosine",
+        vector_type="vector",
+        hnsw_m=16,
+        hnsw_ef_construction=64,
+        ef_search=100,
+        table_name="vs_a",
+        expires_after=None,
+        created_at=0,
+        last_active_at=0,
+        language="english",
+        text_search="ready",
+        analyzed_rows=10000.0,
+        text_avg_length=0.0,
+        text_min_freq=0.0,
+        quantization="none",
+    )
+    found = plans.Calibration(
+        store_id=STORE_ID,
+        table_name="vs_a",
+        target=0.95,
+        declared_ef_search=None,
+        rows_at=10000.0,
+        index_node=7,
+        groups={},
+        sample_source="traffic",
+        duration_seconds=1.0,
+        db_seconds=0.5,
+        calibrated_at=1000.0,
+    )
+
+    def due(**changes: Any) -> str | None:
+        now = changes.pop("now", 1000.0)
+        real = changes.pop("real_queries", 0)
+        target = changes.pop("target", 0.95)
+        node = changes.pop("node", 7)
+        changed = dataclasses.replace(record, **changes)
+        return service.due(found, changed, target, None, node, interval=3600.0, now=now, real_queries=real)
+
+    assert due() is None
+    assert service.due(None, record, 0.95, None, 7, interval=3600.0, now=0.0) == "first"
+    assert due(table_name="vs_b") == "table"  # the store's rows moved to a new table (a model change)
+    assert due(target=0.98) == "target"
+    assert due(analyzed_rows=12500.0) == "rows" and due(analyzed_rows=7500.0) == "rows"
+    assert due(analyzed_rows=11000.0) is None
+    assert due(node=8) == "index"
+    assert due(now=1000.0 + 3600.0) == "schedule"
+    perturbed = dataclasses.replace(found, sample_source="perturbed")
+    assert service.due(perturbed, record, 0.95, None, 7, interval=3600.0, now=1000.0, real_queries=50) == "traffic"
+    assert service.due(perturbed, record, 0.95, None, 7, interval=3600.0, now=1000.0, real_queries=10) is None
