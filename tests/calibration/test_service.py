@@ -16,7 +16,7 @@ from openai import AsyncOpenAI
 from server.conftest import WRITE_KEY, RunningServer, auth, start_server, write_spec
 
 from calibration.conftest import DIMS, ROWS, STORE_ID, calibration_row, fill_store, recall_spec_data
-from vectorstore.calibration import service
+from vectorstore.calibration import measure, service
 
 T = TypeVar("T")
 POLL = 0.2
@@ -70,8 +70,8 @@ async def test_two_servers_calibrate_once_and_share_the_result(
         assert status["settings_in_use"] == {"all": {"ef_search": 100, "max_scan_tuples": 20000}}
         # Real queries first (kept in memory by the server that served them), then enough rows to calibrate.
         # Both get a full sample: a server with one calibrates again after a calibration without (`traffic`).
-        assert await search_many(first, 50) == [0] * 50
-        assert await search_many(second, 50) == [0] * 50
+        assert await search_many(first, measure.QUERIES) == [0] * measure.QUERIES
+        assert await search_many(second, measure.QUERIES) == [0] * measure.QUERIES
         await fill_store(fresh_dsn)
         await eventually(lambda: calibration_row(fresh_dsn))
         # Both servers poll every 0.2 s: give them many polls to run it again if they would.
@@ -85,12 +85,15 @@ async def test_two_servers_calibrate_once_and_share_the_result(
             assert status["state"] == "measured" and status["runs"] == 1
             unfiltered = next(group for group in status["groups"] if group["filtered"] == "false")
             low, high = unfiltered["confidence_interval"]
-            assert low <= unfiltered["recall"] <= high and unfiltered["queries"] == 50
+            assert low <= unfiltered["recall"] <= high and unfiltered["queries"] == measure.QUERIES
             assert unfiltered["reached"] and status["settings_in_use"]["false"] == unfiltered["settings"]
             assert status["db_seconds"] > 0 and status["duration_seconds"] >= status["db_seconds"]
             exposed = await metrics_text(server)
             assert f'vectorstore_search_recall_estimate{{filtered="false",store="{STORE_ID}"}}' in exposed
-            assert f'vectorstore_search_recall_sample_size{{filtered="false",store="{STORE_ID}"}} 50.0' in exposed
+            assert (
+                f'vectorstore_search_recall_sample_size{{filtered="false",store="{STORE_ID}"}} {float(measure.QUERIES)}'
+                in exposed
+            )
             assert f'vectorstore_search_recall_target_reached{{store="{STORE_ID}"}} 1.0' in exposed
             assert "vectorstore_calibration_age_seconds" in exposed and "vectorstore_calibration_db_seconds" in exposed
         assert status["sample_source"] == "traffic"
@@ -128,7 +131,7 @@ async def test_an_unreachable_target_is_reported_and_search_still_works(
         write_spec(tmp_path / "stack.yaml", data), fresh_dsn, calibration_poll_seconds=POLL, calibration_db_share=1.0
     )
     try:
-        await search_many(server, 50)
+        await search_many(server, measure.QUERIES)
         await fill_store(fresh_dsn)
         await eventually(lambda: _loaded(server))
         status = await get_json(server, f"/v1/vector_stores/{STORE_ID}/recall")
@@ -202,5 +205,8 @@ def test_when_a_store_is_due() -> None:
     assert due(node=8) == "index"
     assert due(now=1000.0 + 3600.0) == "schedule"
     perturbed = dataclasses.replace(found, sample_source="perturbed")
-    assert service.due(perturbed, record, 0.95, None, 7, interval=3600.0, now=1000.0, real_queries=50) == "traffic"
+    assert (
+        service.due(perturbed, record, 0.95, None, 7, interval=3600.0, now=1000.0, real_queries=measure.QUERIES)
+        == "traffic"
+    )
     assert service.due(perturbed, record, 0.95, None, 7, interval=3600.0, now=1000.0, real_queries=10) is None

@@ -56,12 +56,16 @@ from vectorstore.search.filters import compile_filters
 from vectorstore.storage.tables import Layout
 
 K = 10
-QUERIES = 50
+QUERIES = 100
 FILTER_QUERIES = 20
 """Queries per sample filter."""
 FILTERS_PER_GROUP = 3
 EF_LADDER = (10, 16, 24, 32, 40, 48, 64, 80, 100, 128, 160, 200, 256, 320, 400, 500, 640, 800, 1000)
 SCAN_TUPLES_LADDER = (20000, 50000, 100000, 200000, 500000, 1000000, 2000000)
+CONFIDENCE_Z = 1.28
+"""A setting meets the target when the lower end of the one-sided 90% interval of its mean recall does. The
+mean alone was optimistic: taking the first rung whose noisy estimate crosses the target picks the lucky ones
+(bench/recall_target.py, 40,000 x 768, 50 queries: estimate 0.954, independent measurement 0.922)."""
 EXACT_MAX_MS = 50.0
 """An exact search slower than this is not a candidate, unless it is faster than the HNSW setting."""
 NOISE = 0.1
@@ -221,8 +225,13 @@ class _Trial:
 
     @property
     def worst(self) -> float:
-        """The group's recall for the target: its worst sample filter (the mean when unfiltered)."""
-        return min(self.per_filter.values()) if self.per_filter else self.recall
+        """The group's recall for the target: its worst sample filter, else the lower bound of the mean (see
+        CONFIDENCE_Z); filtered groups have few queries per filter, so the worst filter's mean is their bound."""
+        if self.per_filter:
+            return min(self.per_filter.values())
+        if len(self.recalls) < 2:
+            return self.recall
+        return self.recall - CONFIDENCE_Z * statistics.stdev(self.recalls) / math.sqrt(len(self.recalls))
 
     @property
     def p50_ms(self) -> float:

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from vectorstore.search.vector import NO_FILTER
 
-QUERIES_PER_STORE = 64
+QUERIES_PER_STORE = 128
 FILTERS_PER_STORE = 16
 MAX_STORES = 256
 
