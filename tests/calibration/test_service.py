@@ -210,3 +210,18 @@ def test_when_a_store_is_due() -> None:
         == "traffic"
     )
     assert service.due(perturbed, record, 0.95, None, 7, interval=3600.0, now=1000.0, real_queries=10) is None
+
+
+def test_recent_queries_are_bounded() -> None:
+    """Per store (the newest kept) and in stores (the least recently searched forgotten)."""
+    from vectorstore.calibration.samples import QuerySamples
+
+    samples = QuerySamples(per_store=2, max_stores=2)
+    for i in range(3):
+        samples.record("a", [float(i), 1.0])
+    assert samples.queries("a") == [[1.0, 1.0], [2.0, 1.0]]
+    samples.record("b", [0.5, 0.5])
+    samples.record("a", [3.0, 1.0])  # a is now the most recent store
+    samples.record("c", [0.25, 0.25])
+    assert samples.queries("b") == [] and samples.queries("a") == [[2.0, 1.0], [3.0, 1.0]]
+    assert samples.filters("a") == []
