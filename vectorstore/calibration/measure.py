@@ -60,6 +60,7 @@ QUERIES = 100
 FILTER_QUERIES = 20
 """Queries per sample filter."""
 FILTERS_PER_GROUP = 3
+"""The most selective sample filters kept per group (the others are only counted)."""
 EF_LADDER = (10, 16, 24, 32, 40, 48, 64, 80, 100, 128, 160, 200, 256, 320, 400, 500, 640, 800, 1000)
 SCAN_TUPLES_LADDER = (20000, 50000, 100000, 200000, 500000, 1000000, 2000000)
 CONFIDENCE_Z = 1.28
@@ -458,10 +459,13 @@ async def calibrate(
             estimated = await estimate_selectivity(conn, layout, where, params, rows)
             if estimated is None or estimated >= UNFILTERED_ABOVE:
                 continue
-            name = bucket_of(estimated)
-            if len(grouped.setdefault(name, [])) < FILTERS_PER_GROUP:
-                share = await true_selectivity(conn, layout, where, params, rows, budget)
-                grouped[name].append((where, params, share))
+            share = await true_selectivity(conn, layout, where, params, rows, budget)
+            grouped.setdefault(bucket_of(estimated), []).append((where, params, share))
+        # The group is met when its worst filter is, and the fewer rows a filter keeps the harder it is for the
+        # index walk: keep the most selective ones (the planner puts an `in` filter of 0.1% and one of 20% in
+        # the same group: it has no statistics for either).
+        for name in grouped:
+            grouped[name] = sorted(grouped[name], key=lambda member: member[2])[:FILTERS_PER_GROUP]
         rng = random.Random(seed)  # noqa: S311 - sampling, not secrecy
         for name, _ in BUCKETS:
             members = grouped.get(name)
