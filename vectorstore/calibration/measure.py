@@ -57,6 +57,12 @@ from vectorstore.storage.tables import Layout
 
 K = 10
 QUERIES = 100
+MIN_QUERIES = 20
+"""Below this many queries a calibration gives up (its budget is too small for the store): the estimate's
+interval would be too wide to choose by."""
+TRUTH_SHARE = 0.4
+"""Of the budget, what the unfiltered exact top-k may use: the rest is for trying settings and the filters. A
+store too big for the budget is measured on fewer queries (a wider interval), not left uncalibrated."""
 FILTER_QUERIES = 20
 """Queries per sample filter."""
 FILTERS_PER_GROUP = 3
@@ -203,10 +209,14 @@ async def _cases(
     params: Sequence[Any],
     budget: Budget,
     filter_index: int = -1,
+    share: float = 1.0,
 ) -> list[_Case]:
+    """The queries with their exact top-k, as many as fit in `share` of the budget (at least `MIN_QUERIES`)."""
     cases: list[_Case] = []
     exact = Plan(ef_search=K, exact=True)
     for query in queries:
+        if len(cases) >= MIN_QUERIES and budget.spent >= share * budget.db_seconds:
+            break
         truth, took = await budget.run(functools.partial(_nearest, conn, layout, query, where, params, exact))
         if truth:
             cases.append(_Case(query, where, tuple(params), truth, took, filter_index))
@@ -439,7 +449,7 @@ async def calibrate(
         fixed = Plan(floor_ef_search) if layout.quantization != "binary" else None
         floor = fixed.ef_search if fixed else vector.binary_candidates(K, floor_ef_search)
 
-    cases = await _cases(conn, layout, queries, vector.NO_FILTER, (), budget)
+    cases = await _cases(conn, layout, queries, vector.NO_FILTER, (), budget, share=TRUTH_SHARE)
     reached, best = await _climb(
         conn, layout, cases, _unfiltered_plans(layout, declared_ef_search, floor), target, budget
     )
