@@ -233,10 +233,11 @@ async def p99_during_calibration(
     queries: list[list[float]],
     traffic: list[list[float]],
     target: float,
+    ef_search: int,
 ) -> dict[str, Any]:
-    """Search p99 (c=16, fixed default settings) alone, then while a calibration runs as the server runs it
-    (half a database core at most), on the same database."""
-    fixed = plans.Plan(100)
+    """Search p99 (c=16, fixed `ef_search`) alone, then while a calibration runs as the server runs it (half a
+    database core at most), on the same database."""
+    fixed = plans.Plan(ef_search)
     _, alone = await concurrent(pool, record, queries, None, fixed, rounds=3)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await register_vector_async(conn)
@@ -334,7 +335,7 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
                 )
             if args.p99:
                 entry["p99_during_calibration"] = await p99_during_calibration(
-                    pool, dsn, record, query_list, traffic, args.targets[0]
+                    pool, dsn, record, query_list, traffic, args.targets[0], args.p99_ef_search
                 )
                 print(json.dumps({setting: entry["p99_during_calibration"]}), file=sys.stderr, flush=True)
         report[setting] = entry
@@ -391,6 +392,9 @@ def main() -> int:
     parser.add_argument("--sweep", type=int, nargs="+", default=[20, 40, 100, 200, 400])
     parser.add_argument("--budget", type=float, default=120.0, help="database seconds per calibration")
     parser.add_argument("--p99", action="store_true", help="also measure search p99 during a calibration")
+    parser.add_argument(
+        "--p99-ef-search", type=int, default=64, help="the fixed ef_search of that measurement's searches"
+    )
     parser.add_argument(
         "--merge", nargs="*", default=[], help="reports (--json) of earlier runs to plot with this one's settings"
     )
