@@ -751,7 +751,33 @@ def litellm_read_key_cannot_ingest(data: Any) -> list[Finding]:
     ]
 
 
-ALL_WARNINGS = (deprecated_search_defaults, litellm_secret_elsewhere, litellm_read_key_cannot_ingest)
+def ef_search_over_target(data: Any) -> list[Finding]:
+    """A written `index.ef_search` wins over `target_recall`: say so, since the author may expect the opposite."""
+    top = _get(data, "search", "target_recall")
+    findings: list[Finding] = []
+    for index, store in enumerate(_dicts(_get(data, "stores"))):
+        own = _get(store, "search")
+        target = own["target_recall"] if isinstance(own, dict) and "target_recall" in own else top
+        written = _get(store, "index")
+        if target is None or not isinstance(written, dict) or "ef_search" not in written:
+            continue
+        findings.append(
+            (
+                ("stores", index, "index", "ef_search"),
+                f"ef_search {written['ef_search']} is written, so it is used as is: target_recall {target} is only "
+                "measured and reported for its unfiltered searches (filtered ones are still tuned). Remove "
+                "ef_search to let the server choose it",
+            )
+        )
+    return findings
+
+
+ALL_WARNINGS = (
+    deprecated_search_defaults,
+    litellm_secret_elsewhere,
+    litellm_read_key_cannot_ingest,
+    ef_search_over_target,
+)
 
 
 def semantic_warnings(data: Any) -> list[Finding]:

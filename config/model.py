@@ -7,6 +7,7 @@ model the code uses can't disagree.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -197,6 +198,8 @@ class Search:
     text_weight: float
     rerank: bool
     """Rerank through the top-level `rerank` endpoint, when one is declared."""
+    target_recall: float | None = None
+    """Recall@k the server calibrates vector search to reach (vectorstore/calibration); None: fixed settings."""
 
 
 @dataclass(frozen=True)
@@ -439,6 +442,8 @@ class Store:
     chunk_overlap_tokens: int
     search: Search
     sources: tuple[Source, ...] = ()
+    ef_search_declared: bool = False
+    """The spec writes `index.ef_search` for this store: it wins over `search.target_recall`'s calibration."""
 
     @property
     def vector_type(self) -> VectorType:
@@ -549,8 +554,9 @@ def _parameter(value: Any) -> str:
     return str(value)
 
 
-def build_spec(data: dict[str, Any], source_text: str) -> Spec:
-    """Turn defaulted, validated data into the typed spec."""
+def build_spec(data: dict[str, Any], source_text: str, *, explicit_ef_search: Collection[int] = ()) -> Spec:
+    """Turn defaulted, validated data into the typed spec. `explicit_ef_search`: indexes of the stores whose
+    `index.ef_search` was written (defaults hide that, and it decides how `target_recall` applies)."""
     db = data["database"]
     cluster = db["cluster"]
     credentials = db.get("credentials")
@@ -560,7 +566,10 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
     litellm = data["litellm"]
     search = _search(data["search"], None)
     builtin = embedding["provider"] == "builtin"
-    stores = tuple(_store(store, embedding, litellm, search) for store in data["stores"])
+    stores = tuple(
+        _store(store, embedding, litellm, search, index in explicit_ef_search)
+        for index, store in enumerate(data["stores"])
+    )
     rerank = data.get("rerank")
     return Spec(
         version=data["version"],
@@ -735,6 +744,7 @@ def _search(data: dict[str, Any], defaults: Search | None) -> Search:
         embedding_weight=float(pick("embedding_weight")),
         text_weight=float(pick("text_weight")),
         rerank=data.get("rerank", True),
+        target_recall=None if pick("target_recall") is None else float(pick("target_recall")),
     )
 
 
@@ -749,7 +759,9 @@ def default_litellm_key(keys: list[dict[str, Any]]) -> str:
     return "litellm" if "litellm" in key_names else key_names[0]
 
 
-def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, Any], search: Search) -> Store:
+def _store(
+    data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, Any], search: Search, ef_search_declared: bool
+) -> Store:
     overrides = data.get("embedding", {})
     builtin = embedding["provider"] == "builtin"
     registry = data.get("registry")
@@ -777,6 +789,7 @@ def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, A
         chunk_overlap_tokens=data["chunking"]["chunk_overlap_tokens"],
         search=_search(data["search"], search),
         sources=tuple(_source(source) for source in data["sources"]),
+        ef_search_declared=ef_search_declared,
     )
 
 

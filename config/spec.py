@@ -202,10 +202,10 @@ def check_document(document: LoadedDocument, data: Any, filename: str) -> list[P
 
 
 def warnings_of(document: LoadedDocument, data: Any, filename: str) -> list[Problem]:
-    """What is valid but probably not meant (checks.ALL_WARNINGS), located like problems; at the key itself."""
-    return _locate(
-        document, [(path, message, True) for path, message in checks.semantic_warnings(data)], filename, "warning"
-    )
+    """What is valid but probably not meant (checks.ALL_WARNINGS), located like problems; at the key itself.
+    Only keys the author wrote are warned about: a default filled in (`index.ef_search`) is nobody's intent."""
+    findings = [(path, message, True) for path, message in checks.semantic_warnings(data)]
+    return _locate(document, [item for item in findings if item[0] in document.key_positions], filename, "warning")
 
 
 def _locate(
@@ -227,6 +227,15 @@ class CheckResult:
     warnings: list[Problem] = field(default_factory=list)
 
 
+def _explicit_ef_search(document: LoadedDocument) -> frozenset[int]:
+    """Indexes of the stores that write `index.ef_search` (defaults fill it in everywhere later)."""
+    return frozenset(
+        path[1]
+        for path in document.key_positions
+        if len(path) == 4 and path[0] == "stores" and path[2:] == ("index", "ef_search") and isinstance(path[1], int)
+    )
+
+
 def check_bytes(raw: bytes, filename: str) -> CheckResult:
     try:
         document = load_yaml(raw)
@@ -234,13 +243,14 @@ def check_bytes(raw: bytes, filename: str) -> CheckResult:
         return CheckResult(
             None, [Problem(filename, problem.position.line, problem.position.column, "$", problem.message)]
         )
+    explicit_ef_search = _explicit_ef_search(document)
     # Defaults are filled into the loaded data itself: nothing else holds on to it.
     data = apply_defaults(document.data)
     problems = check_document(document, data, filename)
     warnings = warnings_of(document, data, filename)
     if problems:
         return CheckResult(None, problems, warnings)
-    spec = build_spec(data, raw.decode("utf-8").removeprefix("\ufeff"))
+    spec = build_spec(data, raw.decode("utf-8").removeprefix("\ufeff"), explicit_ef_search=explicit_ef_search)
     return CheckResult(replace(spec, warnings=tuple(str(warning) for warning in warnings)), [], warnings)
 
 

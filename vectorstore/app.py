@@ -47,12 +47,14 @@ ROUTE_MODULES: tuple[str, ...] = (
     "vectorstore.api.vector_io",
     # The console's page (server.console): static files at /console, calling the routes above with the user's key.
     "vectorstore.console",
+    "vectorstore.api.recall",
 )
 # Background services: each has `setup(app) -> None`, run after the routes, that adds its cleanup contexts.
 # Sources come after ingestion: their sync wakes the worker, and stops before it does.
 SERVICE_MODULES: tuple[str, ...] = (
     "vectorstore.ingest.service",
     "vectorstore.search.service",
+    "vectorstore.calibration.service",
     "vectorstore.sources.service",
 )
 

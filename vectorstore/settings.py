@@ -58,6 +58,14 @@ class Settings:
     whichever worker answers it, says ready only once all `worker_count` of them are."""
     worker_count: int = 1
     worker_index: int = 0
+    calibration_poll_seconds: float = 30.0
+    """How often each server reloads the stores' recall calibrations and starts the ones that are due."""
+    calibration_interval_seconds: float = 3600.0
+    """A store with `search.target_recall` is measured again at least this often (vectorstore/calibration)."""
+    calibration_budget_seconds: float = 120.0
+    """Database time one calibration may use in all."""
+    calibration_db_share: float = 0.5
+    """Share of one database core a calibration keeps to while it runs (it sleeps between its statements)."""
 
     def secret_values(self) -> list[str]:
         """Every secret this server knows: API keys, the embedding and rerank keys, the sources' credentials,

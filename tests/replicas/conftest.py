@@ -64,7 +64,12 @@ def replica_spec(path: Path, embed_url: str, **server: Any) -> Spec:
 
 
 async def start_reading_server(
-    spec: Spec, dbs: Databases, *, read_dsn: str | None = None, replica_wait_seconds: float = 5.0
+    spec: Spec,
+    dbs: Databases,
+    *,
+    read_dsn: str | None = None,
+    replica_wait_seconds: float = 5.0,
+    **settings_fields: Any,
 ) -> RunningServer:
     """A server reading from the standby. Tests of routing give the standby seconds to replay (on a loaded
     machine it can take longer than the production 50 ms, which would send a search to the primary and make
@@ -74,6 +79,7 @@ async def start_reading_server(
         dbs.primary,
         read_dsn=dbs.standby if read_dsn is None else read_dsn,
         replica_wait_seconds=replica_wait_seconds,
+        **settings_fields,
     )
 
 

@@ -23,6 +23,8 @@ from psycopg import errors as pg_errors
 
 from vectorstore import state
 from vectorstore.api import auth, common
+from vectorstore.calibration import plans as calibration_plans
+from vectorstore.calibration import service as calibration
 from vectorstore.errors import BadRequest, store_not_found
 from vectorstore.observability import metrics
 from vectorstore.search import hybrid, text
@@ -353,6 +355,12 @@ async def ranked_hits(
             return result.hits
         mode, fallback = "vector", "no_terms"
     embedding = await state.embedder(request).embed_query(query_text, model=record.model, dimensions=record.dimensions)
+    # With a target recall, the calibrated settings (vectorstore/calibration), and the query kept (in memory only)
+    # as a sample for the next calibration.
+    tuned = None if exact else calibration.current(request.app, record)
+    if calibration.target_of(state.spec(request), record)[0] is not None:
+        request.app[calibration.CALIBRATIONS].samples.record(record.id, embedding, where, params)
+    unfiltered = tuned.plan_for(None) if tuned is not None else None
     if mode == "hybrid":
         result = await reads.run(
             lambda conn: hybrid.run_hybrid(
@@ -363,7 +371,7 @@ async def ranked_hits(
                 embedding,
                 limit=limit,
                 depth=hybrid.depth_for(limit),
-                ef_search=record.ef_search,
+                ef_search=unfiltered.ef_search if unfiltered is not None else record.ef_search,
                 weights=weights,
                 where=where,
                 where_params=params,
@@ -372,17 +380,27 @@ async def ranked_hits(
         )
         metrics.count_search("hybrid", "none" if result.terms else "no_terms")
         return result.hits
-    hits = await reads.run(
-        lambda conn: run_search(
+
+    async def vector_search(conn: Any) -> list[Hit]:
+        plan = calibration_plans.Plan(record.ef_search, exact=exact)
+        if tuned is not None:
+            selectivity = await calibration_plans.estimate_selectivity(
+                conn, record.layout, where, params, record.analyzed_rows
+            )
+            plan = tuned.plan_for(selectivity) or plan
+        return await run_search(
             conn,
             record.layout,
             embedding,
             limit=limit,
-            ef_search=record.ef_search,
+            ef_search=plan.ef_search,
             where=where,
             where_params=params,
-            exact=exact,
+            exact=plan.exact,
+            max_scan_tuples=plan.max_scan_tuples,
+            binary_depth=plan.binary_depth,
         )
-    )
+
+    hits = await reads.run(vector_search)
     metrics.count_search("vector", fallback)
     return hits

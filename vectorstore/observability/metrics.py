@@ -114,6 +114,14 @@ STORE_SEARCH_LATENCY: Final = Histogram(
     registry=REGISTRY,
 )
 UNDECLARED_STORE: Final = "undeclared"
+CALIBRATIONS: Final = Counter(
+    "vectorstore_calibrations_total",
+    "Recall calibrations this process ran (vectorstore/calibration), by outcome: reached (every group met the "
+    "store's target_recall), not_reached (the best setting found is in use) or failed (the database failed it, "
+    "or its budget ran out before any result: the log says which).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 RERANK_LATENCY: Final = Histogram(
     "vectorstore_rerank_request_duration_seconds",
     "Latency of one request to the rerank endpoint, failures and timeouts included.",

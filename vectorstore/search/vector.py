@@ -127,6 +127,7 @@ def nearest(
     exact: bool,
     limit: int | None = None,
     ef_search: int = 0,
+    binary_depth: int | None = None,
 ) -> sql.Composed:
     """`SELECT <columns>, distance` of the nearest rows that pass `where`, closest first (roughly: iterative
     scans may return rows slightly out of order). Its parameters are `nearest_params`.
@@ -136,7 +137,7 @@ def nearest(
     estimates a tenth of the table and sorts all of it instead of walking the index."""
     if limit is not None:
         count: sql.Composable = sql.Literal(limit)
-        candidates: sql.Composable = sql.Literal(binary_candidates(limit, ef_search))
+        candidates: sql.Composable = sql.Literal(rescore_depth(limit, ef_search, binary_depth))
     else:
         count = candidates = sql.SQL("%s")
     if layout.quantization == "binary" and not exact:
@@ -176,16 +177,25 @@ def nearest_params(
     exact: bool,
     ef_search: int = 0,
     literal_limit: bool = False,
+    binary_depth: int | None = None,
 ) -> list[Any]:
+    """`binary_depth`: the candidates a binary store rescores, when calibrated (vectorstore/calibration);
+    None keeps the fixed rule of `binary_candidates`."""
     if layout.quantization == "binary" and not exact:
-        counts = [] if literal_limit else [binary_candidates(limit, ef_search), limit]
+        counts = [] if literal_limit else [rescore_depth(limit, ef_search, binary_depth), limit]
         return [query, *where_params, query, *counts]
     return [query, *where_params, query, *([] if literal_limit else [limit])]
 
 
-def index_ef_search(layout: Layout, ef_search: int, limit: int) -> int:
+def rescore_depth(limit: int, ef_search: int, binary_depth: int | None) -> int:
+    if binary_depth is None:
+        return binary_candidates(limit, ef_search)
+    return min(MAX_EF_SEARCH, max(limit, binary_depth))
+
+
+def index_ef_search(layout: Layout, ef_search: int, limit: int, binary_depth: int | None = None) -> int:
     """The `hnsw.ef_search` a search of `limit` rows needs: at least what the index walk must return."""
-    wanted = binary_candidates(limit, ef_search) if layout.quantization == "binary" else limit
+    wanted = rescore_depth(limit, ef_search, binary_depth) if layout.quantization == "binary" else limit
     return min(MAX_EF_SEARCH, max(ef_search, wanted))
 
 
@@ -198,8 +208,7 @@ def _compose(layout: Layout, where: sql.Composable, exact: bool) -> sql.Composed
     ).format(nearest=nearest(layout, where, _HIT_COLUMNS, exact=exact))
 
 
-@metrics.timed_search
-async def run_search(
+async def find_nearest(
     conn: psycopg.AsyncConnection[Any],
     layout: Layout,
     embedding: Sequence[float],
@@ -210,15 +219,28 @@ async def run_search(
     where_params: Sequence[Any] = (),
     iterative: str = "relaxed_order",
     exact: bool = False,
+    max_scan_tuples: int = MAX_SCAN_TUPLES,
+    binary_depth: int | None = None,
 ) -> list[Hit]:
-    """Run the search on `conn` (idle, not in a transaction) and return hits, closest first."""
+    """Run the search on `conn` (idle, not in a transaction) and return hits, closest first. Not timed:
+    `run_search` is the one searches use; the recall calibration measures through this one."""
     query = layout.to_db(embedding)
-    params = nearest_params(layout, query, where_params, limit, exact=exact, ef_search=ef_search)
+    params = nearest_params(
+        layout, query, where_params, limit, exact=exact, ef_search=ef_search, binary_depth=binary_depth
+    )
     statement = search_statement(layout, where, exact=exact)
     rows = await execute(
-        conn, statement, params, ef_search=index_ef_search(layout, ef_search, limit), iterative=iterative
+        conn,
+        statement,
+        params,
+        ef_search=index_ef_search(layout, ef_search, limit, binary_depth),
+        iterative=iterative,
+        max_scan_tuples=max_scan_tuples,
     )
     return [Hit(str(r[0]), r[1], r[2], r[3], r[4], float(r[5]), score_of(layout.distance, float(r[5]))) for r in rows]
+
+
+run_search = metrics.timed_search(find_nearest)
 
 
 async def execute(
@@ -228,9 +250,10 @@ async def execute(
     *,
     ef_search: int,
     iterative: str = "relaxed_order",
+    max_scan_tuples: int = MAX_SCAN_TUPLES,
 ) -> list[TupleRow]:
     """Run one search statement in autocommit with the HNSW settings it needs, sent only when they change."""
-    wanted = (str(ef_search), iterative, str(MAX_SCAN_TUPLES))
+    wanted = (str(ef_search), iterative, str(max_scan_tuples))
     autocommit = conn.autocommit
     if not autocommit:
         await conn.set_autocommit(True)
