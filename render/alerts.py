@@ -177,6 +177,21 @@ ALERTS: tuple[Alert, ...] = (
         applies=lambda spec: _has_sources(spec) and spec.sync.interval_seconds > 0,
     ),
     Alert(
+        name="VectorstoreSourceDeletesHeld",
+        severity="warning",
+        for_="0m",
+        # Any replica may run a store's sync: the newest word across pods says whether deletions are held.
+        expr=lambda spec, sel: f"max by (store, source) (vectorstore_source_deletes_held{{{sel}}}) > 0",
+        summary="A sync would delete many or all of a source's files, and is held.",
+        description=lambda spec: (
+            "The last sync of source {{ $labels.source }} of store {{ $labels.store }} "
+            f"(served by the {_server(spec)}) would delete {{{{ $value }}}} files, more than `sync.max_delete` "
+            "allows: nothing was deleted. Check the volume, bucket prefix or branch; confirm with "
+            "`vectorstore sync --allow-deletes`."
+        ),
+        applies=_has_sources,
+    ),
+    Alert(
         name="VectorstoreIngestFailures",
         severity="warning",
         for_="0m",
@@ -230,6 +245,20 @@ ALERTS: tuple[Alert, ...] = (
             f"{spec.server.alerts.pool_saturation_ratio:.0%} of its database connections in use, or clients "
             "waiting for one, for 10 minutes."
         ),
+    ),
+    Alert(
+        name="VectorstoreRecallBelowTarget",
+        severity="warning",
+        for_="1h",
+        # `store` is the store's id: calibration gauges are per store id, like the status route.
+        expr=lambda spec, sel: f"max by (store) (vectorstore_search_recall_target_reached{{{sel}}}) == 0",
+        summary="A store's measured recall is below its target_recall.",
+        description=lambda spec: (
+            "Store {{ $labels.store }} (an id; `GET /v1/vector_stores/<id>/recall` shows it) of the "
+            f"{_server(spec)} has measured a recall below its `search.target_recall` for an hour: no setting "
+            "tried reaches it, so the best one found is in use."
+        ),
+        applies=lambda spec: any(store.search.target_recall is not None for store in spec.stores),
     ),
 )
 

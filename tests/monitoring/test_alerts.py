@@ -32,6 +32,7 @@ server: {{pod_monitor: true, prometheus_rule: true}}
 stores:
   - name: docs
     sources: [{{name: wiki, path: /srv/wiki}}]
+    search: {{target_recall: 0.95}}
 sync: {{interval: 10m}}
 """
 BASE = {"namespace": NAMESPACE, "job": JOB}
@@ -54,6 +55,8 @@ class Case:
     quiet: list[dict[str, str]]
     at: str
     extra: list[dict[str, str]] = field(default_factory=list)
+    value: str = ""
+    """What `{{ $value }}` becomes in the annotations when it fires (the alert's value), for alerts that say it."""
 
 
 CASES: dict[str, Case] = {
@@ -136,6 +139,13 @@ CASES: dict[str, Case] = {
         ],
         at="40m",
     ),
+    "VectorstoreSourceDeletesHeld": Case(
+        fire=[series("vectorstore_source_deletes_held", {**POD, "store": "docs", "source": "wiki"}, "120x5")],
+        fire_labels={"store": "docs", "source": "wiki"},
+        quiet=[series("vectorstore_source_deletes_held", {**POD, "store": "docs", "source": "wiki"}, "0x5")],
+        at="2m",
+        value="120",
+    ),
     "VectorstoreIngestFailures": Case(
         fire=[series("vectorstore_ingest_files_total", {**POD, "outcome": "failed"}, "0+1x60")],
         fire_labels={},
@@ -170,6 +180,13 @@ CASES: dict[str, Case] = {
         ],
         at="11m",
     ),
+    "VectorstoreRecallBelowTarget": Case(
+        fire=[series("vectorstore_search_recall_target_reached", {**POD, "store": "vs_docs"}, "0x80")],
+        fire_labels={"store": "vs_docs"},
+        # Below target for a while, then reached: no alert.
+        quiet=[series("vectorstore_search_recall_target_reached", {**POD, "store": "vs_docs"}, "0x30 1x50")],
+        at="75m",
+    ),
 }
 
 
@@ -180,9 +197,10 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> Spec:
     return load_spec(path)
 
 
-def _fill(template: str, labels: dict[str, str]) -> str:
-    """What Prometheus makes of a `{{ $labels.x }}` template (the only kind the rules use)."""
-    return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda match: labels.get(match.group(1), ""), template)
+def _fill(template: str, labels: dict[str, str], value: str = "") -> str:
+    """What Prometheus makes of the `{{ $labels.x }}` and `{{ $value }}` templates (the kinds the rules use)."""
+    filled = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda match: labels.get(match.group(1), ""), template)
+    return filled.replace("{{ $value }}", value)
 
 
 def test_every_alert_applies_to_the_test_spec_and_has_a_case(spec: Spec) -> None:
@@ -229,7 +247,7 @@ def _unit_tests(spec: Spec) -> dict[str, Any]:
     for name, case in CASES.items():
         rule = by_name[name]
         labels = {**case.fire_labels, "alertname": name, "severity": rule["labels"]["severity"]}
-        annotations = {key: _fill(value, labels) for key, value in rule["annotations"].items()}
+        annotations = {key: _fill(value, labels, case.value) for key, value in rule["annotations"].items()}
         tests.append(
             {
                 "name": f"{name} fires",

@@ -28,7 +28,9 @@ def _monitoring_spec(path: Path, embed_url: str) -> Spec:
     data["server"] = {"pod_monitor": True, "prometheus_rule": True, "grafana_dashboard": True}
     # Every alert applies: read replicas (their gauges register only then) and a declared source.
     data["database"] = {"cluster": {"name": "pg", "instances": 2}, "read_replicas": True}
-    data["stores"] = [{"name": "docs", "sources": [{"name": "wiki", "path": str(path.parent)}]}]
+    data["stores"] = [
+        {"name": "docs", "sources": [{"name": "wiki", "path": str(path.parent)}], "search": {"target_recall": 0.95}}
+    ]
     data["sync"] = {"interval": "10m"}
     return write_spec(path, data)
 
