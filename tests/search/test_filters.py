@@ -56,8 +56,9 @@ def test_the_prototypes_flat_dicts_stay_equalities(flat: dict[str, Any]) -> None
 async def test_a_flat_type_attribute_still_matches(db: psycopg.AsyncConnection[Any]) -> None:
     record = await new_store(db)
     ids = await add_rows(db, record, ["turbine blade one", "turbine blade two"], [{"type": "pdf"}, {"type": "html"}])
-    record = await stores.get(db, record.id)  # re-read: the statistics add_rows refreshed
-    assert record is not None
+    fresh = await stores.get(db, record.id)  # re-read: the statistics add_rows refreshed
+    assert fresh is not None
+    record = fresh
     where, params = compile_filters({"type": "pdf"})
     stats = text.TextStats(record.id, record.analyzed_rows, record.text_avg_length, record.text_min_freq)
     result = await hybrid.run_keyword(db, record.layout, stats, "turbine", limit=10, where=where, where_params=params)
