@@ -177,6 +177,29 @@ ALERTS: tuple[Alert, ...] = (
         applies=lambda spec: _has_sources(spec) and spec.sync.interval_seconds > 0,
     ),
     Alert(
+        name="VectorstoreSourceDeletionsHeld",
+        severity="warning",
+        for_="5m",
+        # A held sync counts as a success (source_up 1, last success now), so neither alert above sees it. Only
+        # the pod with the newest sync of the source knows whether deletions are held now: a pod that held them
+        # once and lost the sync lock since keeps its old figure, which must not keep the alert firing.
+        expr=lambda spec, sel: (
+            f"max by (store, source) (vectorstore_source_deletes_held{{{sel}}}"
+            " and on (namespace, job, pod, store, source)"
+            f" (vectorstore_source_last_success_timestamp_seconds{{{sel}}}"
+            " == on (store, source) group_left"
+            f" max by (store, source) (vectorstore_source_last_success_timestamp_seconds{{{sel}}}))) > 0"
+        ),
+        summary="A declared source's deletions are held by the deletion brake.",
+        description=lambda spec: (
+            "The last sync of source {{ $labels.source }} of store {{ $labels.store }} "
+            f"(served by the {_server(spec)}) would delete all of its files or more than sync.max_delete, and "
+            "deleted none. An unmounted volume or an emptied bucket prefix or branch looks like this; if the "
+            "deletion is meant, run `vectorstore sync --allow-deletes` or raise sync.max_delete."
+        ),
+        applies=_has_sources,
+    ),
+    Alert(
         name="VectorstoreIngestFailures",
         severity="warning",
         for_="0m",

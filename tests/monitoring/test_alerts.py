@@ -136,6 +136,40 @@ CASES: dict[str, Case] = {
         ],
         at="40m",
     ),
+    "VectorstoreSourceDeletionsHeld": Case(
+        # The newest sync (at Unix time 600, on kb-1) held 3 deletions.
+        fire=[
+            series("vectorstore_source_deletes_held", {**POD, "store": "docs", "source": "wiki"}, "0x15"),
+            series(
+                "vectorstore_source_last_success_timestamp_seconds", {**POD, "store": "docs", "source": "wiki"}, "0x15"
+            ),
+            series(
+                "vectorstore_source_deletes_held", {**POD, "pod": "kb-1", "store": "docs", "source": "wiki"}, "3x15"
+            ),
+            series(
+                "vectorstore_source_last_success_timestamp_seconds",
+                {**POD, "pod": "kb-1", "store": "docs", "source": "wiki"},
+                "600x15",
+            ),
+        ],
+        fire_labels={"store": "docs", "source": "wiki"},
+        # kb-0 held them once; kb-1 synced since and deleted nothing held: the source is fine.
+        quiet=[
+            series("vectorstore_source_deletes_held", {**POD, "store": "docs", "source": "wiki"}, "3x15"),
+            series(
+                "vectorstore_source_last_success_timestamp_seconds", {**POD, "store": "docs", "source": "wiki"}, "0x15"
+            ),
+            series(
+                "vectorstore_source_deletes_held", {**POD, "pod": "kb-1", "store": "docs", "source": "wiki"}, "0x15"
+            ),
+            series(
+                "vectorstore_source_last_success_timestamp_seconds",
+                {**POD, "pod": "kb-1", "store": "docs", "source": "wiki"},
+                "600x15",
+            ),
+        ],
+        at="10m",
+    ),
     "VectorstoreIngestFailures": Case(
         fire=[series("vectorstore_ingest_files_total", {**POD, "outcome": "failed"}, "0+1x60")],
         fire_labels={},
