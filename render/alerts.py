@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from config import Spec, names
+from config.model import shown_url
 from render.common import Document, metadata
 
 COMPONENT = "server"
@@ -33,6 +34,11 @@ def selector(spec: Spec) -> str:
 def _seconds(value: float) -> str:
     """A threshold in seconds as PromQL reads it: integers without a trailing .0, so the rules read as written."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _upstream(spec: Spec) -> str:
+    """The embedding upstream as an alert names it: alerts reach chat and mail, so never with a user:password."""
+    return shown_url(spec.embedding.base_url) if spec.embedding.base_url else "built in"
 
 
 def _has_sources(spec: Spec) -> bool:
@@ -141,7 +147,7 @@ ALERTS: tuple[Alert, ...] = (
         summary="Requests to the embedding upstream fail.",
         description=lambda spec: (
             f"More than {spec.server.alerts.embedding_error_ratio:.0%} of the {{{{ $labels.purpose }}}} requests "
-            f"from the {_server(spec)} to its embedding upstream ({spec.embedding.base_url or 'built in'}) "
+            f"from the {_server(spec)} to its embedding upstream ({_upstream(spec)}) "
             "failed over the last 5 minutes, for 10 minutes."
         ),
     ),

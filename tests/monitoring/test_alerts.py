@@ -334,3 +334,18 @@ def test_alerts_that_do_not_apply_are_left_out(tmp_path: Path) -> None:
     names = {rule["alert"] for rule in alerts.rules(load_spec(path))}
     assert "VectorstoreReplicaDown" not in names and "VectorstoreSourceStale" not in names
     assert "VectorstoreSourceFailing" in names
+
+
+def test_no_credential_of_the_embedding_url_reaches_an_alert(tmp_path: Path) -> None:
+    """Alert descriptions go to Alertmanager's receivers (chat, mail): the embedding upstream's URL is shown
+    without the user:password a spec may still carry in it."""
+    path = tmp_path / "stack.yaml"
+    path.write_text(
+        SPEC.replace('"http://litellm:4000"', '"http://vs:hunter2-password@litellm:4000"'),
+        encoding="utf-8",
+    )
+    rendered = "".join(
+        text for name, text in render_files(load_spec(path)).items() if name.startswith("prometheusrule-")
+    )
+    assert "VectorstoreEmbeddingErrors" in rendered and "litellm:4000" in rendered
+    assert "hunter2-password" not in rendered
