@@ -333,7 +333,9 @@ def shown_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url.split("?", 1)[0]  # user@host:path, whose user is a login name
-    authority, slash, path = rest.partition("/")
+    # The authority ends at the first '/', '?' or '#': `https://host?private_token=...` has its query there.
+    end = min((i for i in (rest.find(mark) for mark in "/?#") if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:]
     userinfo, at, host = authority.rpartition("@")
     if at and scheme in ("http", "https"):
         authority = f"[redacted]@{host}"  # a token alone is a valid https username on most forges
@@ -342,7 +344,7 @@ def shown_url(url: str) -> str:
     for mark in ("?", "#"):
         if mark in path:
             path = path.split(mark, 1)[0] + mark + "[redacted]"
-    return f"{scheme}{sep}{authority}{slash}{path}"
+    return f"{scheme}{sep}{authority}{path}"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import jsonschema
 import jsonschema_rs
 
 from config import checks
-from config.model import Spec, build_spec
+from config.model import Spec, build_spec, shown_url
 from config.yamlsafe import MAX_BYTES, JsonPath, LoadedDocument, Position, YamlProblem, load_yaml
 
 SUPPORTED_VERSION = 1
@@ -138,7 +138,12 @@ def _schema_findings(data: Any) -> list[tuple[JsonPath, str, bool]]:
             missing = str(error.message).split("'")[1] if "'" in str(error.message) else str(error.message)
             findings.append((path, f"missing required key {missing!r}", False))
         elif validator == "pattern" and "x-error" in schema:
-            findings.append((path, f"{error.instance!r} {schema['x-error']}", False))
+            # A URL refused for the credentials it carries must not print them: validate runs in CI logs.
+            instance = error.instance
+            # (Only then: a refused #fragment, as in a runbook_url, is shown as written.)
+            secretive = isinstance(instance, str) and "://" in instance and ("@" in instance or "?" in instance)
+            shown = shown_url(instance) if secretive else instance
+            findings.append((path, f"{shown!r} {schema['x-error']}", False))
         elif validator in ("minProperties", "maxProperties") and "x-error" in schema:
             findings.append((path, str(schema["x-error"]), False))
         elif validator == "enum":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from config import Spec, names
+from config.model import shown_url
 from render.common import Document, metadata
 
 COMPONENT = "server"
@@ -33,6 +34,11 @@ def selector(spec: Spec) -> str:
 def _seconds(value: float) -> str:
     """A threshold in seconds as PromQL reads it: integers without a trailing .0, so the rules read as written."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _upstream(spec: Spec) -> str:
+    """The embedding upstream as an alert names it: alerts reach chat and mail, so never with a user:password."""
+    return shown_url(spec.embedding.base_url) if spec.embedding.base_url else "built in"
 
 
 def _has_sources(spec: Spec) -> bool:
@@ -141,7 +147,7 @@ ALERTS: tuple[Alert, ...] = (
         summary="Requests to the embedding upstream fail.",
         description=lambda spec: (
             f"More than {spec.server.alerts.embedding_error_ratio:.0%} of the {{{{ $labels.purpose }}}} requests "
-            f"from the {_server(spec)} to its embedding upstream ({spec.embedding.base_url or 'built in'}) "
+            f"from the {_server(spec)} to its embedding upstream ({_upstream(spec)}) "
             "failed over the last 5 minutes, for 10 minutes."
         ),
     ),
@@ -177,17 +183,25 @@ ALERTS: tuple[Alert, ...] = (
         applies=lambda spec: _has_sources(spec) and spec.sync.interval_seconds > 0,
     ),
     Alert(
-        name="VectorstoreSourceDeletesHeld",
+        name="VectorstoreSourceDeletionsHeld",
         severity="warning",
-        for_="0m",
-        # Any replica may run a store's sync: the newest word across pods says whether deletions are held.
-        expr=lambda spec, sel: f"max by (store, source) (vectorstore_source_deletes_held{{{sel}}}) > 0",
-        summary="A sync would delete many or all of a source's files, and is held.",
+        for_="5m",
+        # A held sync counts as a success (source_up 1, last success now), so neither alert above sees it. Only
+        # the pod with the newest sync of the source knows whether deletions are held now: a pod that held them
+        # once and lost the sync lock since keeps its old figure, which must not keep the alert firing.
+        expr=lambda spec, sel: (
+            f"max by (store, source) (vectorstore_source_deletes_held{{{sel}}}"
+            " and on (namespace, job, pod, store, source)"
+            f" (vectorstore_source_last_success_timestamp_seconds{{{sel}}}"
+            " == on (store, source) group_left"
+            f" max by (store, source) (vectorstore_source_last_success_timestamp_seconds{{{sel}}}))) > 0"
+        ),
+        summary="A declared source's deletions are held by the deletion brake.",
         description=lambda spec: (
             "The last sync of source {{ $labels.source }} of store {{ $labels.store }} "
-            f"(served by the {_server(spec)}) would delete {{{{ $value }}}} files, more than `sync.max_delete` "
-            "allows: nothing was deleted. Check the volume, bucket prefix or branch; confirm with "
-            "`vectorstore sync --allow-deletes`."
+            f"(served by the {_server(spec)}) would delete all of its files or more than sync.max_delete, and "
+            "deleted none. An unmounted volume or an emptied bucket prefix or branch looks like this; if the "
+            "deletion is meant, run `vectorstore sync --allow-deletes` or raise sync.max_delete."
         ),
         applies=_has_sources,
     ),

@@ -139,12 +139,39 @@ CASES: dict[str, Case] = {
         ],
         at="40m",
     ),
-    "VectorstoreSourceDeletesHeld": Case(
-        fire=[series("vectorstore_source_deletes_held", {**POD, "store": "docs", "source": "wiki"}, "120x5")],
+    "VectorstoreSourceDeletionsHeld": Case(
+        # The newest sync (at Unix time 600, on kb-1) held 3 deletions.
+        fire=[
+            series("vectorstore_source_deletes_held", {**POD, "store": "docs", "source": "wiki"}, "0x15"),
+            series(
+                "vectorstore_source_last_success_timestamp_seconds", {**POD, "store": "docs", "source": "wiki"}, "0x15"
+            ),
+            series(
+                "vectorstore_source_deletes_held", {**POD, "pod": "kb-1", "store": "docs", "source": "wiki"}, "3x15"
+            ),
+            series(
+                "vectorstore_source_last_success_timestamp_seconds",
+                {**POD, "pod": "kb-1", "store": "docs", "source": "wiki"},
+                "600x15",
+            ),
+        ],
         fire_labels={"store": "docs", "source": "wiki"},
-        quiet=[series("vectorstore_source_deletes_held", {**POD, "store": "docs", "source": "wiki"}, "0x5")],
-        at="2m",
-        value="120",
+        # kb-0 held them once; kb-1 synced since and deleted nothing held: the source is fine.
+        quiet=[
+            series("vectorstore_source_deletes_held", {**POD, "store": "docs", "source": "wiki"}, "3x15"),
+            series(
+                "vectorstore_source_last_success_timestamp_seconds", {**POD, "store": "docs", "source": "wiki"}, "0x15"
+            ),
+            series(
+                "vectorstore_source_deletes_held", {**POD, "pod": "kb-1", "store": "docs", "source": "wiki"}, "0x15"
+            ),
+            series(
+                "vectorstore_source_last_success_timestamp_seconds",
+                {**POD, "pod": "kb-1", "store": "docs", "source": "wiki"},
+                "600x15",
+            ),
+        ],
+        at="10m",
     ),
     "VectorstoreIngestFailures": Case(
         fire=[series("vectorstore_ingest_files_total", {**POD, "outcome": "failed"}, "0+1x60")],
@@ -318,3 +345,18 @@ def test_alerts_that_do_not_apply_are_left_out(tmp_path: Path) -> None:
     names = {rule["alert"] for rule in alerts.rules(load_spec(path))}
     assert "VectorstoreReplicaDown" not in names and "VectorstoreSourceStale" not in names
     assert "VectorstoreSourceFailing" in names
+
+
+def test_no_credential_of_the_embedding_url_reaches_an_alert(tmp_path: Path) -> None:
+    """Alert descriptions go to Alertmanager's receivers (chat, mail): the embedding upstream's URL is shown
+    without the user:password a spec may still carry in it."""
+    path = tmp_path / "stack.yaml"
+    path.write_text(
+        SPEC.replace('"http://litellm:4000"', '"http://vs:hunter2-password@litellm:4000"'),
+        encoding="utf-8",
+    )
+    rendered = "".join(
+        text for name, text in render_files(load_spec(path)).items() if name.startswith("prometheusrule-")
+    )
+    assert "VectorstoreEmbeddingErrors" in rendered and "litellm:4000" in rendered
+    assert "hunter2-password" not in rendered

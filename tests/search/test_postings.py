@@ -231,3 +231,22 @@ async def test_an_old_store_is_upgraded_while_searchable(
     postings.forget(record.table_name)
     assert await postings.is_ready(db, record.table_name)
     assert await ranking() == expected
+
+
+async def test_usage_bytes_counts_the_postings(db: psycopg.AsyncConnection[Any]) -> None:
+    """A store's usage_bytes is what it occupies on disk, and its postings are part of it: a store's size in the
+    API and the console grows with them, and a store from before them counts its table alone."""
+    record = await new_store(db)
+    await add_rows(db, record, [f"turbine blade report number {i} with several distinct words" for i in range(300)])
+    record = await current(db, record.id)
+    cur = await db.execute(
+        "SELECT pg_total_relation_size(to_regclass(%s)), pg_total_relation_size(to_regclass(%s))",
+        [record.table_name, tables.postings_table(record.table_name)],
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    table_bytes, postings_bytes = int(row[0]), int(row[1])
+    assert postings_bytes > 0
+    assert (await stores.usage_bytes(db, [record]))[record.id] == table_bytes + postings_bytes
+    await drop_postings(db, record)
+    assert (await stores.usage_bytes(db, [record]))[record.id] == table_bytes

@@ -160,6 +160,13 @@ async def test_request_errors(server: RunningServer, http: aiohttp.ClientSession
             400,
             "filters.value",
         ),
+        (
+            "POST",
+            search,
+            {"json": {"query": "q", "filters": {"type": "near", "key": "k", "value": 1}}},
+            400,
+            "filters.type",
+        ),
         ("POST", search, {"json": {"query": "q", "bogus": 1}}, 400, "bogus"),
         ("POST", server.url("/v1/vector_stores"), {"json": {"name": 7}}, 400, "name"),
         ("POST", server.url("/v1/vector_stores"), {"json": {"metadata": {"k": 1}}}, 400, "metadata.k"),

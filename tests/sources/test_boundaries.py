@@ -175,6 +175,10 @@ def test_urls_are_shown_without_query_or_password() -> None:
     assert shown_url("ssh://git:hunter2@example.com/x.git") == "ssh://git:[redacted]@example.com/x.git"
     assert shown_url("git@example.com:org/x.git") == "git@example.com:org/x.git"
     assert shown_url("https://example.com/x.git") == "https://example.com/x.git"
+    # A query or fragment right after the host (no path) is redacted too, and so is userinfo before it.
+    assert shown_url("https://git.example.com?private_token=glpat-3") == "https://git.example.com?[redacted]"
+    assert shown_url("https://u:glpat-4@minio.example:9000#x") == "https://[redacted]@minio.example:9000#[redacted]"
+    assert shown_url("http://minio.example:9000") == "http://minio.example:9000"
 
 
 def test_a_failed_fetch_never_shows_the_query(tmp_path: Path) -> None:

@@ -43,9 +43,21 @@ def _scalar_type(value: Any, path: str) -> str | None:
     return None
 
 
+_FILTER_FIELDS = frozenset({"type", "key", "value", "filters"})
+
+
 def is_openai_filter(value: dict[str, Any]) -> bool:
-    kind = value.get("type")
-    return (kind in COMPARISONS and "key" in value) or (kind in COMPOUNDS and "filters" in value)
+    """Whether `value` is meant as an OpenAI filter rather than the prototype's flat dict. A dict with `type` plus
+    `key` or `filters`, and no other fields, is one even when its `type` is misspelt: reading
+    `{"type": "near", "key": "a", "value": 1}` as three attribute equalities would silently match nothing, where
+    the caller needs a 400 naming `filters.type`. A flat dict that merely has a `type` attribute
+    (`{"type": "pdf"}`, `{"type": "pdf", "lang": "en"}`) stays a flat dict."""
+    if "type" not in value:
+        return False
+    kind = value["type"]
+    if (kind in COMPARISONS and "key" in value) or (kind in COMPOUNDS and "filters" in value):
+        return True
+    return ("key" in value or "filters" in value) and value.keys() <= _FILTER_FIELDS
 
 
 def compile_filters(value: Any, *, param: str = "filters") -> Compiled:
