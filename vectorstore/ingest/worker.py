@@ -298,6 +298,14 @@ async def _process(
     if chunk_count == 0:
         await _finish(conn, job, "failed", error=("invalid_file", f"{record.filename!r} contains no text"))
         return "failed"
+    if attached.replaces:
+        # Lock this path's versions oldest first, the order a sync of the same path takes them in
+        # (sources/engine.py, `ORDER BY v.seq FOR UPDATE OF v`): completing the new row, then retiring the old one,
+        # is the other order, and deadlocked against a sync (seen under a writer churning the source).
+        await conn.execute(
+            "SELECT 1 FROM vector_store_files WHERE vector_store_id = %s AND file_id = ANY(%s) ORDER BY seq FOR UPDATE",
+            [job.vector_store_id, [*attached.replaces, job.file_id]],
+        )
     if not await _finish(conn, job, "completed", usage_bytes=usage, chunk_count=chunk_count):
         # Detached or cancelled while we worked: roll back the chunks, then drop the job.
         raise _Abandon
