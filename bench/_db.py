@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import psycopg
 
+from vectorstore.storage import stores, tables
+
 
 @contextlib.contextmanager
 def bench_server() -> Iterator[str]:
@@ -62,3 +64,30 @@ def finish_report(report: dict[str, Any], json_path: str | None) -> None:
     print(json.dumps(report, indent=2))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))
+
+
+async def new_unindexed_store(
+    conn: psycopg.AsyncConnection[Any], store_id: str, setting: str, dimensions: int
+) -> stores.StoreRecord:
+    """A cosine store of `dimensions` with the quantization `setting`, HNSW at pgvector's defaults and ef_search
+    100, its HNSW index dropped so the caller loads rows first and builds the index after (and times it)."""
+    async with conn.transaction():
+        record = await stores.insert(
+            conn,
+            stores.NewStore(
+                id=store_id,
+                name=setting,
+                description=None,
+                metadata={},
+                declared=False,
+                model="bench",
+                dimensions=dimensions,
+                distance="cosine",
+                hnsw_m=16,
+                hnsw_ef_construction=64,
+                ef_search=100,
+                quantization=setting,  # type: ignore[arg-type]
+            ),
+        )
+    await conn.execute(tables.drop_index_statement(record.layout))
+    return record

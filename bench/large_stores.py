@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from _db import bench_server, finish_report, fresh_database
+from _db import bench_server, finish_report, fresh_database, new_unindexed_store
 from pgvector.psycopg import register_vector_async
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -65,26 +65,8 @@ def exact_neighbours(data: Any, queries: Any, k: int = 10) -> list[set[str]]:
 async def build(
     conn: psycopg.AsyncConnection[Any], setting: str, data: Any
 ) -> tuple[stores.StoreRecord, dict[str, Any]]:
-    async with conn.transaction():
-        record = await stores.insert(
-            conn,
-            stores.NewStore(
-                id=f"vs_large_{setting}",
-                name=setting,
-                description=None,
-                metadata={},
-                declared=False,
-                model="bench",
-                dimensions=data.shape[1],
-                distance="cosine",
-                hnsw_m=16,
-                hnsw_ef_construction=64,
-                ef_search=100,
-                quantization=setting,  # type: ignore[arg-type]
-            ),
-        )
+    record = await new_unindexed_store(conn, f"vs_large_{setting}", setting, data.shape[1])
     layout = record.layout
-    await conn.execute(tables.drop_index_statement(layout))
     started = time.perf_counter()
     # Row by row: 500,000 x 768 as Python floats at once would take about 9 GB.
     rows = (tables.ChunkRow(id=f"r{i}", content=f"chunk {i}", embedding=data[i]) for i in range(len(data)))

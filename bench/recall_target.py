@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from _db import bench_server, finish_report, fresh_database
+from _db import bench_server, finish_report, fresh_database, new_unindexed_store
 from pgvector.psycopg import register_vector_async
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -84,26 +84,8 @@ def filters_for(rows: int) -> list[tuple[str, str, dict[str, Any], Any]]:
 
 
 async def build(conn: psycopg.AsyncConnection[Any], setting: str, data: Any) -> tuple[stores.StoreRecord, float]:
-    async with conn.transaction():
-        record = await stores.insert(
-            conn,
-            stores.NewStore(
-                id=f"vs_recall_{setting}",
-                name=setting,
-                description=None,
-                metadata={},
-                declared=False,
-                model="bench",
-                dimensions=data.shape[1],
-                distance="cosine",
-                hnsw_m=16,
-                hnsw_ef_construction=64,
-                ef_search=100,
-                quantization=setting,  # type: ignore[arg-type]
-            ),
-        )
+    record = await new_unindexed_store(conn, f"vs_recall_{setting}", setting, data.shape[1])
     layout = record.layout
-    await conn.execute(tables.drop_index_statement(layout))
     rows = (
         tables.ChunkRow(id=f"r{i}", content=f"chunk {i}", embedding=data[i], attributes=attributes_of(i))
         for i in range(len(data))
