@@ -59,10 +59,17 @@ async def _hits(client: AsyncOpenAI, query: str) -> list[Any]:
     return list(page.data)
 
 
-async def _searchable_both_ways(via_litellm: AsyncOpenAI, direct: AsyncOpenAI, text: str, file_id: str) -> None:
+async def _searchable_both_ways(
+    via_litellm: AsyncOpenAI, direct: AsyncOpenAI, text: str, file_id: str, *, top_score: bool = True
+) -> None:
+    """The file is the first hit for one of its chunks' text, through LiteLLM and directly. `top_score`: and that
+    chunk is first in both halves of the hybrid ranking (fused score 1), which holds for documents of one chunk;
+    in a long document of overlapping chunks a neighbour may lead the keyword half, so there only the file counts."""
     for client in (via_litellm, direct):
         hits = await _hits(client, text)
-        assert hits and hits[0].file_id == file_id and hits[0].score == pytest.approx(1.0), hits
+        assert hits and hits[0].file_id == file_id, hits
+        if top_score:
+            assert hits[0].score == pytest.approx(1.0), hits
 
 
 def test_the_snippet_is_the_rendered_one(stack: Stack) -> None:
@@ -225,7 +232,7 @@ async def test_rag_ingest_chunking(
     content = await direct.vector_stores.files.content(done.id, vector_store_id=STORE_ID)
     chunks = [str(part.text) for part in content.data]
     assert len(chunks) > 3
-    await _searchable_both_ways(via_litellm, direct, chunks[1], done.id)
+    await _searchable_both_ways(via_litellm, direct, chunks[1], done.id, top_score=False)
 
 
 async def test_rag_ingest_bad_chunking_is_reported_and_leaves_an_orphan(
