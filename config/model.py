@@ -270,6 +270,27 @@ class Sync:
     git_sync_image: str
 
 
+@dataclass(frozen=True)
+class Migration:
+    """`migration:` (top level, per store merged over it): how a store with data moves to a changed spec."""
+
+    keep_previous_seconds: float
+    concurrency: int
+    max_tokens_per_minute: int
+
+
+def _migration(data: dict[str, Any], defaults: Migration | None) -> Migration:
+    def pick(key: str, attribute: str) -> Any:
+        return data[key] if key in data or defaults is None else getattr(defaults, attribute)
+
+    keep = pick("keep_previous", "keep_previous_seconds")
+    return Migration(
+        keep_previous_seconds=parse_duration(keep) if isinstance(keep, str) else float(keep),
+        concurrency=pick("concurrency", "concurrency"),
+        max_tokens_per_minute=pick("max_tokens_per_minute", "max_tokens_per_minute"),
+    )
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as `10m`, `1h30m` or `2s` (already validated by the schema); "0" is 0."""
     return float(
@@ -296,6 +317,7 @@ class Store:
     chunk_overlap_tokens: int
     search: Search
     sources: tuple[Source, ...] = ()
+    migration: Migration = Migration(86400.0, 2, 0)
 
     @property
     def vector_type(self) -> VectorType:
@@ -320,6 +342,8 @@ class Spec:
     rerank: Rerank | None
     sync: Sync
     source_text: str = field(repr=False, compare=False)
+    migration: Migration = Migration(86400.0, 2, 0)
+    """The top-level defaults; each declared store's own `migration` is merged over them."""
     """The spec file exactly as written; render ships it in the ConfigMap."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What `vectorstore validate` warns about (FILE:LINE:COL: $.path: warning: ...); the spec is valid."""
@@ -363,6 +387,10 @@ class Spec:
     def store_by_id(self, store_id: str) -> Store | None:
         return next((store for store in self.stores if store.id == store_id), None)
 
+    def migration_for(self, store_id: str) -> Migration:
+        store = self.store_by_id(store_id)
+        return store.migration if store is not None else self.migration
+
     def search_for(self, store_id: str) -> Search:
         """A declared store's search settings, or the top-level ones for a store created through the API."""
         store = self.store_by_id(store_id)
@@ -401,8 +429,9 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
     server = data["server"]
     litellm = data["litellm"]
     search = _search(data["search"], None)
+    migration = _migration(data["migration"], None)
     builtin = embedding["provider"] == "builtin"
-    stores = tuple(_store(store, embedding, litellm, search) for store in data["stores"])
+    stores = tuple(_store(store, embedding, litellm, search, migration) for store in data["stores"])
     rerank = data.get("rerank")
     return Spec(
         version=data["version"],
@@ -499,6 +528,7 @@ def build_spec(data: dict[str, Any], source_text: str) -> Spec:
             git_sync_image=data["sync"]["git_sync_image"],
         ),
         source_text=source_text,
+        migration=migration,
     )
 
 
@@ -529,7 +559,9 @@ def default_litellm_key(keys: list[dict[str, Any]]) -> str:
     return "litellm" if "litellm" in key_names else key_names[0]
 
 
-def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, Any], search: Search) -> Store:
+def _store(
+    data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, Any], search: Search, migration: Migration
+) -> Store:
     overrides = data.get("embedding", {})
     builtin = embedding["provider"] == "builtin"
     registry = data.get("registry")
@@ -557,6 +589,7 @@ def _store(data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, A
         chunk_overlap_tokens=data["chunking"]["chunk_overlap_tokens"],
         search=_search(data["search"], search),
         sources=tuple(_source(source) for source in data["sources"]),
+        migration=_migration(data.get("migration", {}), migration),
     )
 
 

@@ -44,6 +44,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "vectorstore.api.files",
     "vectorstore.api.vector_store_files",
     "vectorstore.api.sources",
+    "vectorstore.api.migrations",
 )
 # Background services: each has `setup(app) -> None`, run after the routes, that adds its cleanup contexts.
 # Sources come after ingestion: their sync wakes the worker, and stops before it does.
@@ -51,6 +52,7 @@ SERVICE_MODULES: tuple[str, ...] = (
     "vectorstore.ingest.service",
     "vectorstore.search.service",
     "vectorstore.sources.service",
+    "vectorstore.migration.service",
 )
 
 

@@ -47,8 +47,9 @@ _MODES = ("vector", "keyword", "hybrid")
 _MAX_QUERIES = 32
 MAX_QUERY_TOKENS = common.MAX_INPUT_TOKENS
 MAX_QUERY_CHARS = common.MAX_INPUT_CHARS
-# A store's shape (table, dimensions, distance, model) never changes while it has data, and a deleted store's
-# table is gone (caught below), so a short-lived cache spares one registry query per search. Its statistics
+# A store's shape (table, dimensions, distance, model) changes only by an online migration's swap, which keeps
+# the replaced table for at least a minute, and a deleted store's table is gone (caught below), so a short-lived
+# cache spares one registry query per search. Its statistics
 # (rows, lexeme frequencies) may be that much older, which only nudges BM25's weights.
 _CACHE_SECONDS = 10.0
 _CACHE: web.AppKey[dict[str, tuple[float, stores.StoreRecord]]] = web.AppKey("search_store_cache")
@@ -161,8 +162,17 @@ async def search(request: web.Request) -> web.Response:
         # On a read replica that has replayed the caller's writes when database.read_replicas is on.
         hits = await _run(request, record, query_text, mode, weights, where, params, limit=fetch)
     except pg_errors.UndefinedTable:
+        # A deleted store, or a cached record naming a generation an online migration has since dropped
+        # (vectorstore/migration): read the registry again before saying the store is gone.
         request.app[_CACHE].pop(store_id, None)
-        raise store_not_found(store_id) from None
+        fresh = await _store(request, store_id)
+        if fresh.table_name == record.table_name:
+            raise store_not_found(store_id) from None
+        try:
+            hits = await _run(request, fresh, query_text, mode, weights, where, params, limit=fetch)
+        except pg_errors.UndefinedTable:
+            request.app[_CACHE].pop(store_id, None)
+            raise store_not_found(store_id) from None
     if reranker is not None and len(hits) > 1:
         ranked = await reranker.rerank(query_text, [hit.content for hit in hits], top_n=limit)
         if ranked is not None:
