@@ -273,8 +273,10 @@ class Builder:
                     return await self.embed(texts, migration.target.model, migration.target.dimensions)
                 except ApiError as exc:
                     status = getattr(exc, "upstream_status", None)
-                    if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
-                        raise Paused(f"the embedding upstream refused a chunk: {exc.message}") from None
+                    # Rate limits, 5xx and lost connections pass; anything else (a 4xx refusal such as too
+                    # many tokens, a wrong answer) would fail again the same way: the store waits for a person.
+                    if not (status is None or status in (408, 429) or status >= 500):
+                        raise Paused(f"the embedding upstream refused a batch of chunks: {exc.message}") from None
                     delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                     attempt += 1
                     log.warning(
