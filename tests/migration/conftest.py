@@ -44,9 +44,7 @@ async def add_rows(http: aiohttp.ClientSession, base_url: str, start: int, count
     """Rows through the prototype's /embeddings batch route (the server embeds them): the bulk of the store."""
     ids: list[str] = []
     for first in range(start, start + count, 100):
-        batch = [
-            {"content": row_text(i), "metadata": {"n": i}} for i in range(first, min(first + 100, start + count))
-        ]
+        batch = [{"content": row_text(i), "metadata": {"n": i}} for i in range(first, min(first + 100, start + count))]
         async with http.post(
             f"{base_url}/v1/vector_stores/{STORE_ID}/embeddings/batch", json={"embeddings": batch}, headers=auth()
         ) as response:

@@ -7,22 +7,23 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psycopg
 from fakeembed import FakeEmbedder
+from ingest.test_crash import ServerProcess
 from server.conftest import write_spec
 
-from ingest.test_crash import ServerProcess
 from migration.conftest import NEW_DIMS, NEW_MODEL, NEW_MODEL_STORE, STORE_ID, add_rows, migration_spec, wait_phase
 
 ROWS = 400
 
 
-def _spec(embed_url: str, *, new: bool) -> dict[str, object]:
+def _spec(embed_url: str, *, new: bool) -> dict[str, Any]:
     data = migration_spec(embed_url, store=NEW_MODEL_STORE if new else None)
     # Small requests, one at a time: many committed batches before the kill.
-    data["embedding"]["batch_size"] = 8  # type: ignore[index]
+    data["embedding"]["batch_size"] = 8
     data["migration"] = {"concurrency": 1}
     return data
 
@@ -64,7 +65,9 @@ async def test_kill_9_mid_migration_resumes_without_embedding_again(
         await server.wait_ready()
         done = await wait_phase(fresh_dsn, "done", "paused", seconds=60)
         assert done.phase == "done", done.last_error
-        after = [text for call in fake_embedder.calls[before_restart:] if call.model == NEW_MODEL for text in call.inputs]
+        after = [
+            text for call in fake_embedder.calls[before_restart:] if call.model == NEW_MODEL for text in call.inputs
+        ]
         assert not committed & set(after), "chunks already in the new generation were embedded again"
         assert len(after) == ROWS - len(committed)
         async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
