@@ -3,12 +3,14 @@ language (fts rebuilt, no embedding), a refused chunk pauses, rate limits are wa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import psycopg
 import pytest
 from fakeembed import FakeEmbedder
@@ -27,7 +29,7 @@ from migration.conftest import (
     table_exists,
     wait_phase,
 )
-from vectorstore.migration import service
+from vectorstore.migration import builder, service
 
 ROWS = 300
 
@@ -192,3 +194,42 @@ async def test_stores_created_through_the_api_never_migrate(
         assert await cur.fetchone() == ("fake-model", 8)
         cur = await conn.execute("SELECT count(*) FROM store_migrations WHERE vector_store_id = %s", [created.id])
         assert await cur.fetchone() == (0,)
+
+
+async def test_old_model_gone_keyword_fallback_for_hybrid_503_for_vector(
+    serve: Serve, fresh_dsn: str, fake_embedder: FakeEmbedder
+) -> None:
+    await _populate(serve)
+    # The upstream dropped the old model (and refuses the new one too, so the migration stays paused).
+    fake_embedder.fail_status = 404
+    async with serve(NEW_MODEL_STORE) as server:
+        await wait_phase(fresh_dsn, "paused")
+        client = openai_client(server.base_url)
+        page = await client.vector_stores.search(STORE_ID, query="lantern12 topic", max_num_results=3)
+        assert page.data and "lantern12" in page.data[0].content[0].text  # keyword ranking of the old generation
+        with pytest.raises(openai.InternalServerError) as info:
+            await client.vector_stores.search(STORE_ID, query="lantern13", extra_body={"search_mode": "vector"})
+        assert info.value.status_code == 503
+        assert info.value.code == "store_migrating"
+        message = str(info.value)
+        assert STORE_ID in message and "fake-model" in message and "migrating" in message
+        async with aiohttp.ClientSession() as http, http.get(server.url("/metrics")) as response:
+            metrics_text = await response.text()
+        assert 'vectorstore_searches_total{fallback="old_model_unavailable",mode="keyword"}' in metrics_text
+        await client.close()
+
+
+async def test_previous_generation_dropped_after_keep_previous(
+    serve: Serve, fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(builder, "MIN_KEEP_SECONDS", 0.5)
+    original = await _populate(serve)
+    async with serve(NEW_MODEL_STORE, migration={"keep_previous": "0"}):
+        done = await wait_phase(fresh_dsn, "done")
+        assert done.previous_table == original
+        deadline = asyncio.get_running_loop().time() + 20
+        while await table_exists(fresh_dsn, original):
+            assert asyncio.get_running_loop().time() < deadline, "the previous generation was never dropped"
+            await asyncio.sleep(0.1)
+    migration = await wait_phase(fresh_dsn, "done")
+    assert migration.previous_table is None

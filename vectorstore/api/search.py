@@ -12,6 +12,7 @@ they mean in each). `rewrite_query` is accepted and ignored: the query is search
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +22,8 @@ from psycopg import errors as pg_errors
 
 from vectorstore import state
 from vectorstore.api import auth, common
-from vectorstore.errors import BadRequest, store_not_found
+from vectorstore.errors import BadRequest, ServiceUnavailable, UpstreamError, store_not_found
+from vectorstore.migration import records as migrations
 from vectorstore.observability import metrics
 from vectorstore.search import hybrid, text
 from vectorstore.search.filters import compile_filters
@@ -29,6 +31,7 @@ from vectorstore.search.rerank import Reranker
 from vectorstore.search.vector import NO_FILTER, Hit, exact_is_cheap, run_search
 from vectorstore.storage import stores
 
+log = logging.getLogger("vectorstore")
 routes = web.RouteTableDef()
 
 _FIELDS = {
@@ -201,6 +204,12 @@ async def search(request: web.Request) -> web.Response:
     )
 
 
+async def _migrating(request: web.Request, store_id: str) -> bool:
+    async with state.pool(request).connection() as conn:
+        migration = await migrations.get(conn, store_id)
+    return migration is not None and migration.active and migration.reembed
+
+
 def _rescored(hit: Hit, score: float) -> Hit:
     return Hit(hit.id, hit.file_id, hit.filename, hit.content, hit.attributes, hit.distance, score)
 
@@ -235,7 +244,37 @@ async def _run(
             metrics.count_search("keyword")
             return result.hits
         mode, fallback = "vector", "no_terms"
-    embedding = await state.embedder(request).embed_query(query_text, model=record.model, dimensions=record.dimensions)
+    try:
+        embedding = await state.embedder(request).embed_query(
+            query_text, model=record.model, dimensions=record.dimensions
+        )
+    except UpstreamError as exc:
+        if not await _migrating(request, record.id):
+            raise
+        # The store migrates to a new model and the upstream no longer embeds with the old one (say it dropped
+        # it): the old generation can still be ranked by keywords, but not by vectors.
+        if mode == "hybrid" and record.text_search == "ready":
+            log.warning(
+                "search of store %s: its model %r can't embed the query during its migration (%s);"
+                " answering by keyword ranking",
+                record.id,
+                record.model,
+                exc.message,
+            )
+            result = await reads.run(
+                lambda conn: hybrid.run_keyword(
+                    conn, record.layout, stats, query_text, limit=limit, where=where, where_params=params
+                )
+            )
+            metrics.count_search("keyword", "old_model_unavailable")
+            return result.hits
+        raise ServiceUnavailable(
+            f"Vector store {record.id} is migrating to a new embedding model, and its current model"
+            f" {record.model!r} can't embed the query any more ({exc.message}). Vector search on it returns when the"
+            f" migration swaps in the new generation (GET /v1/vector_stores/{record.id}/migration says when); keyword"
+            " search (search_mode: keyword) answers meanwhile.",
+            code="store_migrating",
+        ) from None
     if mode == "hybrid":
         result = await reads.run(
             lambda conn: hybrid.run_hybrid(
