@@ -30,6 +30,7 @@ from vectorstore.errors import ApiError
 from vectorstore.migration import records
 from vectorstore.migration.records import Migration
 from vectorstore.migration.shapes import Shape
+from vectorstore.search import statistics
 from vectorstore.storage import database, stores, tables
 
 log = logging.getLogger("vectorstore")
@@ -173,7 +174,16 @@ class Builder:
                     break
             await self._ensure_index(conn, target)
             await records.update(conn, store_id, {"phase": "swapping"})
-            return await self._swap(conn, migration, record, target)
+            outcome = await self._swap(conn, migration, record, target)
+            swapped = await stores.get(conn, store_id)
+            if swapped is not None:
+                # BM25's statistics and the planner's, for the new table (same rows; new tsvectors if the
+                # language changed). Best effort: the store is already serving from it.
+                try:
+                    await statistics.keep_current(conn, swapped, force=True)
+                except psycopg.Error as exc:
+                    log.warning("migration of store %s: statistics: %s", store_id, str(exc).strip()[:200])
+            return outcome
         except Paused as exc:
             await records.update(conn, store_id, {"phase": "paused", "last_error": str(exc)})
             log.warning("migration of store %s: paused: %s", store_id, exc)

@@ -96,6 +96,10 @@ def desired_fields(store: Store) -> dict[str, Any]:
 
 async def compute_plan(conn: psycopg.AsyncConnection[Any], spec: Spec) -> Plan:
     existing = {record.id: record for record in await stores.all_stores(conn)}
+    # `vectorstore plan` reads a database that may predate online migrations (it never migrates the schema).
+    cur = await conn.execute("SELECT to_regclass('store_migrations') IS NOT NULL")
+    row = await cur.fetchone()
+    with_migrations = bool(row and row[0])
     plan = Plan()
     for store in spec.stores:
         record = existing.pop(store.id, None)
@@ -109,7 +113,7 @@ async def compute_plan(conn: psycopg.AsyncConnection[Any], spec: Spec) -> Plan:
             if getattr(record, name) != want[name]
         )
         shape_diffs = [diff for diff in diffs if diff.field in (*_VECTOR_FIELDS, *_INDEX_FIELDS)]
-        migration = await migrations.get(conn, store.id)
+        migration = await migrations.get(conn, store.id) if with_migrations else None
         active = migration is not None and migration.active
         if shape_diffs and await tables.row_count_at_least_one(conn, record.table_name):
             fields = ", ".join(str(diff) for diff in shape_diffs)
