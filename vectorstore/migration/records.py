@@ -207,13 +207,16 @@ async def request(
         " finished_at = NULL, swap_seconds = NULL, updated_at = extract(epoch FROM now())",
         {"id": record.id, **values},
     )
-    log.info(
-        "migration of store %s: %s (%s; %s)",
-        record.id,
-        "swap back requested" if outcome == "swap_back" else "requested",
-        reason,
-        "re-embedding every chunk" if values["reembed"] else "no embedding: the vectors are copied",
-    )
+    if outcome == "swap_back":
+        log.info(
+            "migration of store %s: swap back requested (%s); the kept generation %s holds every chunk it had at"
+            " the swap, only writes made since are replayed into it",
+            record.id,
+            reason.split(";")[0],
+            build_table,
+        )
+    else:
+        log.info("migration of store %s: requested (%s)", record.id, reason)
     return outcome
 
 
