@@ -31,7 +31,7 @@ from migration.conftest import (
 )
 from vectorstore.migration import builder, service
 
-ROWS = 300
+ROWS = 150
 
 
 @pytest.fixture(autouse=True)

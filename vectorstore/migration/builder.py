@@ -264,8 +264,11 @@ class Builder:
                 await tables.copy_chunks(conn, target, chunk_rows)
             else:
                 async with conn.transaction():
-                    await tables.copy_chunks(conn, target, chunk_rows)
+                    # The migration row first, then the table: reconcile cancelling this migration locks them
+                    # in the same order (the row, then DROP TABLE), so the two wait for each other, never
+                    # deadlock.
                     await _count_progress(conn, migration.store_id, len(rows), calls, tokens)
+                    await tables.copy_chunks(conn, target, chunk_rows)
             copied += len(rows)
 
     async def _embed_rows(self, migration: Migration, rows: Sequence[_Row]) -> tuple[list[list[float]], int, int]:
