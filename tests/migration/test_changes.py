@@ -233,3 +233,37 @@ async def test_previous_generation_dropped_after_keep_previous(
             await asyncio.sleep(0.1)
     migration = await wait_phase(fresh_dsn, "done")
     assert migration.previous_table is None
+
+
+async def test_a_source_sync_during_the_build_lands_in_the_new_generation(
+    serve: Serve, fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path
+) -> None:
+    await _populate(serve)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("The ferry timetable changes in winter.")
+    (docs / "b.txt").write_text("Moorings are assigned by the harbour office.")
+    fake_embedder.delay_seconds = 0.3
+    # The new spec adds a source: its first sync runs at startup, while the store is being rebuilt.
+    async with serve({**NEW_MODEL_STORE, "sources": [{"name": "docs", "path": str(docs)}]}) as server:
+        done = await wait_phase(fresh_dsn, "done", "paused")
+        assert done.phase == "done", done.last_error
+        fake_embedder.delay_seconds = 0
+        client = openai_client(server.base_url)
+        files = (await client.vector_stores.files.list(STORE_ID)).data
+        assert sorted(f.status for f in files) == ["completed", "completed"]
+        page = await client.vector_stores.search(
+            STORE_ID, query="Moorings are assigned by the harbour office.", extra_body={"search_mode": "vector"}
+        )
+        assert page.data[0].filename == "b.txt" and page.data[0].score == pytest.approx(1.0, abs=1e-4)
+        await client.close()
+    # Ingested during the build, so into the old generation with the old model, then replayed into the new one
+    # with the new model.
+    text = "The ferry timetable changes in winter."
+    assert text in _new_model_inputs(fake_embedder, "fake-model")
+    assert text in _new_model_inputs(fake_embedder, NEW_MODEL)
+    record = await record_of(fresh_dsn)
+    assert record.model == NEW_MODEL
+    async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
+        cur = await conn.execute(f'SELECT count(*) FROM "{record.table_name}" WHERE file_id IS NOT NULL')
+        assert await cur.fetchone() == (2,)
