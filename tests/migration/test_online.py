@@ -23,6 +23,7 @@ from migration.conftest import (
     STORE_ID,
     SearchLoad,
     add_rows,
+    migration_of,
     migration_spec,
     openai_client,
     record_of,
@@ -34,6 +35,7 @@ from migration.conftest import (
 from vectorstore.migration import service
 
 ROWS = 600
+OTHER_ID = "vs_other0001"
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +48,10 @@ async def test_new_model_online_with_writes_and_two_servers(
 ) -> None:
     caplog.set_level("INFO", logger="vectorstore")
     fake_embedder.model_dimensions[NEW_MODEL] = NEW_DIMS
-    old_spec = write_spec(tmp_path / "old.yaml", migration_spec(fake_embedder.base_url))
+    other = {"name": "other", "id": OTHER_ID}
+    old_data = migration_spec(fake_embedder.base_url)
+    old_data["stores"].append(other)
+    old_spec = write_spec(tmp_path / "old.yaml", old_data)
     a = await start_server(old_spec, fresh_dsn)
     b = None
     client_a = openai_client(a.base_url)
@@ -65,7 +70,9 @@ async def test_new_model_online_with_writes_and_two_servers(
             # The new model is slow enough that the build takes seconds: the writes below happen during it.
             fake_embedder.delay_seconds = 0.05
             calls_before = len(fake_embedder.calls)
-            new_spec = write_spec(tmp_path / "new.yaml", migration_spec(fake_embedder.base_url, store=NEW_MODEL_STORE))
+            new_data = migration_spec(fake_embedder.base_url, store=NEW_MODEL_STORE)
+            new_data["stores"].append(other)
+            new_spec = write_spec(tmp_path / "new.yaml", new_data)
             b = await start_server(new_spec, fresh_dsn)
             client_b = openai_client(b.base_url)
             load = SearchLoad([client_a, client_b], queries)
@@ -80,6 +87,16 @@ async def test_new_model_online_with_writes_and_two_servers(
             await client_a.vector_stores.files.delete(dropped, vector_store_id=STORE_ID)
             await client_b.vector_stores.files.update(retagged, vector_store_id=STORE_ID, attributes={"v": "2"})
             extra = await add_rows(http, a.base_url, ROWS, 50)
+            # Another store is neither blocked nor touched: it takes writes and answers searches meanwhile.
+            async with http.post(
+                f"{b.base_url}/v1/vector_stores/{OTHER_ID}/embeddings",
+                json={"content": "another store's row"},
+                headers=auth(),
+            ) as response:
+                assert response.status == 200
+            other_page = await client_b.vector_stores.search(OTHER_ID, query="another store's row")
+            still = await migration_of(fresh_dsn)
+            assert other_page.data and still is not None and still.phase in ("building", "swapping")
 
             done = await wait_phase(fresh_dsn, "done", "paused")
             assert done.phase == "done", done.last_error
