@@ -15,7 +15,7 @@ from aiohttp import web
 
 from vectorstore import state
 from vectorstore.api import common
-from vectorstore.errors import BadRequest
+from vectorstore.errors import BadRequest, ServiceUnavailable
 from vectorstore.search import statistics
 from vectorstore.storage import stores, tables
 from vectorstore.values import as_float, is_number, shown
@@ -97,7 +97,16 @@ async def _insert(request: web.Request, items: list[_Item]) -> tuple[stores.Stor
     ]
     async with state.pool(request).connection() as conn:
         async with conn.transaction():
+            embedded_with = (record.model, record.dimensions)
             record = await common.visible_store(request, conn, store_id, for_update=True)
+            if (record.model, record.dimensions) != embedded_with:
+                # An online migration swapped the store's model while this request embedded (vectorstore/migration):
+                # its vectors belong to the replaced generation. Nothing was written; the client retries (503).
+                raise ServiceUnavailable(
+                    f"Vector store {record.id} switched to a new embedding model while this request was being"
+                    " embedded; nothing was written. Retry the request.",
+                    code="store_migrated",
+                )
             await tables.copy_chunks(conn, record.layout, rows)
             await stores.update_fields(conn, record.id, {})
             await statistics.flush_table_counters(conn)
