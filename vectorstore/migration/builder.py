@@ -416,6 +416,9 @@ async def _note_error(dsn: str, store_id: str, message: str) -> None:
     """The last error, visible in the status while the builder waits to retry."""
     try:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            # The swap's transaction holds the migration row while it replays the last writes; a retry in there
+            # must not wait on it (that wait would be on ourselves). The note is skipped instead.
+            await conn.execute("SET lock_timeout = '200ms'")
             await records.update(conn, store_id, {"last_error": message[:500]})
     except psycopg.Error:
         pass
