@@ -269,6 +269,9 @@ async def run_one(
 async def _process(
     conn: psycopg.AsyncConnection[Any], job: Job, embed: Embed, batch_chunks: int, extract: Extract
 ) -> str:
+    # Shared with other writers, exclusive with a migration's swap: the chunks go to the table that is active
+    # when this transaction commits (vectorstore/migration).
+    await stores.lock_for_write(conn, job.vector_store_id)
     store = await stores.get(conn, job.vector_store_id)
     attached = await files.get_store_file(conn, job.vector_store_id, job.file_id)
     if store is None or attached is None or attached.generation != job.id or attached.status != "in_progress":
@@ -298,6 +301,14 @@ async def _process(
     if chunk_count == 0:
         await _finish(conn, job, "failed", error=("invalid_file", f"{record.filename!r} contains no text"))
         return "failed"
+    if attached.replaces:
+        # Lock this path's versions oldest first, the order a sync of the same path takes them in
+        # (sources/engine.py, `ORDER BY v.seq FOR UPDATE OF v`): completing the new row, then retiring the old one,
+        # is the other order, and deadlocked against a sync (seen under a writer churning the source).
+        await conn.execute(
+            "SELECT 1 FROM vector_store_files WHERE vector_store_id = %s AND file_id = ANY(%s) ORDER BY seq FOR UPDATE",
+            [job.vector_store_id, [*attached.replaces, job.file_id]],
+        )
     if not await _finish(conn, job, "completed", usage_bytes=usage, chunk_count=chunk_count):
         # Detached or cancelled while we worked: roll back the chunks, then drop the job.
         raise _Abandon
