@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ from vectorstore.storage import stores
 STORE_ID = "vs_migrate0001"
 NEW_MODEL = "fake-small"
 NEW_DIMS = 4
+UPLOAD_SECONDS = 60.0
+LOAD_SECONDS = 180.0
 
 
 def migration_spec(embed_url: str, *, store: Mapping[str, Any] | None = None, **top: Any) -> dict[str, Any]:
@@ -55,8 +58,12 @@ async def add_rows(http: aiohttp.ClientSession, base_url: str, start: int, count
 
 async def upload(client: AsyncOpenAI, name: str, text: str, **attributes: Any) -> str:
     uploaded = await client.files.create(file=(name, text.encode()), purpose="assistants")
-    attached = await client.vector_stores.files.create_and_poll(
-        uploaded.id, vector_store_id=STORE_ID, attributes=attributes or None
+    # The SDK's poll loop has no deadline of its own: bound it, so a stuck ingest fails the test instead of hanging it.
+    attached = await asyncio.wait_for(
+        client.vector_stores.files.create_and_poll(
+            uploaded.id, vector_store_id=STORE_ID, attributes=attributes or None, poll_interval_ms=100
+        ),
+        timeout=UPLOAD_SECONDS,
     )
     assert attached.status == "completed", attached.last_error
     return uploaded.id
@@ -68,25 +75,32 @@ def openai_client(base_url: str) -> AsyncOpenAI:
 
 @dataclass
 class SearchLoad:
-    """Searches in a loop on each server until stopped: every answer must be a 200, and each query that found
-    results before the change must keep finding some."""
+    """Searches in a loop on each server until stopped (or until its deadline): every answer must be a 200, and
+    each query that found results before the change must keep finding some. Use it through `running()`, which
+    stops it in a `finally`: a failed assertion must not leave a task spinning in the session's event loop."""
 
     clients: list[AsyncOpenAI]
     queries: list[str]
+    seconds: float = LOAD_SECONDS
     done: int = 0
     errors: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def _one(self, client: AsyncOpenAI, offset: int) -> None:
+    async def _one(self, client: AsyncOpenAI, offset: int, deadline: float) -> None:
         i = offset
         while not self._stop.is_set():
+            if time.monotonic() > deadline:
+                self.errors.append(f"search load still running after {self.seconds}s: never stopped")
+                return
             query = self.queries[i % len(self.queries)]
             i += 1
             try:
                 page = await client.vector_stores.search(STORE_ID, query=query, max_num_results=3)
             except Exception as exc:
                 self.errors.append(f"{query!r}: {exc!r}")
+                # A failing server must not turn this loop into a busy spin that starves the servers it tests.
+                await asyncio.sleep(0.1)
                 continue
             if not page.data:
                 self.empty.append(query)
@@ -94,10 +108,23 @@ class SearchLoad:
             await asyncio.sleep(0.005)
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._one(client, n * 3) for n, client in enumerate(self.clients)))
+        deadline = time.monotonic() + self.seconds
+        await asyncio.gather(*(self._one(client, n * 3, deadline) for n, client in enumerate(self.clients)))
 
     def stop(self) -> None:
         self._stop.set()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[SearchLoad]:
+        task = asyncio.create_task(self.run())
+        try:
+            yield self
+        finally:
+            self.stop()
+            try:
+                await asyncio.wait_for(task, timeout=30)
+            except TimeoutError:
+                pass  # wait_for cancelled it; the test reports its own failure
 
 
 async def migration_of(dsn: str) -> records.Migration | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ async def test_kill_9_mid_migration_resumes_without_embedding_again(
         fake_embedder.delay_seconds = 0.05
         server.start()
         await server.wait_ready()
+        deadline = time.monotonic() + 90
         while True:
+            assert time.monotonic() < deadline, "the build never reached 80 chunks"
             migration = await wait_phase(fresh_dsn, "building", "swapping", "done")
             assert migration.phase == "building"
             if migration.chunks_done >= 80:

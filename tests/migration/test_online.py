@@ -76,33 +76,30 @@ async def test_new_model_online_with_writes_and_two_servers(
             b = await start_server(new_spec, fresh_dsn)
             client_b = openai_client(b.base_url)
             load = SearchLoad([client_a, client_b], queries)
-            searching = asyncio.create_task(load.run())
+            async with load.running():
+                building = await wait_phase(fresh_dsn, "building", "swapping", "done")
+                assert building.phase == "building", "the build finished before the writes; slow the upstream down"
+                during = await client_b.vector_stores.retrieve(STORE_ID)
+                assert during.status == "in_progress"
+                # Writes during the build, on both servers: upload, delete, attribute update, /embeddings rows.
+                added = await upload(client_b, "added.txt", "Written while the store migrates: the harbour bell rings.")
+                await client_a.vector_stores.files.delete(dropped, vector_store_id=STORE_ID)
+                await client_b.vector_stores.files.update(retagged, vector_store_id=STORE_ID, attributes={"v": "2"})
+                extra = await add_rows(http, a.base_url, ROWS, 50)
+                # Another store is neither blocked nor touched: it takes writes and answers searches meanwhile.
+                async with http.post(
+                    f"{b.base_url}/v1/vector_stores/{OTHER_ID}/embeddings",
+                    json={"content": "another store's row"},
+                    headers=auth(),
+                ) as response:
+                    assert response.status == 200
+                other_page = await client_b.vector_stores.search(OTHER_ID, query="another store's row")
+                still = await migration_of(fresh_dsn)
+                assert other_page.data and still is not None and still.phase in ("building", "swapping")
 
-            building = await wait_phase(fresh_dsn, "building", "swapping", "done")
-            assert building.phase == "building", "the build finished before the writes; slow the upstream down"
-            during = await client_b.vector_stores.retrieve(STORE_ID)
-            assert during.status == "in_progress"
-            # Writes during the build, on both servers: upload, delete, attribute update, /embeddings rows.
-            added = await upload(client_b, "added.txt", "Written while the store migrates: the harbour bell rings.")
-            await client_a.vector_stores.files.delete(dropped, vector_store_id=STORE_ID)
-            await client_b.vector_stores.files.update(retagged, vector_store_id=STORE_ID, attributes={"v": "2"})
-            extra = await add_rows(http, a.base_url, ROWS, 50)
-            # Another store is neither blocked nor touched: it takes writes and answers searches meanwhile.
-            async with http.post(
-                f"{b.base_url}/v1/vector_stores/{OTHER_ID}/embeddings",
-                json={"content": "another store's row"},
-                headers=auth(),
-            ) as response:
-                assert response.status == 200
-            other_page = await client_b.vector_stores.search(OTHER_ID, query="another store's row")
-            still = await migration_of(fresh_dsn)
-            assert other_page.data and still is not None and still.phase in ("building", "swapping")
-
-            done = await wait_phase(fresh_dsn, "done", "paused")
-            assert done.phase == "done", done.last_error
-            await asyncio.sleep(0.5)  # searches keep running across the swap
-            load.stop()
-            await searching
+                done = await wait_phase(fresh_dsn, "done", "paused")
+                assert done.phase == "done", done.last_error
+                await asyncio.sleep(0.5)  # searches keep running across the swap
             assert not load.errors, load.errors[:5]
             assert not load.empty, load.empty[:5]
             assert load.done > 50
