@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,10 +121,9 @@ class SearchLoad:
             yield self
         finally:
             self.stop()
-            try:
+            # On a timeout wait_for cancels it; the test reports its own failure.
+            with suppress(TimeoutError):
                 await asyncio.wait_for(task, timeout=30)
-            except TimeoutError:
-                pass  # wait_for cancelled it; the test reports its own failure
 
 
 async def migration_of(dsn: str) -> records.Migration | None:
