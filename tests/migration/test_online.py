@@ -70,7 +70,14 @@ async def test_new_model_online_with_writes_and_two_servers(
             # The new model is slow enough that the build takes seconds: the writes below happen during it.
             fake_embedder.delay_seconds = 0.05
             calls_before = len(fake_embedder.calls)
-            new_data = migration_spec(fake_embedder.base_url, store=NEW_MODEL_STORE)
+            # Paced by request count, not by the machine: ~80 sequential requests of 8 chunks at 50 ms each, a few
+            # seconds against the ~1 s the writes below take. With the default 64 x 2 in flight the build took
+            # ~0.3 s and, on a busy machine, sometimes finished before the writes did.
+            new_data = migration_spec(
+                fake_embedder.base_url,
+                store={**NEW_MODEL_STORE, "migration": {"concurrency": 1}},
+            )
+            new_data["embedding"]["batch_size"] = 8
             new_data["stores"].append(other)
             new_spec = write_spec(tmp_path / "new.yaml", new_data)
             b = await start_server(new_spec, fresh_dsn)
