@@ -409,6 +409,27 @@ class Sync:
     max_delete: MaxDelete = field(default_factory=lambda: parse_max_delete("50%"))
 
 
+@dataclass(frozen=True)
+class Migration:
+    """`migration:` (top level, per store merged over it): how a store with data moves to a changed spec."""
+
+    keep_previous_seconds: float
+    concurrency: int
+    max_tokens_per_minute: int
+
+
+def _migration(data: dict[str, Any], defaults: Migration | None) -> Migration:
+    def pick(key: str, attribute: str) -> Any:
+        return data[key] if key in data or defaults is None else getattr(defaults, attribute)
+
+    keep = pick("keep_previous", "keep_previous_seconds")
+    return Migration(
+        keep_previous_seconds=parse_duration(keep) if isinstance(keep, str) else float(keep),
+        concurrency=pick("concurrency", "concurrency"),
+        max_tokens_per_minute=pick("max_tokens_per_minute", "max_tokens_per_minute"),
+    )
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as `10m`, `1h30m` or `2s` (already validated by the schema); "0" is 0."""
     return float(
@@ -446,6 +467,7 @@ class Store:
     sources: tuple[Source, ...] = ()
     ef_search_declared: bool = False
     """The spec writes `index.ef_search` for this store: it wins over `search.target_recall`'s calibration."""
+    migration: Migration = Migration(86400.0, 2, 0)
 
     @property
     def vector_type(self) -> VectorType:
@@ -470,8 +492,10 @@ class Spec:
     rerank: Rerank | None
     sync: Sync
     source_text: str = field(repr=False, compare=False)
-    ingest: Ingest = field(default_factory=Ingest)
     """The spec file exactly as written; render ships it in the ConfigMap."""
+    ingest: Ingest = field(default_factory=Ingest)
+    migration: Migration = Migration(86400.0, 2, 0)
+    """The top-level defaults; each declared store's own `migration` is merged over them."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What `vectorstore validate` warns about (FILE:LINE:COL: $.path: warning: ...); the spec is valid."""
 
@@ -528,6 +552,10 @@ class Spec:
     def store_by_id(self, store_id: str) -> Store | None:
         return next((store for store in self.stores if store.id == store_id), None)
 
+    def migration_for(self, store_id: str) -> Migration:
+        store = self.store_by_id(store_id)
+        return store.migration if store is not None else self.migration
+
     def search_for(self, store_id: str) -> Search:
         """A declared store's search settings, or the top-level ones for a store created through the API."""
         store = self.store_by_id(store_id)
@@ -567,9 +595,10 @@ def build_spec(data: dict[str, Any], source_text: str, *, explicit_ef_search: Co
     server = data["server"]
     litellm = data["litellm"]
     search = _search(data["search"], None)
+    migration = _migration(data["migration"], None)
     builtin = embedding["provider"] == "builtin"
     stores = tuple(
-        _store(store, embedding, litellm, search, index in explicit_ef_search)
+        _store(store, embedding, litellm, search, index in explicit_ef_search, migration)
         for index, store in enumerate(data["stores"])
     )
     rerank = data.get("rerank")
@@ -695,6 +724,7 @@ def build_spec(data: dict[str, Any], source_text: str, *, explicit_ef_search: Co
             max_extracted_bytes=data["ingest"]["max_extracted_bytes"],
             max_extract_memory_bytes=data["ingest"]["max_extract_memory_bytes"],
         ),
+        migration=migration,
     )
 
 
@@ -762,7 +792,12 @@ def default_litellm_key(keys: list[dict[str, Any]]) -> str:
 
 
 def _store(
-    data: dict[str, Any], embedding: dict[str, Any], litellm: dict[str, Any], search: Search, ef_search_declared: bool
+    data: dict[str, Any],
+    embedding: dict[str, Any],
+    litellm: dict[str, Any],
+    search: Search,
+    ef_search_declared: bool,
+    migration: Migration,
 ) -> Store:
     overrides = data.get("embedding", {})
     builtin = embedding["provider"] == "builtin"
@@ -792,6 +827,7 @@ def _store(
         search=_search(data["search"], search),
         sources=tuple(_source(source) for source in data["sources"]),
         ef_search_declared=ef_search_declared,
+        migration=_migration(data.get("migration", {}), migration),
     )
 
 

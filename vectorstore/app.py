@@ -48,6 +48,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     # The console's page (server.console): static files at /console, calling the routes above with the user's key.
     "vectorstore.console",
     "vectorstore.api.recall",
+    "vectorstore.api.migrations",
 )
 # Background services: each has `setup(app) -> None`, run after the routes, that adds its cleanup contexts.
 # Sources come after ingestion: their sync wakes the worker, and stops before it does.
@@ -56,6 +57,7 @@ SERVICE_MODULES: tuple[str, ...] = (
     "vectorstore.search.service",
     "vectorstore.calibration.service",
     "vectorstore.sources.service",
+    "vectorstore.migration.service",
 )
 
 

@@ -263,15 +263,17 @@ def plan(options: PlanOptions) -> int:
 async def _plan(spec: Spec, settings: Settings) -> int:
     from vectorstore.sources.command import plan_lines
 
+    estimates: dict[str, str] = {}
     async with await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True) as conn:
         if await schema_ready(conn):
             the_plan = await reconcile.compute_plan(conn, spec)
+            estimates = await _migration_estimates(conn, the_plan)
         else:
             # A fresh database: every declared store would be created.
             the_plan = reconcile.Plan(
                 [reconcile.Change("create", store.id, store.name, declared=store) for store in spec.stores]
             )
-    print(format_plan(the_plan))
+    print(format_plan(the_plan, estimates))
     lines, source_changes = await plan_lines(spec, settings)
     if lines:
         print("\n".join(lines))
@@ -313,7 +315,24 @@ def sync(options: SyncOptions) -> int:
         location.close()
 
 
-def format_plan(the_plan: reconcile.Plan) -> str:
+async def _migration_estimates(conn: psycopg.AsyncConnection[Any], the_plan: reconcile.Plan) -> dict[str, str]:
+    """What each migration will do, in one line per store (vectorstore/migration/plan.py)."""
+    from vectorstore.migration import plan as migration_plan
+    from vectorstore.migration.shapes import Shape
+    from vectorstore.storage import stores
+
+    found: dict[str, str] = {}
+    for change in the_plan.of("migrate"):
+        record = await stores.get(conn, change.store_id)
+        if record is None or change.declared is None:
+            continue
+        target = Shape.of_store(change.declared)
+        estimate = await migration_plan.estimate(conn, record, target)
+        found[change.store_id] = estimate.describe(Shape.of_record(record), target)
+    return found
+
+
+def format_plan(the_plan: reconcile.Plan, estimates: Mapping[str, str] | None = None) -> str:
     lines: list[str] = []
     for change in the_plan.changes:
         label = f"{change.name!r} ({change.store_id})" if change.name is not None else change.store_id
@@ -324,9 +343,14 @@ def format_plan(the_plan: reconcile.Plan) -> str:
             lines.append(f"          {diff}")
         if change.kind == "refuse":
             lines.append(f"          {change.reason}")
+        if change.kind == "migrate" and estimates and change.store_id in estimates:
+            lines.append(f"          online migration: {estimates[change.store_id]}")
+        if change.kind == "cancel":
+            lines.append(f"          {change.reason}: the migration under way is cancelled")
     counts: dict[str, Any] = the_plan.counts()
     lines.append(
-        f"plan: {counts['create']} to create, {counts['update']} to update, {counts['prune']} to prune, "
-        f"{counts['refuse']} refused, {counts['unchanged']} unchanged"
+        f"plan: {counts['create']} to create, {counts['update']} to update, {counts['migrate']} to migrate online, "
+        f"{counts['cancel']} migrations to cancel, {counts['prune']} to prune, {counts['refuse']} refused, "
+        f"{counts['unchanged']} unchanged"
     )
     return "\n".join(lines)

@@ -119,8 +119,11 @@ def spec_with(directory: Path, quantization: str) -> Spec:
     return load_spec(path)
 
 
-async def test_changing_quantization_is_refused_with_data(db: psycopg.AsyncConnection[Any], tmp_path: Path) -> None:
-    """Reconcile makes an empty store again with the new setting, and refuses when it holds rows."""
+async def test_changing_quantization_with_data_becomes_a_migration(
+    db: psycopg.AsyncConnection[Any], tmp_path: Path
+) -> None:
+    """Reconcile makes an empty store again with the new setting; with rows, it records an online migration
+    (vectorstore/migration, tested in tests/migration) and leaves the table as it is."""
     await reconcile.reconcile(db, spec_with(tmp_path, "none"))
     plan = await reconcile.reconcile(db, spec_with(tmp_path, "binary"))
     assert plan.counts()["update"] == 1
@@ -128,8 +131,9 @@ async def test_changing_quantization_is_refused_with_data(db: psycopg.AsyncConne
     assert record is not None and record.quantization == "binary"
     async with db.transaction():
         await tables.copy_chunks(db, record.layout, [tables.ChunkRow("x", "x", [1.0] + [0.0] * (DIMS - 1))])
-    with pytest.raises(reconcile.ReconcileError, match="quantization"):
-        await reconcile.reconcile(db, spec_with(tmp_path, "halfvec"))
+    [migrate] = (await reconcile.reconcile(db, spec_with(tmp_path, "halfvec"))).of("migrate")
+    assert "quantization: 'binary' -> 'halfvec'" in migrate.reason and "no embedding" in migrate.reason
+    assert (await stores.get(db, "vs_quant1")) == record
     cur = await db.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=sql.Identifier(record.table_name)))
     assert await cur.fetchone() == (1,)
 

@@ -1,4 +1,4 @@
-"""Reconcile and plan on a real database: create, drift, refuse, prune, replicas racing, a lost database."""
+"""Reconcile and plan on a real database: create, drift, migrate, prune, replicas racing, a lost database."""
 
 from __future__ import annotations
 
@@ -45,14 +45,22 @@ async def test_create_then_idempotent_then_drift(
     caplog.set_level("INFO", logger="vectorstore")
     first = await run(fresh_dsn, spec)
     assert first.counts()["create"] == 2
-    assert "reconcile: 2 created, 0 updated, 0 unchanged, 0 pruned" in caplog.text
+    assert "reconcile: 2 created, 0 updated, 0 migrating, 0 cancelled, 0 unchanged, 0 pruned" in caplog.text
     got = await records(fresh_dsn)
     assert set(got) == {DOCS_ID, NOTES_ID}
     docs = got[DOCS_ID]
     assert (docs.name, docs.description, docs.metadata, docs.declared) == ("docs", "Product docs", {"team": "a"}, True)
     assert (docs.dimensions, docs.distance, docs.vector_type) == (8, "cosine", "vector")
 
-    assert (await run(fresh_dsn, spec)).counts() == {"create": 0, "update": 0, "unchanged": 2, "prune": 0, "refuse": 0}
+    assert (await run(fresh_dsn, spec)).counts() == {
+        "create": 0,
+        "update": 0,
+        "migrate": 0,
+        "cancel": 0,
+        "unchanged": 2,
+        "prune": 0,
+        "refuse": 0,
+    }
 
     # Drift made behind the spec's back comes back.
     async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as conn:
@@ -89,7 +97,7 @@ async def test_removed_store_is_kept_or_pruned(fresh_dsn: str, tmp_path: Path) -
         assert (await cur.fetchone()) == (None,)  # its table went with it
 
 
-async def test_vector_changes_refused_on_a_store_with_data(fresh_dsn: str, tmp_path: Path) -> None:
+async def test_vector_changes_on_a_store_with_data_become_migrations(fresh_dsn: str, tmp_path: Path) -> None:
     await run(fresh_dsn, spec_with(tmp_path, STANDARD_STORES))
     async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as conn:
         from pgvector.psycopg import register_vector_async
@@ -104,11 +112,19 @@ async def test_vector_changes_refused_on_a_store_with_data(fresh_dsn: str, tmp_p
         ({"embedding": {"model": "other"}}, "model"),
     ):
         spec = spec_with(tmp_path, [{**STANDARD_STORES[0], **change}, STANDARD_STORES[1]], name=f"{field}.yaml")
-        with pytest.raises(reconcile.ReconcileError) as info:
-            await run(fresh_dsn, spec)
-        message = str(info.value)
-        assert "'docs'" in message and DOCS_ID in message and f"{field}:" in message
-    assert (await records(fresh_dsn))[DOCS_ID].dimensions == 8  # nothing changed
+        # Recorded for the background migrator (vectorstore/migration), not applied here: no refusal.
+        [migrate] = (await run(fresh_dsn, spec)).of("migrate")
+        assert migrate.store_id == DOCS_ID and f"{field}:" in migrate.reason
+        async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
+            cur = await conn.execute(
+                "SELECT phase, target->>%s FROM store_migrations WHERE vector_store_id = %s", [field, DOCS_ID]
+            )
+            phase, wanted = await cur.fetchone() or (None, None)
+        assert phase == "pending" and wanted is not None
+    assert (await records(fresh_dsn))[DOCS_ID].dimensions == 8  # the active generation is untouched
+    # The spec back as it was: the pending migration is cancelled.
+    [cancel] = (await run(fresh_dsn, spec_with(tmp_path, STANDARD_STORES, name="back.yaml"))).of("cancel")
+    assert cancel.store_id == DOCS_ID
 
     # The empty store may change shape: its table is rebuilt (3,000 dimensions -> halfvec).
     spec = spec_with(
@@ -195,12 +211,14 @@ async def test_plan_exit_codes(fresh_dsn: str, tmp_path: Path) -> None:
             f"INSERT INTO {tables.table_name(DOCS_ID)} (id, content, embedding) VALUES ('x', 'x', '[1,0,0,0,0,0,0,0]')"
         )
     write_spec(path, spec_data("http://127.0.0.1:9", stores=[{**STANDARD_STORES[0], "distance": "l2"}]))
-    refused = plan_cli(path, fresh_dsn)
-    assert (
-        refused.returncode == 1
-        and "refuse  'docs'" in refused.stdout
-        and "distance: 'cosine' -> 'l2'" in refused.stdout
-    )
+    migrate = plan_cli(path, fresh_dsn)
+    assert migrate.returncode == 3, migrate.stderr
+    assert "migrate 'docs'" in migrate.stdout and "distance: 'cosine' -> 'l2'" in migrate.stdout
+    assert "online migration: copy the vectors into a new table (no embedding call): 1 chunks" in migrate.stdout
+    write_spec(path, spec_data("http://127.0.0.1:9", stores=[{**STANDARD_STORES[0], "embedding": {"model": "m2"}}]))
+    reembed = plan_cli(path, fresh_dsn)
+    assert "online migration: re-embed every chunk with m2 (8 dimensions): 1 chunks, ~0 tokens" in reembed.stdout
+    assert "extra disk until keep_previous ends" in reembed.stdout
 
 
 async def test_extension_privilege_error_says_what_to_do(fresh_dsn: str) -> None:

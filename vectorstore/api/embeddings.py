@@ -15,7 +15,7 @@ from psycopg import errors as pg_errors
 
 from vectorstore import state
 from vectorstore.api import common
-from vectorstore.errors import BadRequest, Conflict
+from vectorstore.errors import BadRequest, Conflict, ServiceUnavailable
 from vectorstore.search import statistics
 from vectorstore.storage import stores, tables
 from vectorstore.values import as_float, epoch_seconds, is_number, shown
@@ -119,7 +119,16 @@ async def insert_items(
     given = [item.id for item in items if item.id is not None]
     async with state.pool(request).connection() as conn:
         async with conn.transaction():
+            embedded_with = (record.model, record.dimensions)
             record = await common.visible_store(request, conn, store_id, for_update=True)
+            if (record.model, record.dimensions) != embedded_with:
+                # An online migration swapped the store's model while this request embedded (vectorstore/migration):
+                # its vectors belong to the replaced generation. Nothing was written; the client retries (503).
+                raise ServiceUnavailable(
+                    f"Vector store {record.id} switched to a new embedding model while this request was being"
+                    " embedded; nothing was written. Retry the request.",
+                    code="store_migrated",
+                )
             if given:
                 await tables.delete_rows_without_file(conn, record.layout, given)
             try:

@@ -13,6 +13,7 @@ they mean in each). `rewrite_query` is accepted and ignored: the query is search
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from vectorstore import state
 from vectorstore.api import auth, common
 from vectorstore.calibration import plans as calibration_plans
 from vectorstore.calibration import service as calibration
-from vectorstore.errors import BadRequest, store_not_found
+from vectorstore.errors import BadRequest, ServiceUnavailable, UpstreamError, store_not_found
+from vectorstore.migration import records as migrations
 from vectorstore.observability import metrics
 from vectorstore.search import hybrid, text
 from vectorstore.search.filters import compile_filters
@@ -34,6 +36,7 @@ from vectorstore.search.vector import NO_FILTER, Hit, exact_is_cheap, run_search
 from vectorstore.storage import stores
 from vectorstore.values import shown
 
+log = logging.getLogger("vectorstore")
 routes = web.RouteTableDef()
 
 _FIELDS = {
@@ -55,8 +58,9 @@ _MODES = ("vector", "keyword", "hybrid")
 _MAX_QUERIES = 32
 MAX_QUERY_TOKENS = common.MAX_INPUT_TOKENS
 MAX_QUERY_CHARS = common.MAX_INPUT_CHARS
-# A store's shape (table, dimensions, distance, model) never changes while it has data, and a deleted store's
-# table is gone (caught below), so a short-lived cache spares one registry query per search. Its statistics
+# A store's shape (table, dimensions, distance, model) changes only by an online migration's swap, which keeps
+# the replaced table for at least a minute, and a deleted store's table is gone (caught below), so a short-lived
+# cache spares one registry query per search. Its statistics
 # (rows, lexeme frequencies) may be that much older, which only nudges BM25's weights.
 _CACHE_SECONDS = 10.0
 _CACHE: web.AppKey[dict[str, tuple[float, stores.StoreRecord]]] = web.AppKey("search_store_cache")
@@ -288,8 +292,17 @@ async def search(request: web.Request) -> web.Response:
         # On a read replica that has replayed the caller's writes when database.read_replicas is on.
         hits = await ranked_hits(request, record, query_text, mode, weights, where, params, limit=fetch)
     except pg_errors.UndefinedTable:
+        # A deleted store, or a cached record naming a generation an online migration has since dropped
+        # (vectorstore/migration): read the registry again before saying the store is gone.
         request.app[_CACHE].pop(store_id, None)
-        raise store_not_found(store_id) from None
+        fresh = await searchable_store(request, store_id)
+        if fresh.table_name == record.table_name:
+            raise store_not_found(store_id) from None
+        try:
+            hits = await ranked_hits(request, fresh, query_text, mode, weights, where, params, limit=fetch)
+        except pg_errors.UndefinedTable:
+            request.app[_CACHE].pop(store_id, None)
+            raise store_not_found(store_id) from None
     if reranker is not None and len(hits) > 1:
         ranked = await reranker.rerank(query_text, [hit.content for hit in hits], top_n=limit)
         if ranked is not None:
@@ -318,6 +331,12 @@ async def search(request: web.Request) -> web.Response:
             "next_page": None,
         }
     )
+
+
+async def _migrating(request: web.Request, store_id: str) -> bool:
+    async with state.pool(request).connection() as conn:
+        migration = await migrations.get(conn, store_id)
+    return migration is not None and migration.active and migration.reembed
 
 
 def _rescored(hit: Hit, score: float) -> Hit:
@@ -354,7 +373,37 @@ async def ranked_hits(
             metrics.count_search("keyword")
             return result.hits
         mode, fallback = "vector", "no_terms"
-    embedding = await state.embedder(request).embed_query(query_text, model=record.model, dimensions=record.dimensions)
+    try:
+        embedding = await state.embedder(request).embed_query(
+            query_text, model=record.model, dimensions=record.dimensions
+        )
+    except UpstreamError as exc:
+        if not await _migrating(request, record.id):
+            raise
+        # The store migrates to a new model and the upstream no longer embeds with the old one (say it dropped
+        # it): the old generation can still be ranked by keywords, but not by vectors.
+        if mode == "hybrid" and record.text_search == "ready":
+            log.warning(
+                "search of store %s: its model %r can't embed the query during its migration (%s);"
+                " answering by keyword ranking",
+                record.id,
+                record.model,
+                exc.message,
+            )
+            result = await reads.run(
+                lambda conn: hybrid.run_keyword(
+                    conn, record.layout, stats, query_text, limit=limit, where=where, where_params=params
+                )
+            )
+            metrics.count_search("keyword", "old_model_unavailable")
+            return result.hits
+        raise ServiceUnavailable(
+            f"Vector store {record.id} is migrating to a new embedding model, and its current model"
+            f" {record.model!r} can't embed the query any more ({exc.message}). Vector search on it returns when the"
+            f" migration swaps in the new generation (GET /v1/vector_stores/{record.id}/migration says when); keyword"
+            " search (search_mode: keyword) answers meanwhile.",
+            code="store_migrating",
+        ) from None
     # With a target recall, the calibrated settings (vectorstore/calibration), and the query kept (in memory only)
     # as a sample for the next calibration.
     tuned = None if exact else calibration.current(request.app, record)

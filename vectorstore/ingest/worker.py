@@ -269,6 +269,9 @@ async def run_one(
 async def _process(
     conn: psycopg.AsyncConnection[Any], job: Job, embed: Embed, batch_chunks: int, extract: Extract
 ) -> str:
+    # Shared with other writers, exclusive with a migration's swap: the chunks go to the table that is active
+    # when this transaction commits (vectorstore/migration).
+    await stores.lock_for_write(conn, job.vector_store_id)
     store = await stores.get(conn, job.vector_store_id)
     attached = await files.get_store_file(conn, job.vector_store_id, job.file_id)
     if store is None or attached is None or attached.generation != job.id or attached.status != "in_progress":

@@ -99,8 +99,9 @@ INGEST_LATENCY: Final = Histogram(
 SEARCHES: Final = Counter(
     "vectorstore_searches_total",
     "Searches by the mode they ran in (vector, keyword, hybrid) and by what they fell back from: `none`, "
-    "`no_terms` (the query had no indexable term, so its vector ranking was used) or `upgrading` (the store's "
-    "keyword index is still being built).",
+    "`no_terms` (the query had no indexable term, so its vector ranking was used), `upgrading` (the store's "
+    "keyword index is still being built) or `old_model_unavailable` (a hybrid search of a store migrating to a "
+    "new model, whose old model could not embed the query: keyword ranking answered).",
     ["mode", "fallback"],
     registry=REGISTRY,
 )

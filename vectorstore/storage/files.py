@@ -320,6 +320,14 @@ async def attach(
     return _store_file(created)
 
 
+async def active_layout(conn: psycopg.AsyncConnection[Any], store: stores.StoreRecord) -> tables.Layout:
+    """The table to write the store's chunks to, under the store's write lock (held to the end of the caller's
+    transaction): an online migration may have switched it since `store` was read."""
+    await stores.lock_for_write(conn, store.id)
+    current = await stores.get(conn, store.id)
+    return (current or store).layout
+
+
 async def detach(conn: psycopg.AsyncConnection[Any], store: stores.StoreRecord, file_id: str) -> bool:
     """Remove a file from a store: its row, its chunks, its queued job. In the caller's transaction.
 
@@ -330,7 +338,7 @@ async def detach(conn: psycopg.AsyncConnection[Any], store: stores.StoreRecord, 
         "DELETE FROM vector_store_files WHERE vector_store_id = %s AND file_id = %s", [store.id, file_id]
     )
     removed = cur.rowcount > 0
-    await tables.delete_file_chunks(conn, store.layout, file_id)
+    await tables.delete_file_chunks(conn, await active_layout(conn, store), file_id)
     # A job a worker holds is left to it: the worker finds its attachment gone and drops the job.
     await conn.execute(
         "WITH gone AS (DELETE FROM ingest_jobs WHERE id IN (SELECT id FROM ingest_jobs WHERE vector_store_id = %s"
@@ -369,8 +377,9 @@ async def update_attributes(
         row = await cur.fetchone()
     if row is None:
         return None
+    layout = await active_layout(conn, store)
     await conn.execute(
-        sql.SQL("UPDATE {t} SET attributes = %s WHERE file_id = %s").format(t=store.layout.ident),
+        sql.SQL("UPDATE {t} SET attributes = %s WHERE file_id = %s").format(t=layout.ident),
         [Jsonb(dict(attributes)), file_id],
     )
     return _store_file(row)

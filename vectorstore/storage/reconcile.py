@@ -1,4 +1,9 @@
-"""Bring the database's stores in line with the spec: create, fix drift, refuse unsafe changes, prune.
+"""Bring the database's stores in line with the spec: create, fix drift, migrate, prune.
+
+A change of a store's vectors, index or language (`_VECTOR_FIELDS`, `_INDEX_FIELDS`) on a store that holds data
+is not applied here: it becomes an online migration (vectorstore/migration), recorded in this transaction and
+carried out in the background, while the store keeps serving from its active generation. A spec changed back
+to the active generation mid-migration cancels it.
 
 One transaction under a transaction-level advisory lock: replicas starting together queue on the lock, and
 each one after the first finds nothing left to do. `plan` runs the same comparison without the lock and
@@ -16,15 +21,17 @@ from typing import Any, Literal
 import psycopg
 
 from config import Spec, Store
+from vectorstore.migration import records as migrations
+from vectorstore.migration.shapes import Shape
 from vectorstore.storage import stores, tables
 
 log = logging.getLogger("vectorstore")
 
 RECONCILE_LOCK_KEY = 0x7665_6374_7265_636E  # "vectrecn"
 
-ChangeKind = Literal["create", "update", "refuse", "prune", "unchanged"]
-# Fields whose change would make stored vectors (or the stored tsvectors, for `language`) meaningless; allowed
-# only while the store is empty, when the table is simply made again.
+ChangeKind = Literal["create", "update", "migrate", "cancel", "refuse", "prune", "unchanged"]
+# Fields whose change needs a new table (new vectors, a new column type, new tsvectors for `language`): on an
+# empty store the table is simply made again, on a store with data a new generation is built online.
 _VECTOR_FIELDS = ("model", "dimensions", "distance", "language", "quantization")
 _INDEX_FIELDS = ("hnsw_m", "hnsw_ef_construction")
 _PLAIN_FIELDS = ("name", "description", "metadata", "ef_search", "declared")
@@ -66,7 +73,7 @@ class Plan:
         return any(change.kind != "unchanged" for change in self.changes)
 
     def counts(self) -> dict[str, int]:
-        kinds: tuple[ChangeKind, ...] = ("create", "update", "unchanged", "prune", "refuse")
+        kinds: tuple[ChangeKind, ...] = ("create", "update", "migrate", "cancel", "unchanged", "prune", "refuse")
         return {kind: len(self.of(kind)) for kind in kinds}
 
 
@@ -89,6 +96,10 @@ def desired_fields(store: Store) -> dict[str, Any]:
 
 async def compute_plan(conn: psycopg.AsyncConnection[Any], spec: Spec) -> Plan:
     existing = {record.id: record for record in await stores.all_stores(conn)}
+    # `vectorstore plan` reads a database that may predate online migrations (it never migrates the schema).
+    cur = await conn.execute("SELECT to_regclass('store_migrations') IS NOT NULL")
+    row = await cur.fetchone()
+    with_migrations = bool(row and row[0])
     plan = Plan()
     for store in spec.stores:
         record = existing.pop(store.id, None)
@@ -101,15 +112,19 @@ async def compute_plan(conn: psycopg.AsyncConnection[Any], spec: Spec) -> Plan:
             for name in (*_PLAIN_FIELDS, *_VECTOR_FIELDS, *_INDEX_FIELDS)
             if getattr(record, name) != want[name]
         )
-        vector_diffs = [diff for diff in diffs if diff.field in _VECTOR_FIELDS]
-        if vector_diffs and await tables.row_count_at_least_one(conn, record.table_name):
-            fields = ", ".join(str(diff) for diff in vector_diffs)
-            reason = (
-                f"store '{store.name}' ({store.id}) holds data; refusing to change {fields}. "
-                "Its vectors and indexes were made for the old value: declare a new store (another name "
-                "or id) for the new value, or delete this store's files first."
+        shape_diffs = [diff for diff in diffs if diff.field in (*_VECTOR_FIELDS, *_INDEX_FIELDS)]
+        migration = await migrations.get(conn, store.id) if with_migrations else None
+        active = migration is not None and migration.active
+        if shape_diffs and await tables.row_count_at_least_one(conn, record.table_name):
+            fields = ", ".join(str(diff) for diff in shape_diffs)
+            work = Shape.of_store(store).work_from(Shape.of_record(record))
+            reason = f"{fields}; " + (
+                "every chunk re-embedded" if work == "reembed" else "vectors copied, no embedding"
             )
-            plan.changes.append(Change("refuse", store.id, store.name, tuple(vector_diffs), reason, store))
+            plan.changes.append(Change("migrate", store.id, store.name, diffs, reason, store))
+        elif active and not shape_diffs:
+            reason = "the spec is back to the active generation"
+            plan.changes.append(Change("cancel", store.id, store.name, diffs, reason, store))
         elif diffs:
             plan.changes.append(Change("update", store.id, store.name, diffs, declared=store))
         else:
@@ -145,19 +160,34 @@ async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> N
                 quantization=store.quantization,
             ),
         )
+    elif change.kind in ("migrate", "cancel"):
+        assert store is not None
+        record = await stores.get(conn, change.store_id, for_update=True)
+        assert record is not None
+        values = {diff.field: diff.new for diff in change.diffs if diff.field in _PLAIN_FIELDS}
+        if values:
+            await stores.update_fields(conn, record.id, values)
+        if change.kind == "migrate":
+            await migrations.request(conn, record, Shape.of_store(store), change.reason)
+        else:
+            await migrations.cancel(conn, record.id, change.reason)
     elif change.kind == "update":
         record = await stores.get(conn, change.store_id, for_update=True)
         assert record is not None
         changed = {diff.field for diff in change.diffs}
         values = {diff.field: diff.new for diff in change.diffs if diff.field in _PLAIN_FIELDS}
         if changed & set(_VECTOR_FIELDS):
+            # An empty store: a migration under way for it has nothing to carry over.
+            await migrations.cancel(conn, record.id, "the store is empty; its table is made again")
             # The table is empty (checked in the plan, under the lock): rebuild it for the new shape.
             assert store is not None
             await stores.delete(conn, record)
             await _apply_change(conn, Change("create", store.id, store.name, declared=store))
             return
         if changed & set(_INDEX_FIELDS):
+            # An empty store (one with data migrates): rebuilding its index is instant.
             assert store is not None
+            await migrations.cancel(conn, record.id, "the store is empty; its index is made again")
             values |= {"hnsw_m": store.hnsw_m, "hnsw_ef_construction": store.hnsw_ef_construction}
             layout = dataclasses.replace(
                 record.layout, hnsw_m=store.hnsw_m, hnsw_ef_construction=store.hnsw_ef_construction
@@ -185,9 +215,11 @@ async def reconcile(conn: psycopg.AsyncConnection[Any], spec: Spec, *, source: s
             await _apply_change(conn, change)
     counts = plan.counts()
     log.info(
-        "reconcile: %d created, %d updated, %d unchanged, %d pruned (%s, %.2fs)",
+        "reconcile: %d created, %d updated, %d migrating, %d cancelled, %d unchanged, %d pruned (%s, %.2fs)",
         counts["create"],
         counts["update"],
+        counts["migrate"],
+        counts["cancel"],
         counts["unchanged"],
         counts["prune"],
         source,

@@ -5,6 +5,7 @@ Reconcile and the API both go through here, so a store created either way looks 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -23,6 +24,21 @@ _COLUMNS = (
     " analyzed_rows, text_avg_length, text_min_freq, quantization"
 )
 TextSearchState = Literal["upgrading", "ready"]
+
+# Writers of a store's chunk rows hold this advisory lock shared for their transaction; the swap of an online
+# migration (vectorstore/migration) holds it exclusively while it replays the last writes and switches the
+# active table, so no write lands in a generation that has just stopped being the active one.
+WRITE_LOCK_NAMESPACE = 0x7673_7772  # "vswr"
+
+
+def lock_key(store_id: str) -> int:
+    """The second half of a store's advisory lock keys (a signed 32-bit integer from its id)."""
+    return int.from_bytes(hashlib.sha256(store_id.encode()).digest()[:4], "big", signed=True)
+
+
+async def lock_for_write(conn: psycopg.AsyncConnection[Any], store_id: str) -> None:
+    """Held until the caller's transaction ends; read the store's record (its active table) after this."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", [WRITE_LOCK_NAMESPACE, lock_key(store_id)])
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,9 @@ def _record(row: Mapping[str, Any]) -> StoreRecord:
 
 
 async def get(conn: psycopg.AsyncConnection[Any], store_id: str, *, for_update: bool = False) -> StoreRecord | None:
+    """`for_update`: lock the row, and first take the store's write lock (callers that write chunks use it)."""
+    if for_update:
+        await lock_for_write(conn, store_id)
     query = f"SELECT {_COLUMNS} FROM vector_stores WHERE id = %s" + (" FOR UPDATE" if for_update else "")
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query.encode(), [store_id])
@@ -198,6 +217,14 @@ async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreReco
 
 
 async def delete(conn: psycopg.AsyncConnection[Any], record: StoreRecord) -> None:
+    """The store, its active table and any other generation of it (a migration's partial or kept one)."""
+    cur = await conn.execute(
+        "SELECT build_table, previous_table FROM store_migrations WHERE vector_store_id = %s", [record.id]
+    )
+    for row in await cur.fetchall():
+        for table in row:
+            if table and table != record.table_name:
+                await conn.execute(tables.drop_table_statement(table))
     await conn.execute(tables.drop_table_statement(record.table_name))
     await conn.execute("DELETE FROM vector_stores WHERE id = %s", [record.id])
 
@@ -278,10 +305,12 @@ class StoreView:
     record: StoreRecord
     file_counts: FileCounts = field(default_factory=FileCounts)
     usage_bytes: int = 0
+    migrating: bool = False
+    """A new generation is being built (vectorstore/migration): the store says `in_progress` until the swap."""
 
     def to_json(self) -> dict[str, Any]:
         record = self.record
-        status = "in_progress" if self.file_counts.in_progress else "completed"
+        status = "in_progress" if self.file_counts.in_progress or self.migrating else "completed"
         expires_at = None
         if record.expires_after is not None:
             days = cast(int, record.expires_after.get("days", 0))
@@ -308,4 +337,19 @@ async def views(
     ids = [record.id for record in records]
     file_counts = await counts(conn, ids) if ids else {}
     sizes = await usage_bytes(conn, records)
-    return [StoreView(record, file_counts.get(record.id, FileCounts()), sizes.get(record.id, 0)) for record in records]
+    migrating = await migrating_ids(conn, ids) if ids else set()
+    return [
+        StoreView(record, file_counts.get(record.id, FileCounts()), sizes.get(record.id, 0), record.id in migrating)
+        for record in records
+    ]
+
+
+ACTIVE_MIGRATION_PHASES = ("pending", "building", "swapping", "paused")
+
+
+async def migrating_ids(conn: psycopg.AsyncConnection[Any], store_ids: Sequence[str]) -> set[str]:
+    cur = await conn.execute(
+        "SELECT vector_store_id FROM store_migrations WHERE vector_store_id = ANY(%s) AND phase = ANY(%s)",
+        [list(store_ids), list(ACTIVE_MIGRATION_PHASES)],
+    )
+    return {str(row[0]) for row in await cur.fetchall()}

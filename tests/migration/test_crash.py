@@ -1,0 +1,83 @@
+"""kill -9 of the migrating server, then a restart: the build continues where the new table stops, and no chunk
+it already held is embedded again (counted at the fake upstream). The server as a real process, as in
+tests/ingest/test_crash.py."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+from fakeembed import FakeEmbedder
+from server.conftest import write_spec
+from serverprocess import ServerProcess
+
+from migration.conftest import NEW_DIMS, NEW_MODEL, NEW_MODEL_STORE, STORE_ID, add_rows, migration_spec, wait_phase
+
+ROWS = 400
+
+
+def _spec(embed_url: str, *, new: bool) -> dict[str, Any]:
+    data = migration_spec(embed_url, store=NEW_MODEL_STORE if new else None)
+    # Small requests, one at a time: many committed batches before the kill.
+    data["embedding"]["batch_size"] = 8
+    data["migration"] = {"concurrency": 1}
+    return data
+
+
+async def test_kill_9_mid_migration_resumes_without_embedding_again(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path
+) -> None:
+    fake_embedder.model_dimensions[NEW_MODEL] = NEW_DIMS
+    path = tmp_path / "stack.yaml"
+    write_spec(path, _spec(fake_embedder.base_url, new=False))
+    server = ServerProcess(path, fresh_dsn, tmp_path / "server.log")
+    try:
+        server.start()
+        await server.wait_ready()
+        async with aiohttp.ClientSession() as http:
+            await add_rows(http, server.base_url, 0, ROWS)
+        server.kill(signal.SIGTERM)
+
+        write_spec(path, _spec(fake_embedder.base_url, new=True))
+        fake_embedder.delay_seconds = 0.05
+        server.start()
+        await server.wait_ready()
+        deadline = time.monotonic() + 90
+        while True:
+            assert time.monotonic() < deadline, "the build never reached 80 chunks"
+            migration = await wait_phase(fresh_dsn, "building", "swapping", "done")
+            assert migration.phase == "building"
+            if migration.chunks_done >= 80:
+                break
+            await asyncio.sleep(0.05)
+        assert server.kill(signal.SIGKILL) == -signal.SIGKILL
+        assert migration.build_table is not None
+        async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
+            cur = await conn.execute(f'SELECT content FROM "{migration.build_table}"')
+            committed = {str(row[0]) for row in await cur.fetchall()}
+        assert 80 <= len(committed) < ROWS
+        before_restart = len(fake_embedder.calls)
+
+        fake_embedder.delay_seconds = 0
+        server.start()
+        await server.wait_ready()
+        done = await wait_phase(fresh_dsn, "done", "paused", seconds=60)
+        assert done.phase == "done", done.last_error
+        after = [
+            text for call in fake_embedder.calls[before_restart:] if call.model == NEW_MODEL for text in call.inputs
+        ]
+        assert not committed & set(after), "chunks already in the new generation were embedded again"
+        assert len(after) == ROWS - len(committed)
+        async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
+            cur = await conn.execute("SELECT dimensions, table_name FROM vector_stores WHERE id = %s", [STORE_ID])
+            row = await cur.fetchone()
+            assert row is not None and row[0] == NEW_DIMS
+            cur = await conn.execute(f'SELECT count(*) FROM "{row[1]}"')
+            assert await cur.fetchone() == (ROWS,)
+    finally:
+        server.stop()
