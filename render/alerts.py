@@ -274,6 +274,19 @@ ALERTS: tuple[Alert, ...] = (
         ),
         applies=lambda spec: any(store.search.target_recall is not None for store in spec.stores),
     ),
+    Alert(
+        name="VectorstoreMigrationPaused",
+        severity="warning",
+        for_="15m",
+        # Every pod reads the phase from the database, so they agree: max across them is the store's phase.
+        expr=lambda spec, sel: f'max by (store) (vectorstore_migration_phase{{{sel}, phase="paused"}}) == 1',
+        summary="A store's online migration to a changed spec is paused.",
+        description=lambda spec: (
+            "The migration of store {{ $labels.store }} (an id; `GET /v1/vector_stores/<id>/migration` shows "
+            f"its last_error) on the {_server(spec)} has been paused for 15 minutes: the embedding upstream "
+            "refused a batch for the new model. The store still answers from its previous generation."
+        ),
+    ),
 )
 
 

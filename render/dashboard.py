@@ -46,6 +46,7 @@ def panels(spec: Spec) -> tuple[Panel, ...]:
     store = _sel(spec, 'store=~"$store"')
     errors = _sel(spec, 'status=~"[45].."')
     rate = "[$__rate_interval]"
+    paused = _sel(spec, 'phase="paused"')
     return (
         Panel(
             "Searches per second by store and mode",
@@ -195,6 +196,24 @@ def panels(spec: Spec) -> tuple[Panel, ...]:
                 Target(f"sum by (pod) (vectorstore_db_pool_{name}{s})", f"{{{{pod}}}} {name}")
                 for name in ("in_use", "waiting", "max")
             ),
+        ),
+        Panel(
+            "Store migrations",
+            "percentunit",
+            (
+                # Every pod reads migrations from the database, so they agree: max, not sum, across pods.
+                Target(
+                    f"max by (store) (vectorstore_migration_chunks_done{s})"
+                    f" / max by (store) (vectorstore_migration_chunks_total{s})",
+                    "{{store}} done",
+                ),
+                Target(
+                    f"max by (store) (vectorstore_migration_phase{paused})",
+                    "{{store}} paused",
+                ),
+            ),
+            "Share of the chunks each declared store's online migration has carried into its new generation "
+            "(store ids), and 1 while one is paused (VectorstoreMigrationPaused).",
         ),
     )
 

@@ -214,6 +214,16 @@ CASES: dict[str, Case] = {
         quiet=[series("vectorstore_search_recall_target_reached", {**POD, "store": "vs_docs"}, "0x30 1x50")],
         at="75m",
     ),
+    "VectorstoreMigrationPaused": Case(
+        fire=[series("vectorstore_migration_phase", {**POD, "store": "vs_docs", "phase": "paused"}, "1x20")],
+        fire_labels={"store": "vs_docs"},
+        # Building, not paused: no alert.
+        quiet=[
+            series("vectorstore_migration_phase", {**POD, "store": "vs_docs", "phase": "paused"}, "0x20"),
+            series("vectorstore_migration_phase", {**POD, "store": "vs_docs", "phase": "building"}, "1x20"),
+        ],
+        at="16m",
+    ),
 }
 
 
