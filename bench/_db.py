@@ -67,20 +67,27 @@ def finish_report(report: dict[str, Any], json_path: str | None) -> None:
 
 
 async def new_unindexed_store(
-    conn: psycopg.AsyncConnection[Any], store_id: str, setting: str, dimensions: int
+    conn: psycopg.AsyncConnection[Any],
+    store_id: str,
+    setting: str,
+    dimensions: int,
+    *,
+    name: str | None = None,
+    model: str = "bench",
 ) -> stores.StoreRecord:
     """A cosine store of `dimensions` with the quantization `setting`, HNSW at pgvector's defaults and ef_search
-    100, its HNSW index dropped so the caller loads rows first and builds the index after (and times it)."""
+    100, its HNSW index dropped so the caller loads rows first and builds the index after (and times it). Named
+    `name` (the setting when None), embedded by `model` (a name only: the benches bring their own vectors)."""
     async with conn.transaction():
         record = await stores.insert(
             conn,
             stores.NewStore(
                 id=store_id,
-                name=setting,
+                name=setting if name is None else name,
                 description=None,
                 metadata={},
                 declared=False,
-                model="bench",
+                model=model,
                 dimensions=dimensions,
                 distance="cosine",
                 hnsw_m=16,

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from _db import bench_server, finish_report, fresh_database
+from _db import bench_server, finish_report, fresh_database, new_unindexed_store
 from large_stores import make_vectors
 from psycopg import sql
 
-from vectorstore.storage import stores, tables
+from vectorstore.storage import tables
 from vectorstore.storage.migrations import migrate
 
 STORE_ID = "vs_archivebench"
@@ -69,27 +69,6 @@ def _text(i: int) -> str:
     return " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] + str(j % 13) for j in range(80))
 
 
-async def _make_store(conn: psycopg.AsyncConnection[Any], store_id: str, dims: int) -> stores.StoreRecord:
-    record = await stores.insert(
-        conn,
-        stores.NewStore(
-            id=store_id,
-            name=store_id,
-            description=None,
-            metadata={},
-            declared=False,
-            model="bench-model",
-            dimensions=dims,
-            distance="cosine",
-            hnsw_m=16,
-            hnsw_ef_construction=64,
-            ef_search=100,
-        ),
-    )
-    await conn.execute(tables.drop_index_statement(record.layout))
-    return record
-
-
 async def build(dsn: str, data: Any) -> dict[str, float]:
     rows, dims = data.shape
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -97,7 +76,7 @@ async def build(dsn: str, data: Any) -> dict[str, float]:
         from pgvector.psycopg import register_vector_async
 
         await register_vector_async(conn)
-        record = await _make_store(conn, STORE_ID, dims)
+        record = await new_unindexed_store(conn, STORE_ID, "none", dims, name=STORE_ID, model="bench-model")
         started = time.perf_counter()
         async with conn.transaction():
             for start in range(0, rows, 5000):
@@ -116,7 +95,7 @@ async def build(dsn: str, data: Any) -> dict[str, float]:
         indexed = time.perf_counter() - started
         await conn.execute(sql.SQL("ANALYZE {t}").format(t=record.layout.ident))
         # The small store for the flat-memory check: a tenth of the rows.
-        small = await _make_store(conn, SMALL_ID, dims)
+        small = await new_unindexed_store(conn, SMALL_ID, "none", dims, name=SMALL_ID, model="bench-model")
         await conn.execute(
             sql.SQL(
                 "INSERT INTO {s} (id, file_id, chunk_index, filename, content, attributes, embedding)"

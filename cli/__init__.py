@@ -76,6 +76,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _server_url(text: str) -> str:
+    """`ingest --base-url`: an http(s) URL without user:password (the key comes from --api-key-env). The value
+    is not quoted back: it may hold a password, and the shell's output may land in a CI log."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        raise argparse.ArgumentTypeError("must be an http:// or https:// URL")
+    if "@" in rest.split("/", 1)[0]:
+        raise argparse.ArgumentTypeError(
+            "must not hold credentials (user:password@): the bearer key comes from the --api-key-env variable"
+        )
+    return text
+
+
 def _workers(text: str) -> int:
     # The same bound as the spec's server.workers, so the flag and the field accept the same values.
     from config.model import MAX_SERVER_WORKERS
@@ -136,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="upload files into a store through the HTTP API")
     ingest.add_argument("--store", required=True, help="store name or id")
     ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
-    ingest.add_argument("--base-url", default="http://127.0.0.1:8000", help="server URL (default %(default)s)")
+    ingest.add_argument(
+        "--base-url", type=_server_url, default="http://127.0.0.1:8000", help="server URL (default %(default)s)"
+    )
     ingest.add_argument(
         "--api-key-env",
         default="VECTORSTORE_API_KEY",

@@ -20,6 +20,7 @@ from config.model import (
     VECTOR_MAX_DIMENSIONS,
     VECTOR_MAX_INDEXED_DIMENSIONS,
     object_store_kind,
+    shown_url,
 )
 from config.yamlsafe import JsonPath
 
@@ -607,6 +608,19 @@ def _cron_finding(schedule: str) -> str | None:
     return f"{bad[0]!r} is not a cron field" if bad else None
 
 
+_OBJECT_STORE_USERINFO = (
+    "holds credentials (user:password@ before the bucket or host); secrets never go in the spec: the object "
+    "store's credentials come from `credentials: {secret: <name>}`"
+)
+
+
+def _has_userinfo(url: str) -> bool:
+    """`scheme://user:password@host...`: an `@` before the first `/` after the scheme. (No bucket, host or
+    account name has one, so there is no false alarm.) The URL is never quoted back: it holds the password."""
+    _, sep, rest = url.partition("://")
+    return bool(sep) and "@" in rest.split("/", 1)[0]
+
+
 def backup(data: Any) -> list[Finding]:
     """The schedule, the destinations, the restore's credentials, and that a restore never archives over the
     backups it came from (CNPG's docs warn: the WAL of two clusters would interleave in one folder)."""
@@ -619,14 +633,23 @@ def backup(data: Any) -> list[Finding]:
         if problem:
             findings.append((("database", "backup", "schedule"), problem))
         destination = backup_data.get("destination")
-        if isinstance(destination, str) and object_store_kind(destination) is None:
+        if isinstance(destination, str) and _has_userinfo(destination):
+            findings.append((("database", "backup", "destination"), _OBJECT_STORE_USERINFO))
+        elif isinstance(destination, str) and object_store_kind(destination) is None:
             findings.append(
-                (("database", "backup", "destination"), f"unsupported destination {destination!r}: {_DESTINATION_HINT}")
+                (
+                    ("database", "backup", "destination"),
+                    f"unsupported destination {shown_url(destination)!r}: {_DESTINATION_HINT}",
+                )
             )
     if isinstance(restore_data, dict):
         source = restore_data.get("from")
-        if isinstance(source, str) and object_store_kind(source) is None:
-            findings.append((("database", "restore", "from"), f"unsupported source {source!r}: {_DESTINATION_HINT}"))
+        if isinstance(source, str) and _has_userinfo(source):
+            findings.append((("database", "restore", "from"), _OBJECT_STORE_USERINFO))
+        elif isinstance(source, str) and object_store_kind(source) is None:
+            findings.append(
+                (("database", "restore", "from"), f"unsupported source {shown_url(source)!r}: {_DESTINATION_HINT}")
+            )
         if "credentials" not in restore_data and not isinstance(backup_data, dict):
             findings.append(
                 (
@@ -648,7 +671,7 @@ def backup(data: Any) -> list[Finding]:
                         ("database", "backup", "server_name")
                         if "server_name" in backup_data
                         else ("database", "backup"),
-                        f"this cluster would archive into the backups it restores from ({source} server "
+                        f"this cluster would archive into the backups it restores from ({shown_url(source)} server "
                         f"{restore_server!r}): give database.backup another `server_name` (or `destination`)",
                     )
                 )

@@ -98,7 +98,8 @@ ALERTS: tuple[Alert, ...] = (
         name="VectorstoreNotReady",
         severity="critical",
         for_="10m",
-        expr=lambda spec, sel: f"vectorstore_ready{{{sel}}} == 0",
+        # `serve --workers N` reports each worker's readiness (label `worker`): one not ready is the pod's alert.
+        expr=lambda spec, sel: f"min without (worker) (vectorstore_ready{{{sel}}}) == 0",
         summary="A vector store server pod is not ready.",
         description=lambda spec: (
             f"Pod {{{{ $labels.pod }}}} of the {_server(spec)} has not been ready for 10 minutes: its startup "
@@ -237,7 +238,7 @@ ALERTS: tuple[Alert, ...] = (
         name="VectorstoreReplicaDown",
         severity="warning",
         for_="10m",
-        expr=lambda spec, sel: f"vectorstore_replica_up{{{sel}}} == 0",
+        expr=lambda spec, sel: f"min without (worker) (vectorstore_replica_up{{{sel}}}) == 0",
         summary="Searches run on the primary: the read replicas are down or lagging.",
         description=lambda spec: (
             f"Pod {{{{ $labels.pod }}}} of the {_server(spec)} has sent its searches to the primary of "
@@ -249,15 +250,18 @@ ALERTS: tuple[Alert, ...] = (
         name="VectorstorePoolSaturated",
         severity="warning",
         for_="10m",
+        # Each worker of `serve --workers N` has its own pool (label `worker`): the fullest one decides, since an
+        # idle worker beside a saturated one would hide it in a sum or an average.
         expr=lambda spec, sel: (
-            f"vectorstore_db_pool_in_use{{{sel}}} / vectorstore_db_pool_max{{{sel}}}"
-            f" > {spec.server.alerts.pool_saturation_ratio!r} or vectorstore_db_pool_waiting{{{sel}}} > 0"
+            f"max without (worker) (vectorstore_db_pool_in_use{{{sel}}} / vectorstore_db_pool_max{{{sel}}})"
+            f" > {spec.server.alerts.pool_saturation_ratio!r}"
+            f" or max without (worker) (vectorstore_db_pool_waiting{{{sel}}}) > 0"
         ),
         summary="The database pool of a server pod is saturated.",
         description=lambda spec: (
             f"Pod {{{{ $labels.pod }}}} of the {_server(spec)} has had more than "
             f"{spec.server.alerts.pool_saturation_ratio:.0%} of its database connections in use, or clients "
-            "waiting for one, for 10 minutes."
+            "waiting for one, for 10 minutes (in at least one of its worker processes, under `serve --workers`)."
         ),
     ),
     Alert(

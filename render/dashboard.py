@@ -193,9 +193,17 @@ def panels(spec: Spec) -> tuple[Panel, ...]:
             "Database pool",
             "short",
             tuple(
+                # Summed over the pod's worker processes (`serve --workers N`: one pool each, label `worker`).
                 Target(f"sum by (pod) (vectorstore_db_pool_{name}{s})", f"{{{{pod}}}} {name}")
                 for name in ("in_use", "waiting", "max")
             ),
+        ),
+        Panel(
+            "Database pool, fullest worker",
+            "percentunit",
+            (Target(f"max by (pod) (vectorstore_db_pool_in_use{s} / vectorstore_db_pool_max{s})", "{{pod}}"),),
+            "Share of its connections in use in the pod's fullest pool: under `serve --workers N` each worker has "
+            "its own, and one saturated worker hides in the sum (VectorstorePoolSaturated fires on this).",
         ),
         Panel(
             "Store migrations",

@@ -60,6 +60,25 @@ def test_invalid_specs_report_exactly_the_expected_problems(path: Path) -> None:
         ), f"missing {want}; got:\n" + "\n".join(map(str, problems))
 
 
+# The password of a `scheme://user:password@host` URL in an example.
+URL_PASSWORD = re.compile(r"[a-z0-9+.-]+://[^\s/@:\"']+:([^\s/@\"']+)@")
+
+
+def test_a_refused_url_never_has_its_password_quoted() -> None:
+    """validate's output lands in CI logs: a URL refused for its credentials is named by its JSON path and shown
+    (if at all) without them: in every example that has one, through the API and through the CLI."""
+    examples = {path: URL_PASSWORD.findall(path.read_text()) for path in INVALID}
+    examples = {path: passwords for path, passwords in examples.items() if passwords}
+    assert len(examples) >= 6
+    for path, passwords in examples.items():
+        shown = "\n".join(str(problem) for problem in check_file(path).problems)
+        assert shown and not any(password in shown for password in passwords), path.name
+    result = _cli("validate", *map(str, examples))
+    assert result.returncode == 1 and result.stdout + result.stderr
+    every = [password for passwords in examples.values() for password in passwords]
+    assert not any(password in result.stdout + result.stderr for password in every)
+
+
 @pytest.mark.parametrize("path", WARNINGS, ids=lambda p: p.stem)
 def test_warning_specs_are_valid_and_warn_exactly_as_expected(path: Path) -> None:
     expected = [match.groupdict() for match in WARN.finditer(path.read_text())]

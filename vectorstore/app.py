@@ -89,8 +89,10 @@ async def _reads_ctx(app: web.Application) -> AsyncIterator[None]:
     router = replicas.ReadRouter(app[POOL], replica, wait_seconds=settings.replica_wait_seconds)
     app[READS] = router
     if replica is not None:
-        metrics.add_gauge_source("db_read_pool", metrics.pool_gauges(replica.get_stats, "vectorstore_db_read_pool"))
-        metrics.add_gauge_source("replica_up", metrics.replica_up_gauge(lambda: router.up))
+        metrics.add_gauge_source(
+            "db_read_pool", metrics.pool_gauges(replica.get_stats, "vectorstore_db_read_pool"), per_process=True
+        )
+        metrics.add_gauge_source("replica_up", metrics.replica_up_gauge(lambda: router.up), per_process=True)
     yield
     await router.close()
 

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from config import Spec, names
+from config.model import shown_url
 
 log = logging.getLogger("vectorstore")
 
@@ -103,7 +104,7 @@ def resolve_secrets(spec: Spec, environ: Mapping[str, str]) -> tuple[dict[str, s
             log.warning(
                 "%s is not set: embedding requests to %s carry no Authorization header",
                 spec.embedding.api_key.env,
-                spec.embedding.base_url,
+                shown_url(spec.embedding.base_url or ""),
             )
     return keys, embedding_key
 
@@ -117,7 +118,7 @@ def resolve_rerank_key(spec: Spec, environ: Mapping[str, str]) -> str | None:
         log.warning(
             "%s is not set: rerank requests to %s carry no Authorization header",
             spec.rerank.api_key.env,
-            spec.rerank.base_url,
+            shown_url(spec.rerank.base_url),
         )
     return value
 

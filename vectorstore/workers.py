@@ -8,8 +8,9 @@ the kernel spreads new connections over them. Migrations, reconcile and the inge
 more than what several replicas on one database already rely on: advisory locks and `SKIP LOCKED`.
 
 Metrics: the children run prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, a directory the
-parent owns), so whichever worker answers a scrape reports the counters and histograms of them all, summed.
-Gauges read at scrape time (pool, queue depth, replicas up) are the answering worker's.
+parent owns), so whichever worker answers a scrape reports the counters and histograms of them all, summed,
+and the per-process gauges (pool, readiness, replicas up) of each, labelled `worker` (each worker publishes
+them every second: observability/metrics.py). Gauges read from the database (queue depth) come once.
 
 Readiness: every worker listens as soon as it starts (so /health answers, as the liveness probe expects), but
 /ready, whichever worker answers it, says ready only once each worker has marked itself ready in a directory the

@@ -119,3 +119,19 @@ async def test_ingest_on_a_terminal_shows_a_progress_bar(ingest_server: RunningS
     assert "FAILED" in plain and "empty.txt" in plain
     # And the summary after it.
     assert "12 ingested (12 chunks), 0 already there, 1 failed" in plain
+
+
+def test_base_url_refuses_credentials_without_quoting_them(capsys: pytest.CaptureFixture[str]) -> None:
+    """The key comes from --api-key-env; a user:password@ in --base-url is refused, and not echoed (the shell's
+    output may land in a CI log)."""
+    for url, message in (
+        ("http://admin:hunter2-cli@127.0.0.1:8000", "must not hold credentials (user:password@)"),
+        ("127.0.0.1:8000", "must be an http:// or https:// URL"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            parse(["ingest", "--store", "docs", "--base-url", url, "."])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --base-url: {message}" in err and "hunter2" not in err
+    options = parse(["ingest", "--store", "docs", "--base-url", "https://vectors.example/base", "."])
+    assert isinstance(options, IngestOptions) and options.base_url == "https://vectors.example/base"

@@ -202,6 +202,27 @@ def test_redacting_filter_covers_message_args_extras_and_bearer() -> None:
     assert logs.RedactingFilter(["short"]).secrets == set()
 
 
+def test_a_url_password_is_redacted_whatever_the_url() -> None:
+    """validate refuses user:password@ in the spec's URLs; one that arrives another way (an environment
+    variable, a library quoting the URL it was given) loses its password in every log field and error body,
+    whoever the server knows as secret. Scheme and user stay, so the line still says which URL it was."""
+    redactor = logs.Redactor()
+    cases = {
+        "upstream https://litellm:sk-9f3e2a@litellm.example:4000/v1/embeddings failed": (
+            f"upstream https://litellm:{logs.REDACTED}@litellm.example:4000/v1/embeddings failed"
+        ),
+        "url=URL('http://u:p4ss@127.0.0.1:9/v1')": f"url=URL('http://u:{logs.REDACTED}@127.0.0.1:9/v1')",
+        "DATABASE_URL=postgresql://app:pw-83d1@db:5432/app": f"DATABASE_URL=postgresql://app:{logs.REDACTED}@db:5432/app",
+        "s3://AKIA:wJalr@bucket/x and git://h/x": f"s3://AKIA:{logs.REDACTED}@bucket/x and git://h/x",
+    }
+    for text, expected in cases.items():
+        assert redactor.redact(text) == expected
+    # A user without a password, an address in a path, and scp-style git: nothing to hide, left as they are.
+    for text in ("ssh://git@github.com/a/b", "see http://host/@models", "git@github.com:a/b.git", "a@b.c"):
+        assert redactor.redact(text) == text
+    assert redactor.redact_value({"url": ["https://u:pw-x@h"]}) == {"url": [f"https://u:{logs.REDACTED}@h"]}
+
+
 def test_redaction_covers_every_field_whatever_its_source() -> None:
     """The request id comes from the client (a key sent as `x-request-id` once reached warning lines) and extra
     fields may be any type: every field of the finished line is redacted, by the filter and by the formatter."""

@@ -70,6 +70,20 @@ async def test_two_workers_share_the_port_and_their_metrics(workers: ServerProce
     for _ in range(4):
         assert await _metric(workers.base_url, series) == requests
     assert "with 2 worker processes" in workers.logs()
+    # The per-process gauges (pool, readiness) are every worker's, each with its `worker` label, whichever
+    # worker answers (a new connection per scrape, so both do): before, they were the answering worker's alone,
+    # and a saturated pool in the other one went unseen by VectorstorePoolSaturated.
+    for _ in range(6):
+        fresh = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=fresh) as http, http.get(f"{workers.base_url}/metrics") as response:
+            text = await response.text()
+        for worker in ("0", "1"):
+            for name in ("size", "available", "in_use", "waiting", "max"):
+                assert re.search(rf'^vectorstore_db_pool_{name}\{{worker="{worker}"\}} [0-9.]+$', text, re.M), name
+            assert f'vectorstore_ready{{worker="{worker}"}} 1.0' in text
+        assert not re.search(r"^vectorstore_(db_pool_in_use|ready) ", text, re.M), "no unlabelled copy"
+        # The shared gauges (one table) stay one series.
+        assert len(re.findall(r'^vectorstore_ingest_queue_depth\{state="ready"\}', text, re.M)) == 1
 
 
 def test_a_worker_that_dies_takes_the_others_down(workers: ServerProcess) -> None:

@@ -171,6 +171,22 @@ async def test_reranker_orders_the_page(oai: AsyncOpenAI, reranker: FakeReranker
     await oai.vector_stores.search(PLAIN, query="garden")
     await oai.vector_stores.search(STORE, query="garden", ranking_options={"ranker": "none"})
     assert len(reranker.calls) == 1
+    # OGX's `neural` (or its `model`) asks for the reranker by name: it runs on the opted-out store too, rather
+    # than answering with the fused order it did not ask for.
+    for options in ({"ranker": "neural"}, {"ranker": "neural", "model": "fake-rerank"}, {"model": "fake-rerank"}):
+        page = await oai.vector_stores.search(
+            PLAIN,
+            query="garden water tomatoes morning",
+            max_num_results=2,
+            ranking_options=options,  # type: ignore[arg-type]
+        )
+        assert names(page)[0] == "garden.md" and page.data[0].score == pytest.approx(1.0), options
+        assert reranker.calls[-1]["model"] == "fake-rerank" and reranker.calls[-1]["top_n"] == 2
+    assert len(reranker.calls) == 4
+    # Beside `neural`, an algorithm ranker's parameter is refused, naming it.
+    with pytest.raises(openai.BadRequestError) as refused:
+        await oai.vector_stores.search(PLAIN, query="garden", ranking_options={"ranker": "neural", "alpha": 0.5})  # type: ignore[arg-type]
+    assert refused.value.body["param"] == "ranking_options.alpha"  # type: ignore[index]
 
 
 @pytest.mark.parametrize("fault", ["status", "slow", "bad_answer", "down"])

@@ -448,6 +448,13 @@ async def test_chunk_api_store_ids_keys_and_params(
         ({"ranker": {"strategy": "rrf", "params": {"k": -1}}}, "params.ranker.params.k"),
         ({"ranker": {"strategy": "weighted", "params": {"weights": [1.5, 0]}}}, "params.ranker.params.weights[0]"),
         ({"ranker": {"strategy": "weighted", "params": {"weights": "half"}}}, "params.ranker.params.weights"),
+        # Every weight is checked, not only the first (the second was ignored, whatever it held).
+        ({"ranker": {"strategy": "weighted", "params": {"weights": [0.5, "x"]}}}, "params.ranker.params.weights[1]"),
+        ({"ranker": {"strategy": "weighted", "params": {"weights": [0.5, -1]}}}, "params.ranker.params.weights[1]"),
+        ({"ranker": {"strategy": "weighted", "params": {"weights": [0.7, 0.7]}}}, "params.ranker.params.weights[1]"),
+        ({"ranker": {"strategy": "weighted", "params": {"weights": [None, 1]}}}, "params.ranker.params.weights[0]"),
+        ({"ranker": {"strategy": "weighted", "params": {"weights": []}}}, "params.ranker.params.weights"),
+        ({"ranker": {"strategy": "weighted", "params": {"weights": [0.2, 0.3, 0.5]}}}, "params.ranker.params.weights"),
         ({"top_k": 3}, "params.top_k"),
     ):
         status, body = await _post(

@@ -162,3 +162,19 @@ async def start_with_sources(
     return await start_server(
         spec, dsn, spec_dir=spec_path.parent, sources_dir=spec_path.parent / "clones", **(settings_fields or {})
     )
+
+
+@pytest.fixture
+async def handbook(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> AsyncIterator[RunningServer]:
+    """A server whose one source, `handbook`, is the `docs` directory, once its first sync has ingested it;
+    stopped after the test, whatever the test did (the set-up most path-source tests share)."""
+    server = await start_with_sources(
+        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
+    )
+    try:
+        await wait_synced(http, server)
+        yield server
+    finally:
+        await server.stop()

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from fakeembed import FakeEmbedder
+from server.conftest import RunningServer
 
 from config.model import parse_max_delete
 from sources.conftest import Mount, attachments, source_status, start_with_sources, sync_again, wait_synced
@@ -90,64 +91,52 @@ async def test_an_unmounted_volume_deletes_nothing(
 
 
 async def test_a_real_emptying_is_held_then_confirmed(
-    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+    handbook: RunningServer, fresh_dsn: str, docs: Path, http: aiohttp.ClientSession
 ) -> None:
-    server = await start_with_sources(
-        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
-    )
-    try:
-        await wait_synced(http, server)
-        for path in (docs / "a.md", docs / "guide" / "b.txt", docs / "guide" / "c.md"):
-            path.unlink()
-        (docs / "new.md").write_text("A new page arrives as the old ones go.\n")
-        (result,) = await sync_again(server, http)
-        (source,) = result.sources
-        # Adds and updates of the same listing apply; the deletions wait.
-        assert source.added == 1 and source.deleted == 0
-        assert source.held == {"would_delete": 3, "files": 3, "max_delete": "50%"}
-        assert sorted(row["filename"] for row in attachments(fresh_dsn)) == [
-            "a.md",
-            "guide/b.txt",
-            "guide/c.md",
-            "new.md",
-        ]
-        (status,) = (await source_status(http, server))["data"]
-        assert status["status"] == "held" and status["last_sync"]["held"]["would_delete"] == 3
+    for path in (docs / "a.md", docs / "guide" / "b.txt", docs / "guide" / "c.md"):
+        path.unlink()
+    (docs / "new.md").write_text("A new page arrives as the old ones go.\n")
+    (result,) = await sync_again(handbook, http)
+    (source,) = result.sources
+    # Adds and updates of the same listing apply; the deletions wait.
+    assert source.added == 1 and source.deleted == 0
+    assert source.held == {"would_delete": 3, "files": 3, "max_delete": "50%"}
+    assert sorted(row["filename"] for row in attachments(fresh_dsn)) == [
+        "a.md",
+        "guide/b.txt",
+        "guide/c.md",
+        "new.md",
+    ]
+    (status,) = (await source_status(http, handbook))["data"]
+    assert status["status"] == "held" and status["last_sync"]["held"]["would_delete"] == 3
 
-        server.app[SYNCER].allow_deletes = True  # what `vectorstore sync --allow-deletes` sets
-        (result,) = await sync_again(server, http)
-        assert result.sources[0].deleted == 3 and result.sources[0].held is None
-        assert [row["filename"] for row in attachments(fresh_dsn)] == ["new.md"]
-        (status,) = (await source_status(http, server))["data"]
-        assert status["status"] == "ok" and status["last_sync"]["held"] is None
-    finally:
-        await server.stop()
+    handbook.app[SYNCER].allow_deletes = True  # what `vectorstore sync --allow-deletes` sets
+    (result,) = await sync_again(handbook, http)
+    assert result.sources[0].deleted == 3 and result.sources[0].held is None
+    assert [row["filename"] for row in attachments(fresh_dsn)] == ["new.md"]
+    (status,) = (await source_status(http, handbook))["data"]
+    assert status["status"] == "ok" and status["last_sync"]["held"] is None
 
 
 async def test_deletions_over_a_count_are_held_and_under_it_applied(
-    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+    handbook: RunningServer, fresh_dsn: str, docs: Path, http: aiohttp.ClientSession
 ) -> None:
+    import dataclasses
+
     for index in range(4):
         (docs / f"extra-{index}.md").write_text(f"Extra page number {index}.\n")
-    server = await start_with_sources(
-        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
+    (result,) = await sync_again(handbook, http)
+    assert result.sources[0].added == 4 and len(attachments(fresh_dsn)) == 7
+    syncer = handbook.app[SYNCER]
+    syncer.spec = dataclasses.replace(
+        syncer.spec, sync=dataclasses.replace(syncer.spec.sync, max_delete=parse_max_delete(1))
     )
-    try:
-        await wait_synced(http, server)
-        syncer = server.app[SYNCER]
-        import dataclasses
-
-        syncer.spec = dataclasses.replace(
-            syncer.spec, sync=dataclasses.replace(syncer.spec.sync, max_delete=parse_max_delete(1))
-        )
-        (docs / "extra-0.md").unlink()
-        (docs / "extra-1.md").unlink()
-        (result,) = await sync_again(server, http)
-        assert result.sources[0].held == {"would_delete": 2, "files": 7, "max_delete": "1"}
-        assert len(attachments(fresh_dsn)) == 7
-        (docs / "extra-1.md").write_text("Extra page number 1.\n")  # one deletion left: under the limit
-        (result,) = await sync_again(server, http)
-        assert result.sources[0].held is None and result.sources[0].deleted == 1
-        assert len(attachments(fresh_dsn)) == 6
-    finally:
-        await server.stop()
+    (docs / "extra-0.md").unlink()
+    (docs / "extra-1.md").unlink()
+    (result,) = await sync_again(handbook, http)
+    assert result.sources[0].held == {"would_delete": 2, "files": 7, "max_delete": "1"}
+    assert len(attachments(fresh_dsn)) == 7
+    (docs / "extra-1.md").write_text("Extra page number 1.\n")  # one deletion left: under the limit
+    (result,) = await sync_again(handbook, http)
+    assert result.sources[0].held is None and result.sources[0].deleted == 1
+    assert len(attachments(fresh_dsn)) == 6

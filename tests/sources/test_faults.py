@@ -13,7 +13,7 @@ from typing import TypeVar
 import aiohttp
 import psycopg
 from fakeembed import FakeEmbedder
-from server.conftest import LIMITED_KEY, READ_KEY
+from server.conftest import LIMITED_KEY, READ_KEY, RunningServer
 
 from sources.conftest import (
     MAX_UPLOAD,
@@ -34,41 +34,34 @@ T = TypeVar("T")
 
 
 async def test_an_unreadable_source_is_an_error_and_deletes_nothing(
-    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+    handbook: RunningServer, fresh_dsn: str, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    server = await start_with_sources(
-        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
-    )
-    try:
-        await wait_synced(http, server)
-        before = attachments(fresh_dsn)
-        assert len(before) == 3
-        moved = tmp_path / "elsewhere"
-        os.rename(docs, moved)  # unmounted, or a wrong path: the directory is gone
-        (result,) = await sync_again(server, http)
-        assert result.sources[0].error and "does not exist" in result.sources[0].error
-        assert result.sources[0].deleted == 0 and attachments(fresh_dsn) == before
-        (status,) = await wait_synced(http, server)
-        assert status["status"] == "failed" and "does not exist" in status["last_sync"]["error"]
-        assert status["last_success_at"] is not None and status["files"]["completed"] == 3
+    before = attachments(fresh_dsn)
+    assert len(before) == 3
+    moved = tmp_path / "elsewhere"
+    os.rename(docs, moved)  # unmounted, or a wrong path: the directory is gone
+    (result,) = await sync_again(handbook, http)
+    assert result.sources[0].error and "does not exist" in result.sources[0].error
+    assert result.sources[0].deleted == 0 and attachments(fresh_dsn) == before
+    (status,) = await wait_synced(http, handbook)
+    assert status["status"] == "failed" and "does not exist" in status["last_sync"]["error"]
+    assert status["last_success_at"] is not None and status["files"]["completed"] == 3
 
-        _write(docs, b"a file where the directory was")
-        (result,) = await sync_again(server, http)
-        assert "is not a directory" in str(result.sources[0].error) and attachments(fresh_dsn) == before
+    _write(docs, b"a file where the directory was")
+    (result,) = await sync_again(handbook, http)
+    assert "is not a directory" in str(result.sources[0].error) and attachments(fresh_dsn) == before
 
-        async with http.get(server.url("/metrics")) as response:
-            text = await response.text()
-        assert 'vectorstore_source_up{source="handbook",store="docs"} 0.0' in text
-        assert 'vectorstore_source_syncs_total{outcome="error",source="handbook",store="docs"} 2.0' in text
+    async with http.get(handbook.url("/metrics")) as response:
+        text = await response.text()
+    assert 'vectorstore_source_up{source="handbook",store="docs"} 0.0' in text
+    assert 'vectorstore_source_syncs_total{outcome="error",source="handbook",store="docs"} 2.0' in text
 
-        os.unlink(docs)
-        os.rename(moved, docs)  # back: the next sync finds everything unchanged
-        (result,) = await sync_again(server, http)
-        assert result.sources[0].error is None and result.sources[0].unchanged == 3
-        async with http.get(server.url("/metrics")) as response:
-            assert 'vectorstore_source_up{source="handbook",store="docs"} 1.0' in await response.text()
-    finally:
-        await server.stop()
+    os.unlink(docs)
+    os.rename(moved, docs)  # back: the next sync finds everything unchanged
+    (result,) = await sync_again(handbook, http)
+    assert result.sources[0].error is None and result.sources[0].unchanged == 3
+    async with http.get(handbook.url("/metrics")) as response:
+        assert 'vectorstore_source_up{source="handbook",store="docs"} 1.0' in await response.text()
 
 
 async def test_an_empty_sidecar_volume_is_not_believed(
@@ -145,28 +138,19 @@ async def test_each_bad_file_fails_with_its_reason_and_the_rest_goes_on(
         await server.stop()
 
 
-async def test_the_status_route_follows_the_key_rules(
-    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
-) -> None:
-    server = await start_with_sources(
-        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
-    )
-    try:
-        await wait_synced(http, server)
-        body = await source_status(http, server)
-        assert body["object"] == "list" and body["first_id"] == "handbook" and body["has_more"] is False
-        assert (await source_status(http, server, OTHER_ID))["data"] == []  # a store without sources
-        for path in (f"/v1/vector_stores/{STORE_ID}/sources", f"/vector_stores/{STORE_ID}/sources"):
-            async with http.get(server.url(path)) as response:
-                assert response.status == 401
-            async with http.get(server.url(path), headers=headers(READ_KEY)) as response:
-                assert response.status == 200
-        async with http.get(server.url(f"/v1/vector_stores/{OTHER_ID}/sources"), headers=headers(LIMITED_KEY)) as r:
-            assert r.status == 404 and (await r.json())["error"]["type"] == "invalid_request_error"
-        async with http.get(server.url("/v1/vector_stores/vs_nope/sources"), headers=headers(READ_KEY)) as response:
-            assert response.status == 404
-    finally:
-        await server.stop()
+async def test_the_status_route_follows_the_key_rules(handbook: RunningServer, http: aiohttp.ClientSession) -> None:
+    body = await source_status(http, handbook)
+    assert body["object"] == "list" and body["first_id"] == "handbook" and body["has_more"] is False
+    assert (await source_status(http, handbook, OTHER_ID))["data"] == []  # a store without sources
+    for path in (f"/v1/vector_stores/{STORE_ID}/sources", f"/vector_stores/{STORE_ID}/sources"):
+        async with http.get(handbook.url(path)) as response:
+            assert response.status == 401
+        async with http.get(handbook.url(path), headers=headers(READ_KEY)) as response:
+            assert response.status == 200
+    async with http.get(handbook.url(f"/v1/vector_stores/{OTHER_ID}/sources"), headers=headers(LIMITED_KEY)) as r:
+        assert r.status == 404 and (await r.json())["error"]["type"] == "invalid_request_error"
+    async with http.get(handbook.url("/v1/vector_stores/vs_nope/sources"), headers=headers(READ_KEY)) as response:
+        assert response.status == 404
 
 
 def _as_nobody(function: Callable[[], T]) -> T:

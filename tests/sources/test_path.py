@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 from fakeembed import FakeEmbedder
+from server.conftest import RunningServer
 
 from sources.conftest import (
     STORE_ID,
@@ -72,34 +73,27 @@ def _write_counts(dsn: str) -> tuple[int, ...]:
 
 
 async def test_resync_of_unchanged_files_costs_no_embedding_and_no_write(
-    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+    handbook: RunningServer, fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, http: aiohttp.ClientSession
 ) -> None:
-    server = await start_with_sources(
-        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
-    )
-    try:
-        await wait_synced(http, server)
-        before, ids = _write_counts(fresh_dsn), _ids(fresh_dsn)
-        fake_embedder.calls.clear()
-        (result,) = await sync_again(server, http)
-        assert (result.sources[0].unchanged, result.sources[0].changes) == (3, 0)
-        assert fake_embedder.calls == []
-        assert _write_counts(fresh_dsn) == before and _ids(fresh_dsn) == ids
+    before, ids = _write_counts(fresh_dsn), _ids(fresh_dsn)
+    fake_embedder.calls.clear()
+    (result,) = await sync_again(handbook, http)
+    assert (result.sources[0].unchanged, result.sources[0].changes) == (3, 0)
+    assert fake_embedder.calls == []
+    assert _write_counts(fresh_dsn) == before and _ids(fresh_dsn) == ids
 
-        # Touched but not changed (a new git checkout does this to every file): read and hashed again, still
-        # no embedding and the same files; only the recorded fingerprint moves.
-        import os
+    # Touched but not changed (a new git checkout does this to every file): read and hashed again, still
+    # no embedding and the same files; only the recorded fingerprint moves.
+    import os
 
-        os.utime(docs / "a.md", ns=(1, 1))
-        (result,) = await sync_again(server, http)
-        assert (result.sources[0].unchanged, result.sources[0].changes) == (3, 0)
-        assert fake_embedder.calls == [] and _ids(fresh_dsn) == ids
-    finally:
-        await server.stop()
+    os.utime(docs / "a.md", ns=(1, 1))
+    (result,) = await sync_again(handbook, http)
+    assert (result.sources[0].unchanged, result.sources[0].changes) == (3, 0)
+    assert fake_embedder.calls == [] and _ids(fresh_dsn) == ids
 
 
 async def test_a_changed_file_replaces_its_old_version_atomically(
-    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+    handbook: RunningServer, fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, http: aiohttp.ClientSession
 ) -> None:
     import asyncio
 
@@ -107,17 +101,13 @@ async def test_a_changed_file_replaces_its_old_version_atomically(
 
     from sources.conftest import store_table
 
-    server = await start_with_sources(
-        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
-    )
     try:
-        await wait_synced(http, server)
         old_id = _ids(fresh_dsn)["a.md"]
         table = store_table(fresh_dsn)
         (docs / "a.md").write_text("# Alpha, second edition\n\n" + "Apples are red and green. " * 200)
         fake_embedder.calls.clear()
         fake_embedder.delay_seconds = 0.3  # the new version's ingestion takes a while: searches run meanwhile
-        sync = asyncio.create_task(sync_again(server, http))
+        sync = asyncio.create_task(sync_again(handbook, http))
         seen: set[tuple[str, ...]] = set()
         query = f"SELECT DISTINCT file_id FROM {table} WHERE attributes->>'path' = 'a.md'"
         async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as conn:
@@ -141,39 +131,36 @@ async def test_a_changed_file_replaces_its_old_version_atomically(
         assert [row["filename"] for row in attachments(fresh_dsn)].count("a.md") == 1
     finally:
         fake_embedder.delay_seconds = 0.0
-        await server.stop()
 
 
 async def test_a_new_version_that_fails_leaves_the_old_one_searchable(
-    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+    handbook: RunningServer, fresh_dsn: str, docs: Path, http: aiohttp.ClientSession
 ) -> None:
-    server = await start_with_sources(
-        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
-    )
-    try:
-        await wait_synced(http, server)
-        old_id = _ids(fresh_dsn)["a.md"]
-        (docs / "a.md").write_bytes(b"not UTF-8 at all: \x80\x81\xc3\x28")
-        await sync_again(server, http)
-        versions = [row for row in attachments(fresh_dsn) if row["filename"] == "a.md"]
-        assert [row["status"] for row in versions] == ["completed", "failed"]
-        assert versions[0]["file_id"] == old_id and versions[1]["last_error"]["code"] == "invalid_file"
-        hits = await search(http, server.base_url, "# Alpha\n\nAlpha is the first document about apples.")
-        assert hits[0]["file_id"] == old_id
-        (status,) = await wait_synced(http, server)
-        assert status["files"]["failed"] == 1
+    old_id = _ids(fresh_dsn)["a.md"]
+    (docs / "a.md").write_bytes(b"not UTF-8 at all: \x80\x81\xc3\x28")
+    await sync_again(handbook, http)
+    versions = [row for row in attachments(fresh_dsn) if row["filename"] == "a.md"]
+    assert [row["status"] for row in versions] == ["completed", "failed"]
+    assert versions[0]["file_id"] == old_id and versions[1]["last_error"]["code"] == "invalid_file"
+    hits = await search(http, handbook.base_url, "# Alpha\n\nAlpha is the first document about apples.")
+    assert hits[0]["file_id"] == old_id
+    (status,) = await wait_synced(http, handbook)
+    assert status["files"]["failed"] == 1
 
-        # Fixed in the source: the new version replaces both the failed one and the old one.
-        (docs / "a.md").write_text("Alpha, fixed.\n")
-        await sync_again(server, http)
-        versions = [row for row in attachments(fresh_dsn) if row["filename"] == "a.md"]
-        assert [row["status"] for row in versions] == ["completed"] and versions[0]["file_id"] != old_id
-    finally:
-        await server.stop()
+    # Fixed in the source: the new version replaces both the failed one and the old one.
+    (docs / "a.md").write_text("Alpha, fixed.\n")
+    await sync_again(handbook, http)
+    versions = [row for row in attachments(fresh_dsn) if row["filename"] == "a.md"]
+    assert [row["status"] for row in versions] == ["completed"] and versions[0]["file_id"] != old_id
 
 
 async def test_vanished_and_excluded_files_are_deleted_but_api_uploads_are_never_touched(
-    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+    handbook: RunningServer,
+    fresh_dsn: str,
+    fake_embedder: FakeEmbedder,
+    docs: Path,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
 ) -> None:
     from openai import AsyncOpenAI
     from server.conftest import WRITE_KEY
@@ -183,18 +170,14 @@ async def test_vanished_and_excluded_files_are_deleted_but_api_uploads_are_never
     from vectorstore.sources.engine import Syncer
     from vectorstore.sources.service import SYNCER
 
-    server = await start_with_sources(
-        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
-    )
-    client = AsyncOpenAI(base_url=server.url("/v1"), api_key=WRITE_KEY, max_retries=0)
+    client = AsyncOpenAI(base_url=handbook.url("/v1"), api_key=WRITE_KEY, max_retries=0)
     try:
-        await wait_synced(http, server)
         uploaded = await client.vector_stores.files.upload_and_poll(
             vector_store_id=STORE_ID, file=("a.md", b"An upload by hand, named like a synced file.")
         )
         assert uploaded.status == "completed"
         (docs / "guide" / "c.md").unlink()
-        (result,) = await sync_again(server, http)
+        (result,) = await sync_again(handbook, http)
         assert result.sources[0].deleted == 1
         assert sorted(row["filename"] for row in attachments(fresh_dsn)) == ["a.md", "a.md", "guide/b.txt"]
 
@@ -203,9 +186,9 @@ async def test_vanished_and_excluded_files_are_deleted_but_api_uploads_are_never
             fake_embedder.base_url, [{"name": "handbook", "path": str(docs), "exclude": ["guide/**"]}]
         )
         (tmp_path / "narrow.yaml").write_text(__import__("json").dumps(narrowed))
-        syncer: Syncer = server.app[SYNCER]
+        syncer: Syncer = handbook.app[SYNCER]
         syncer.spec = load_spec(tmp_path / "narrow.yaml")
-        (result,) = await sync_again(server, http)
+        (result,) = await sync_again(handbook, http)
         assert (result.sources[0].deleted, result.sources[0].unchanged) == (1, 1)
         rows = attachments(fresh_dsn)
         assert sorted((row["filename"], row["owner"]) for row in rows) == [
@@ -215,27 +198,19 @@ async def test_vanished_and_excluded_files_are_deleted_but_api_uploads_are_never
         assert uploaded.id in {row["file_id"] for row in rows}
     finally:
         await client.close()
-        await server.stop()
 
 
 async def test_a_file_detached_through_the_api_comes_back_at_the_next_sync(
-    fresh_dsn: str, fake_embedder: FakeEmbedder, docs: Path, tmp_path: Path, http: aiohttp.ClientSession
+    handbook: RunningServer, fresh_dsn: str, http: aiohttp.ClientSession
 ) -> None:
-    server = await start_with_sources(
-        fake_embedder, fresh_dsn, tmp_path / "spec.yaml", [{"name": "handbook", "path": str(docs)}]
-    )
-    try:
-        await wait_synced(http, server)
-        file_id = _ids(fresh_dsn)["guide/b.txt"]
-        async with http.delete(
-            server.url(f"/v1/vector_stores/{STORE_ID}/files/{file_id}"), headers=headers()
-        ) as response:
-            assert response.status == 200
-        (result,) = await sync_again(server, http)
-        assert (result.sources[0].added, result.sources[0].unchanged) == (1, 2)
-        assert sorted(_ids(fresh_dsn)) == ["a.md", "guide/b.txt", "guide/c.md"]
-    finally:
-        await server.stop()
+    file_id = _ids(fresh_dsn)["guide/b.txt"]
+    async with http.delete(
+        handbook.url(f"/v1/vector_stores/{STORE_ID}/files/{file_id}"), headers=headers()
+    ) as response:
+        assert response.status == 200
+    (result,) = await sync_again(handbook, http)
+    assert (result.sources[0].added, result.sources[0].unchanged) == (1, 2)
+    assert sorted(_ids(fresh_dsn)) == ["a.md", "guide/b.txt", "guide/c.md"]
 
 
 async def test_the_schedule_syncs_again_every_interval(

@@ -13,7 +13,10 @@ middleware, 401s from auth, and aiohttp's own 404/405s.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from functools import cache
 from pathlib import Path
 from typing import Any, Final
@@ -25,7 +28,7 @@ from psycopg_pool import PoolClosed, PoolTimeout
 from config.names import METRICS_PATH
 from vectorstore.api.auth import read_only
 from vectorstore.observability import logs, metrics
-from vectorstore.state import POOL, READINESS
+from vectorstore.state import POOL, READINESS, SETTINGS
 
 OPENAPI_PATH: Final = "/openapi.json"
 
@@ -61,10 +64,36 @@ async def _queue_depths(app: web.Application) -> dict[str, int]:
     return {"ready": int(row[0]), "delayed": int(row[1])} if row else {}
 
 
+def _worker(app: web.Application) -> str | None:
+    """This process's index under `serve --workers N` (its `worker` label), None for a single process."""
+    settings = app.get(SETTINGS)  # absent in an app built for the observability routes alone (tests)
+    return str(settings.worker_index) if settings is not None and settings.worker_count > 1 else None
+
+
+async def _worker_gauges_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Under `serve --workers N`: publish this worker's pool, readiness and replica gauges every second, so
+    whichever worker answers a scrape reports them (metrics.publish_worker_gauges)."""
+    worker = _worker(app)
+    if worker is None:
+        yield
+        return
+
+    async def publish() -> None:
+        while True:
+            metrics.publish_worker_gauges(worker)
+            await asyncio.sleep(metrics.WORKER_PUBLISH_SECONDS)
+
+    task = asyncio.create_task(publish())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     depths = await _queue_depths(request.app)
     metrics.add_gauge_source("ingest_queue", metrics.queue_gauge(lambda: depths))
-    body, content_type = metrics.render()
+    body, content_type = metrics.render(_worker(request.app))
     # prometheus_client's content type carries parameters (version, charset) aiohttp wants in the header.
     return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -86,5 +115,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get(METRICS_PATH, metrics_handler, allow_head=False)
     app.router.add_get(OPENAPI_PATH, openapi_handler, allow_head=False)
     # Read at scrape time from the app's own pool; absent (no series) until the pool exists.
-    metrics.add_gauge_source("db_pool", metrics.pool_gauges(lambda: app[POOL].get_stats()))
-    metrics.add_gauge_source("ready", metrics.ready_gauge(lambda: READINESS in app and app[READINESS].ready))
+    metrics.add_gauge_source("db_pool", metrics.pool_gauges(lambda: app[POOL].get_stats()), per_process=True)
+    metrics.add_gauge_source(
+        "ready", metrics.ready_gauge(lambda: READINESS in app and app[READINESS].ready), per_process=True
+    )
+    app.cleanup_ctx.append(_worker_gauges_ctx)

@@ -6,9 +6,9 @@ created through the API): the mode (hybrid by default), the hybrid weights, how 
 rerank. A request can override the mode with OGX's `search_mode` (`vector | keyword | hybrid`) and the weights
 with OpenAI's `ranking_options.hybrid_search` (`{embedding_weight, text_weight}`, which also selects hybrid)
 or OGX's `rrf` / `weighted` rankers (RRF's k, or the weights: see `_fusion`); `ranking_options.ranker: none`
-skips the reranker. Scores are 0..1 in every mode (docs/search.md says what
-they mean in each). `rewrite_query` is accepted and ignored: the query is searched as written, and
-`search_query` reports exactly that.
+skips the reranker, and OGX's `neural` runs it even on a store whose `search.rerank` is off. Scores are 0..1
+in every mode (docs/search.md says what they mean in each). `rewrite_query` is accepted and ignored: the query
+is searched as written, and `search_query` reports exactly that.
 """
 
 from __future__ import annotations
@@ -124,6 +124,10 @@ class _Ranking:
     """Set when the request chose the fusion (OpenAI's `hybrid_search`, or OGX's `rrf` / `weighted`)."""
     rerank: bool
     """Whether the store's reranker may run: not for `none`, nor when the request named its fusion ranker."""
+    neural: bool = False
+    """The request asked for the reranker by name (OGX's `ranker: neural` or `model`): it runs even on a store
+    whose `search.rerank` is off, which only sets the default of requests that name no ranker (as `none` skips
+    it on a store where it is on). Keeping the fused order there answered the request with something else."""
 
 
 def _impact_factor(value: dict[str, Any], param: str) -> float:
@@ -145,7 +149,8 @@ def _fusion(ranking: dict[str, Any], spec_rerank_model: str | None) -> _Ranking:
     `weighted` sets the weights with OGX's meaning of alpha, the vector side's share (1 = vector only,
     0 = keyword only: OGX's `(1 - alpha) * keyword + alpha * vector`), fused by RRF with k = 60 rather than
     OGX's average of min-max normalised scores, so scores keep the meaning docs/search.md gives them.
-    `neural` (and OGX's `model`) is the spec's reranker: accepted when one is declared, under its model.
+    `neural` (and OGX's `model`) is the spec's reranker: accepted when one is declared, under its model, and
+    run whatever the store's `search.rerank` says (that is the default of requests naming no ranker).
     """
     raw = ranking.get("ranker")
     extras = {key: ranking[key] for key in ("impact_factor", "alpha", "weights") if ranking.get(key) is not None}
@@ -181,7 +186,13 @@ def _fusion(ranking: dict[str, Any], spec_rerank_model: str | None) -> _Ranking:
             raise BadRequest(f"'{param}' asks for a neural reranker, but {what}.", param=param)
         if kind not in ("neural", "auto", "default-2024-11-15"):
             raise BadRequest("'ranking_options.model' goes with ranker 'neural'.", param="ranking_options.model")
-        kind = "auto"
+        if extras:
+            key = next(iter(extras))
+            raise BadRequest(
+                f"'ranking_options.{key}' goes with ranker 'rrf' or 'weighted', not 'neural'.",
+                param=f"ranking_options.{key}",
+            )
+        return _Ranking(_weights(ranking), rerank=True, neural=True)
     if kind in _RANKERS:
         if extras:
             key = next(iter(extras))
@@ -286,7 +297,7 @@ async def search(request: web.Request) -> web.Response:
     if mode is None:
         mode = "hybrid" if weights is not None else settings.mode
     weights = weights or hybrid.Weights(settings.embedding_weight, settings.text_weight)
-    reranker = request.app[RERANKER] if settings.rerank and fusion.rerank else None
+    reranker = request.app[RERANKER] if fusion.neural or (settings.rerank and fusion.rerank) else None
     fetch = max(limit, reranker.settings.candidates) if reranker is not None else limit
     try:
         # On a read replica that has replayed the caller's writes when database.read_replicas is on.

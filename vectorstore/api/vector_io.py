@@ -28,6 +28,7 @@ from vectorstore.errors import BadRequest, store_not_found
 from vectorstore.search import hybrid
 from vectorstore.search.vector import NO_FILTER, Hit
 from vectorstore.storage import stores
+from vectorstore.values import shown
 
 routes = web.RouteTableDef()
 
@@ -150,6 +151,32 @@ async def insert(request: web.Request) -> web.Response:
     )
 
 
+_WEIGHTS = "params.ranker.params.weights"
+
+
+def _weighted(weights: Any) -> hybrid.Weights:
+    """`[vector, keyword]`: the vector side's share (OGX's alpha) and, when given, the keyword side's, which must
+    be the rest. Every entry is checked: one that is not a share was silently ignored before."""
+    if not isinstance(weights, list) or not 1 <= len(weights) <= 2:
+        raise BadRequest(
+            f"'{_WEIGHTS}' must be [vector, keyword] weights: one or two numbers between 0 and 1.", param=_WEIGHTS
+        )
+    shares = []
+    for index, weight in enumerate(weights):
+        param = f"{_WEIGHTS}[{index}]"
+        if weight is None:
+            raise BadRequest(f"'{param}' must be a number between 0 and 1, not null.", param=param)
+        shares.append(common.opt_number({"weight": weight}, "weight", lo=0.0, hi=1.0, param=param) or 0.0)
+    alpha = shares[0]
+    if len(shares) == 2 and abs(shares[0] + shares[1] - 1.0) > 1e-9:
+        raise BadRequest(
+            f"'{_WEIGHTS}' are the vector and keyword shares and must add up to 1 (the keyword share is 1 minus "
+            f"the vector share); got {shown(weights[0])} and {shown(weights[1])}.",
+            param=f"{_WEIGHTS}[1]",
+        )
+    return hybrid.Weights(embedding=alpha, text=1.0 - alpha)
+
+
 def _ranker(params: dict[str, Any]) -> hybrid.Weights | None:
     value = common.opt_object(params, "ranker", param="params.ranker")
     if value is None:
@@ -165,15 +192,7 @@ def _ranker(params: dict[str, Any]) -> hybrid.Weights | None:
         return hybrid.Weights(k=hybrid.RRF_K if k is None else k)
     if strategy == "weighted":
         common.reject_unknown_in(options, {"weights"}, "params.ranker.params")
-        weights = options.get("weights", [0.5, 0.5])
-        if not isinstance(weights, list) or not weights or len(weights) > 2:
-            param = "params.ranker.params.weights"
-            raise BadRequest(f"'{param}' must be [vector, keyword] weights.", param=param)
-        alpha = common.opt_number(
-            {"alpha": weights[0]}, "alpha", lo=0.0, hi=1.0, param="params.ranker.params.weights[0]"
-        )
-        alpha = 0.5 if alpha is None else alpha
-        return hybrid.Weights(embedding=alpha, text=1.0 - alpha)
+        return _weighted(options.get("weights", [0.5, 0.5]))
     raise BadRequest(
         f"'params.ranker.strategy' must be 'rrf' or 'weighted'; got '{strategy[:40]}'.",
         param="params.ranker.strategy",

@@ -126,6 +126,10 @@ class OpenAIUpstream:
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             # aiohttp's connection errors name the host and the OS error, never anything that was sent.
             raise _Retryable(f"unreachable ({type(exc).__name__}: {exc})" if str(exc) else "timed out", None) from None
+        except aiohttp.TooManyRedirects:
+            # A redirect loop (or a chain over aiohttp's limit) is the upstream's fault, not a crash of ours: a
+            # 502 naming it, as for any other answer we can't use.
+            raise UpstreamError(f"{self.name} redirected too many times", upstream_status=None) from None
         except (aiohttp.ClientPayloadError, aiohttp.ContentTypeError, ValueError, RecursionError) as exc:
             log.warning("%s sent an unreadable answer: %s", self.name, exc)
             raise UpstreamError(

@@ -5,12 +5,13 @@ followed through), otherwise it is made here; it is echoed in the response's `x-
 context variable, so every line logged while serving the request carries it.
 
 Secrets never reach the output: the `Authorization` header is not logged at all, and a `Redactor` replaces any
-configured secret value (API keys, the embedding key, the database password) and anything that looks like a
-bearer token in every field of every record, whichever logger wrote it and wherever the field came from (the
-message, its arguments, `extra=` fields of any type, the traceback, the request id taken from the client). It
-runs as a filter on the handler (a formatter can also take one, to redact its finished entries). It is the
-backstop for a future log line that interpolates something it should not. A client's `x-request-id` equal to
-a secret is not taken as the request id at all, so it is neither logged nor echoed.
+configured secret value (API keys, the embedding key, the database password), anything that looks like a
+bearer token and the password of any URL, in every field of every record, whichever logger wrote it and
+wherever the field came from (the message, its arguments, `extra=` fields of any type, the traceback, the
+request id taken from the client). It runs as a filter on the handler (a formatter can also take one, to
+redact its finished entries). It is the backstop for a future log line that interpolates something it should
+not. A client's `x-request-id` equal to a secret is not taken as the request id at all, so it is neither
+logged nor echoed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("vec
 # able to forge log lines or headers, or grow them without bound.
 _SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 _BEARER_PATTERN: Final = r"\b(bearer)\s+[^\s\"',;]+"
+# The password of a URL's userinfo (`scheme://user:password@host`, a DSN too).
+# validate refuses credentials in every URL of the spec; this catches one that arrives any other way (an
+# environment variable, a library's exception quoting the URL it was given).
+_URL_PASSWORD_PATTERN: Final = r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/?#@:\"']*):[^\s/?#@\"']+@"  # noqa: S105 - a pattern
 _BEARER: Final = re.compile(f"(?i:{_BEARER_PATTERN})")
+_URL_PASSWORD: Final = re.compile(_URL_PASSWORD_PATTERN)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
 _STANDARD_ATTRS: Final = frozenset(
@@ -68,8 +74,14 @@ def _replacement(match: re.Match[str]) -> str:
     return f"{match.group(1)} {REDACTED}" if match.group(1) else REDACTED
 
 
+def _url_replacement(match: re.Match[str]) -> str:
+    # Group 1 is the URL up to its userinfo's password: the scheme and the user stay, to say which one it was.
+    return f"{match.group(1)}:{REDACTED}@"
+
+
 class Redactor:
-    """Replaces known secret values, and anything shaped like `Bearer <token>`, in text and nested values."""
+    """Replaces known secret values, anything shaped like `Bearer <token>` and the password of a URL
+    (`https://user:<password>@host`), in text and nested values."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self.secrets: set[str] = set()
@@ -85,6 +97,10 @@ class Redactor:
         self._pattern = re.compile("|".join([*alternatives, f"(?i:{_BEARER_PATTERN})"]))
 
     def redact(self, text: str) -> str:
+        # URLs with a userinfo are rare: two substring tests keep their pattern off every other string (it
+        # would double the cost of an access line).
+        if "@" in text and "://" in text:
+            text = _URL_PASSWORD.sub(_url_replacement, text)
         if self._pattern.search(text) is None:
             return text
         return self._pattern.sub(_replacement, text)

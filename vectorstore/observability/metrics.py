@@ -160,17 +160,27 @@ GaugeSource = Callable[[], Iterable[Metric]]
 
 
 class _Sources(Collector):
-    """Calls the registered sources at scrape time. A failing source costs its own series, not the scrape."""
+    """Calls the registered sources at scrape time. A failing source costs its own series, not the scrape.
+
+    `per_process` names the sources that describe this process alone (its pools, its readiness, its replica
+    router): under `serve --workers N` they are published per worker instead (see `publish_worker_gauges`), and
+    `shared_only` leaves them out here."""
 
     def __init__(self) -> None:
         self.sources: dict[str, GaugeSource] = {}
+        self.per_process: set[str] = set()
+        self.shared_only = False
 
     def collect(self) -> Iterator[Metric]:
-        for source in list(self.sources.values()):
-            try:
-                yield from source()
-            except Exception:  # noqa: S112 - a scrape must not fail because one source (e.g. the DB) is down
+        for name, source in list(self.sources.items()):
+            if self.shared_only and name in self.per_process:
                 continue
+            yield from _safely(source)
+
+    def collect_per_process(self) -> Iterator[Metric]:
+        for name, source in list(self.sources.items()):
+            if name in self.per_process:
+                yield from _safely(source)
 
     def describe(self) -> Iterator[Metric]:
         # Sources are dynamic: describing them would call them at registration time.
@@ -181,9 +191,59 @@ _SOURCES: Final = _Sources()
 REGISTRY.register(_SOURCES)
 
 
-def add_gauge_source(name: str, source: GaugeSource) -> None:
-    """Register (or replace, by name) a callback that yields metric families at scrape time."""
+def _safely(source: GaugeSource) -> Iterator[Metric]:
+    try:
+        yield from source()
+    except Exception:  # a scrape must not fail because one source (e.g. the DB) is down
+        return
+
+
+def add_gauge_source(name: str, source: GaugeSource, *, per_process: bool = False) -> None:
+    """Register (or replace, by name) a callback that yields metric families at scrape time.
+
+    `per_process`: the values are this process's own (a pool, readiness), not the same in every worker (a
+    table's count, the stores' calibrations): under `serve --workers N` every worker's are exported, each with
+    its `worker` label, whichever worker answers the scrape."""
     _SOURCES.sources[name] = source
+    if per_process:
+        _SOURCES.per_process.add(name)
+    else:
+        _SOURCES.per_process.discard(name)
+
+
+# --- per-worker gauges under `serve --workers N` ---------------------------------------------------------------
+# Each worker writes its per-process gauges into prometheus_client's multiprocess files (the directory the
+# parent owns), with a `worker` label (its index: bounded, and stable across scrapes, unlike a pid). Whichever
+# worker answers a scrape then reports every worker's pool, readiness and replica state, as of that worker's
+# last publication (at most WORKER_PUBLISH_SECONDS old; its own is refreshed for the scrape). Alerts aggregate
+# over the label (`max without (worker)`), so one saturated worker is seen, not averaged or hidden.
+
+WORKER_LABEL: Final = "worker"
+WORKER_PUBLISH_SECONDS: Final = 1.0
+_WORKER_GAUGES: dict[tuple[str, tuple[str, ...]], Gauge] = {}
+
+
+def publish_worker_gauges(worker: str) -> None:
+    """Write this worker's per-process gauges into the shared multiprocess files, labelled `worker`."""
+    for family in _SOURCES.collect_per_process():
+        for sample in family.samples:
+            names = tuple(sorted(sample.labels))
+            gauge = _WORKER_GAUGES.get((sample.name, names))
+            if gauge is None:
+                # Not registered anywhere: only MultiProcessCollector reads it back, from the files. `mostrecent`:
+                # one worker writes each label set, and the value is its latest.
+                gauge = _WORKER_GAUGES[(sample.name, names)] = Gauge(
+                    sample.name,
+                    family.documentation,
+                    [*names, WORKER_LABEL],
+                    registry=None,
+                    multiprocess_mode="mostrecent",
+                )
+            gauge.labels(*(sample.labels[name] for name in names), worker).set(sample.value)
+
+
+def _multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 def remove_gauge_source(name: str) -> None:
@@ -417,17 +477,24 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         observe_request(request.method, route_label(request), status, time.perf_counter() - started)
 
 
-def render() -> tuple[bytes, str]:
+def render(worker: str | None = None) -> tuple[bytes, str]:
     """The exposition text and its content type.
 
-    Under `serve --workers N` (vectorstore/workers.py sets PROMETHEUS_MULTIPROC_DIR) the counters and
-    histograms live in files every worker writes, and this sums them; the scrape-time gauges are this
-    worker's own. process_* series are left out there: they would describe whichever worker answered.
+    Under `serve --workers N` (vectorstore/workers.py sets PROMETHEUS_MULTIPROC_DIR; `worker` is this one's
+    index) the counters and histograms live in files every worker writes, and this sums them; the per-process
+    gauges are every worker's, labelled `worker` (see `publish_worker_gauges`), and the shared ones (the queue,
+    calibrations, migrations: the same in every worker) this worker's. process_* series are left out there:
+    they would describe whichever worker answered.
     """
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if _multiprocess():
+        if worker is not None:
+            publish_worker_gauges(worker)  # this worker's, fresh; the others' are at most a second old
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        registry.register(_SOURCES)
+        shared = _Sources()
+        shared.sources, shared.per_process = _SOURCES.sources, _SOURCES.per_process
+        shared.shared_only = worker is not None  # without an index (never under serve), keep this process's own
+        registry.register(shared)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
