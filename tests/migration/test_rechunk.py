@@ -1,0 +1,197 @@
+"""A change of a declared store's `chunking` on a store with data, on the real database: the files the store's
+default chunked are cut again from their stored bytes into a new generation; a chunk whose text is unchanged
+keeps its vector (counted at the fake upstream); files attached with a strategy of their own and the
+prototype's /embeddings rows are carried over as they are; swapping back embeds nothing; a chunking change
+with a model change is one migration; a refused chunk pauses it."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+from fakeembed import FakeEmbedder
+from openai import AsyncOpenAI
+
+from migration.conftest import (
+    NEW_DIMS,
+    NEW_MODEL,
+    STORE_ID,
+    Serve,
+    add_rows,
+    openai_client,
+    record_of,
+    row_text,
+    upload,
+    wait_phase,
+)
+from vectorstore.ingest.chunking import chunk_text
+from vectorstore.migration import service
+from vectorstore.storage.strategy import Strategy
+
+OLD = Strategy(100, 0)  # the chunking migration_spec declares
+NEW = Strategy(110, 0)
+NEW_CHUNKING = {"chunking": {"max_chunk_size_tokens": NEW.max_chunk_size_tokens, "chunk_overlap_tokens": 0}}
+OWN = {"type": "static", "static": {"max_chunk_size_tokens": 200, "chunk_overlap_tokens": 0}}
+ROWS = 20
+_WORDS = ["harbour", "ferry", "lantern", "mooring", "tide", "gull", "rope", "anchor", "keel", "mast", "sail", "pier"]
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "POLL_SECONDS", 0.2)
+
+
+def _paragraph(words: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(_WORDS) for _ in range(words)) + "."
+
+
+def document(seed: int) -> str:
+    """Paragraphs cut the same way at 100 and 110 tokens, and two short ones that are cut differently."""
+    sizes = (70, 70, 30, 30, 70, 70)
+    return "\n\n".join(_paragraph(size, seed * 10 + i) for i, size in enumerate(sizes))
+
+
+def cut(text: str, strategy: Strategy) -> list[str]:
+    return [chunk.text for chunk in chunk_text(text, strategy)]
+
+
+async def _chunks(dsn: str, file_id: str) -> list[str]:
+    table = (await record_of(dsn)).table_name
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(f'SELECT content FROM "{table}" WHERE file_id = %s ORDER BY chunk_index', [file_id])
+        return [str(row[0]) for row in await cur.fetchall()]
+
+
+async def _file_rows(dsn: str) -> int:
+    table = (await record_of(dsn)).table_name
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(f'SELECT count(*) FROM "{table}" WHERE file_id IS NULL')
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _files(client: AsyncOpenAI) -> dict[str, dict[str, Any]]:
+    listed = await client.vector_stores.files.list(STORE_ID)
+    return {item.id: item.model_dump() for item in listed.data}
+
+
+async def _populate(serve: Serve) -> tuple[str, str, dict[str, dict[str, Any]], dict[str, Any]]:
+    """A file the store's default chunks, one with its own strategy, and /embeddings rows (no file)."""
+    async with serve() as server, aiohttp.ClientSession() as http:
+        client = openai_client(server.base_url)
+        default = await upload(client, "default.txt", document(1), team="harbour")
+        own = await client.files.create(file=("own.txt", document(2).encode()), purpose="assistants")
+        attached = await client.vector_stores.files.create_and_poll(
+            own.id,
+            vector_store_id=STORE_ID,
+            chunking_strategy=OWN,
+            poll_interval_ms=100,  # type: ignore[arg-type]
+        )
+        assert attached.status == "completed"
+        await add_rows(http, server.base_url, 0, ROWS)
+        files = await _files(client)
+        store = (await client.vector_stores.retrieve(STORE_ID)).model_dump()
+        await client.close()
+    return default, own.id, files, store
+
+
+def _static(strategy: Strategy) -> dict[str, Any]:
+    return {
+        "type": "static",
+        "static": {
+            "max_chunk_size_tokens": strategy.max_chunk_size_tokens,
+            "chunk_overlap_tokens": strategy.chunk_overlap_tokens,
+        },
+    }
+
+
+async def test_chunking_change_recuts_default_files_embeds_only_new_texts_and_swaps_back_for_free(
+    serve: Serve, fresh_dsn: str, fake_embedder: FakeEmbedder
+) -> None:
+    old_cut, new_cut = cut(document(1), OLD), cut(document(1), NEW)
+    changed = [text for text in new_cut if text not in old_cut]
+    # The test means something only if the change keeps some chunks and changes others.
+    assert 0 < len(changed) < len(new_cut)
+
+    default, own, files_before, store_before = await _populate(serve)
+    assert await _chunks(fresh_dsn, default) == old_cut
+    own_chunks = await _chunks(fresh_dsn, own)
+    original = (await record_of(fresh_dsn)).table_name
+    fake_embedder.calls.clear()
+
+    async with serve(NEW_CHUNKING) as server:
+        done = await wait_phase(fresh_dsn, "done", "paused")
+        assert done.phase == "done", done.last_error
+        assert done.work == "rechunk" and (done.files_done, done.files_total) == (1, 1)
+        # One embedding per new chunk text; the unchanged ones kept their vectors, nothing else was embedded.
+        assert sorted(fake_embedder.inputs) == sorted(changed)
+        assert done.embedding_calls == len(fake_embedder.calls)
+        assert await _chunks(fresh_dsn, default) == new_cut
+        assert await _chunks(fresh_dsn, own) == own_chunks  # its own strategy: kept
+        assert await _file_rows(fresh_dsn) == ROWS  # no file bytes: carried over as they were
+
+        client = openai_client(server.base_url)
+        files_after = await _files(client)
+        assert files_after[default]["chunking_strategy"] == _static(NEW)
+        assert files_after[own]["chunking_strategy"] == OWN
+        for file_id, before in files_before.items():
+            after = files_after[file_id]
+            for key in ("id", "attributes", "created_at", "status", "vector_store_id"):
+                assert after[key] == before[key], key
+        store_after = (await client.vector_stores.retrieve(STORE_ID)).model_dump()
+        for key in ("id", "created_at", "file_counts", "status"):
+            assert store_after[key] == store_before[key], key
+        # A reused vector and a new one both find their chunk, with the file's attributes.
+        for text in (changed[0], next(t for t in new_cut if t in old_cut)):
+            page = await client.vector_stores.search(
+                STORE_ID, query=text, max_num_results=1, extra_body={"search_mode": "vector"}
+            )
+            assert page.data[0].content[0].text == text
+            assert page.data[0].score == pytest.approx(1.0, abs=1e-3)
+            assert page.data[0].attributes == {"team": "harbour"}
+        await client.close()
+
+    fake_embedder.calls.clear()
+    async with serve() as server:
+        back = await wait_phase(fresh_dsn, "done", "paused")
+        assert back.phase == "done" and back.previous_table is not None
+        assert (await record_of(fresh_dsn)).table_name == original
+        assert fake_embedder.calls == []  # the kept generation still held the old chunks
+        assert await _chunks(fresh_dsn, default) == old_cut
+        client = openai_client(server.base_url)
+        assert (await _files(client))[default]["chunking_strategy"] == _static(OLD)
+        await client.close()
+
+
+async def test_chunking_and_model_in_one_edit_is_one_migration_and_a_refused_chunk_pauses_it(
+    serve: Serve, fresh_dsn: str, fake_embedder: FakeEmbedder
+) -> None:
+    default, own, _files_before, _store = await _populate(serve)
+    original = (await record_of(fresh_dsn)).table_name
+    both = {**NEW_CHUNKING, "embedding": {"model": NEW_MODEL, "dimensions": NEW_DIMS}}
+    fake_embedder.fail_status = 400
+    async with serve(both) as server:
+        paused = await wait_phase(fresh_dsn, "paused", "done")
+        assert paused.phase == "paused" and "refused" in (paused.last_error or "")
+        assert (await record_of(fresh_dsn)).table_name == original  # nothing swapped in with holes
+        client = openai_client(server.base_url)
+        assert (await _files(client))[default]["chunking_strategy"] == _static(OLD)
+        await client.close()
+    fake_embedder.fail_status = None
+    fake_embedder.calls.clear()
+    async with serve(both):
+        done = await wait_phase(fresh_dsn, "done", "paused")
+        assert done.phase == "done", done.last_error
+    assert done.work == "rechunk+reembed"
+    record = await record_of(fresh_dsn)
+    assert (record.model, record.dimensions, record.chunk_max_tokens) == (NEW_MODEL, NEW_DIMS, 110)
+    embedded = [text for call in fake_embedder.calls if call.model == NEW_MODEL for text in call.inputs]
+    # Every chunk of the new generation once, with the new model: the re-cut file's, the other file's as it was,
+    # and the rows without a file.
+    new_rows = [*cut(document(1), NEW), *await _chunks(fresh_dsn, own), *(row_text(i) for i in range(ROWS))]
+    assert sorted(embedded) == sorted(new_rows)
+    assert await _chunks(fresh_dsn, default) == cut(document(1), NEW)
