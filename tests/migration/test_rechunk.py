@@ -34,7 +34,7 @@ from vectorstore.storage.strategy import Strategy
 OLD = Strategy(100, 0)  # the chunking migration_spec declares
 NEW = Strategy(110, 0)
 NEW_CHUNKING = {"chunking": {"max_chunk_size_tokens": NEW.max_chunk_size_tokens, "chunk_overlap_tokens": 0}}
-OWN = {"type": "static", "static": {"max_chunk_size_tokens": 200, "chunk_overlap_tokens": 0}}
+OWN: Any = {"type": "static", "static": {"max_chunk_size_tokens": 200, "chunk_overlap_tokens": 0}}
 ROWS = 20
 _WORDS = ["harbour", "ferry", "lantern", "mooring", "tide", "gull", "rope", "anchor", "keel", "mast", "sail", "pier"]
 
@@ -89,7 +89,7 @@ async def _populate(serve: Serve) -> tuple[str, str, dict[str, dict[str, Any]], 
             own.id,
             vector_store_id=STORE_ID,
             chunking_strategy=OWN,
-            poll_interval_ms=100,  # type: ignore[arg-type]
+            poll_interval_ms=100,
         )
         assert attached.status == "completed"
         await add_rows(http, server.base_url, 0, ROWS)
