@@ -7,6 +7,7 @@ with a model change is one migration; a refused chunk pauses it."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +15,8 @@ import psycopg
 import pytest
 from fakeembed import FakeEmbedder
 from openai import AsyncOpenAI
+from server.conftest import write_spec
+from server.test_reconcile import plan_cli
 
 from migration.conftest import (
     NEW_DIMS,
@@ -21,6 +24,7 @@ from migration.conftest import (
     STORE_ID,
     Serve,
     add_rows,
+    migration_spec,
     openai_client,
     record_of,
     row_text,
@@ -110,7 +114,7 @@ def _static(strategy: Strategy) -> dict[str, Any]:
 
 
 async def test_chunking_change_recuts_default_files_embeds_only_new_texts_and_swaps_back_for_free(
-    serve: Serve, fresh_dsn: str, fake_embedder: FakeEmbedder
+    serve: Serve, fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path
 ) -> None:
     old_cut, new_cut = cut(document(1), OLD), cut(document(1), NEW)
     changed = [text for text in new_cut if text not in old_cut]
@@ -121,6 +125,16 @@ async def test_chunking_change_recuts_default_files_embeds_only_new_texts_and_sw
     assert await _chunks(fresh_dsn, default) == old_cut
     own_chunks = await _chunks(fresh_dsn, own)
     original = (await record_of(fresh_dsn)).table_name
+    # `vectorstore plan` says what the change will do, before it is applied.
+    spec_path = write_spec(tmp_path / "plan.yaml", migration_spec(fake_embedder.base_url, store=NEW_CHUNKING))
+    planned = plan_cli(tmp_path / "plan.yaml", fresh_dsn)
+    assert planned.returncode == 3, planned.stderr
+    assert "migrate 'docs'" in planned.stdout and "chunk_max_tokens: 100 -> 110" in planned.stdout
+    assert (
+        f"re-chunk 1 file(s) chunked by the store's default from their stored bytes (110 tokens, 0 overlap):"
+        f" {len(old_cut)} chunks become ~"
+    ) in planned.stdout, planned.stdout
+    assert spec_path.stores[0].max_chunk_size_tokens == 110
     fake_embedder.calls.clear()
 
     async with serve(NEW_CHUNKING) as server:
