@@ -6,6 +6,7 @@ with a model change is one migration; a refused chunk pauses it."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,12 @@ from migration.conftest import (
     openai_client,
     record_of,
     row_text,
+    table_exists,
     upload,
     wait_phase,
 )
 from vectorstore.ingest.chunking import chunk_text
-from vectorstore.migration import service
+from vectorstore.migration import builder, service
 from vectorstore.storage.strategy import Strategy
 
 OLD = Strategy(100, 0)  # the chunking migration_spec declares
@@ -209,3 +211,87 @@ async def test_chunking_and_model_in_one_edit_is_one_migration_and_a_refused_chu
     new_rows = [*cut(document(1), NEW), *await _chunks(fresh_dsn, own), *(row_text(i) for i in range(ROWS))]
     assert sorted(embedded) == sorted(new_rows)
     assert await _chunks(fresh_dsn, default) == cut(document(1), NEW)
+
+
+async def _many(serve: Serve, count: int) -> list[str]:
+    """`count` files the store's default chunks, attached in one batch."""
+    async with serve() as server:
+        client = openai_client(server.base_url)
+        ids = [
+            (await client.files.create(file=(f"d{i}.txt", document(10 + i).encode()), purpose="assistants")).id
+            for i in range(count)
+        ]
+        batch = await client.vector_stores.file_batches.create_and_poll(
+            vector_store_id=STORE_ID, file_ids=ids, poll_interval_ms=100
+        )
+        assert batch.file_counts.completed == count
+        await client.close()
+    return ids
+
+
+async def _marks(dsn: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT count(*) FROM store_migration_files")
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_writes_during_a_rechunk_land_in_the_new_generation(
+    serve: Serve, fresh_dsn: str, fake_embedder: FakeEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await _many(serve, 12)
+    monkeypatch.setattr(builder, "FILES_PER_BATCH", 1)  # one file a batch: the build takes a while
+    fake_embedder.delay_seconds = 0.4
+    async with serve(NEW_CHUNKING, migration={"concurrency": 1}) as server:
+        await wait_phase(fresh_dsn, "building")
+        client = openai_client(server.base_url)
+        # An upload (it takes the new chunking at once), a detach and an attribute update, during the build.
+        added = await upload(client, "added.txt", document(99))
+        await client.vector_stores.files.delete(ids[-1], vector_store_id=STORE_ID)
+        await client.vector_stores.files.update(ids[-2], vector_store_id=STORE_ID, attributes={"edited": True})
+        during = await wait_phase(fresh_dsn, "building", "swapping", "done", "paused")
+        assert during.phase == "building", "the build ended before the writes: the test proves nothing"
+        fake_embedder.delay_seconds = 0
+        done = await wait_phase(fresh_dsn, "done", "paused")
+        assert done.phase == "done", done.last_error
+        files = await _files(client)
+        await client.close()
+    assert set(files) == {*ids[:-1], added}
+    assert all(item["chunking_strategy"] == _static(NEW) for item in files.values())
+    for n, file_id in enumerate(ids[:-1]):
+        assert await _chunks(fresh_dsn, file_id) == cut(document(10 + n), NEW), file_id
+    assert await _chunks(fresh_dsn, added) == cut(document(99), NEW)
+    assert await _chunks(fresh_dsn, ids[-1]) == []
+    table = (await record_of(fresh_dsn)).table_name
+    async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
+        cur = await conn.execute(f'SELECT DISTINCT attributes FROM "{table}" WHERE file_id = %s', [ids[-2]])
+        assert await cur.fetchall() == [({"edited": True},)]
+
+
+async def test_changing_chunking_back_mid_build_cancels_it(
+    serve: Serve, fresh_dsn: str, fake_embedder: FakeEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await _many(serve, 6)
+    original = (await record_of(fresh_dsn)).table_name
+    monkeypatch.setattr(builder, "FILES_PER_BATCH", 1)
+    fake_embedder.delay_seconds = 0.4
+    async with serve(NEW_CHUNKING, migration={"concurrency": 1}):
+        partial = await wait_phase(fresh_dsn, "building")
+        for _ in range(600):
+            if (await wait_phase(fresh_dsn, "building", "done")).files_done >= 1:
+                break
+            await asyncio.sleep(0.05)
+    assert partial.build_table is not None and await _marks(fresh_dsn) >= 1
+    fake_embedder.delay_seconds = 0
+    fake_embedder.calls.clear()
+    async with serve() as server:
+        cancelled = await wait_phase(fresh_dsn, "cancelled")
+        assert cancelled.build_table is None and not await table_exists(fresh_dsn, partial.build_table)
+        assert await _marks(fresh_dsn) == 0
+        assert (await record_of(fresh_dsn)).table_name == original
+        client = openai_client(server.base_url)
+        files = await _files(client)
+        await client.close()
+    assert all(item["chunking_strategy"] == _static(OLD) for item in files.values())
+    assert await _chunks(fresh_dsn, ids[0]) == cut(document(10), OLD)
+    assert fake_embedder.calls == []
