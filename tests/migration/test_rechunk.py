@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from fakeembed import FakeEmbedder
 from openai import AsyncOpenAI
-from server.conftest import write_spec
+from server.conftest import auth, write_spec
 from server.test_reconcile import plan_cli
 
 from migration.conftest import (
@@ -149,6 +149,15 @@ async def test_chunking_change_recuts_default_files_embeds_only_new_texts_and_sw
         assert await _chunks(fresh_dsn, default) == new_cut
         assert await _chunks(fresh_dsn, own) == own_chunks  # its own strategy: kept
         assert await _file_rows(fresh_dsn) == ROWS  # no file bytes: carried over as they were
+
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url(f"/v1/vector_stores/{STORE_ID}/migration"), headers=auth()) as response:
+                status = await response.json()
+            async with http.get(server.url("/metrics")) as response:
+                metrics_text = await response.text()
+        assert (status["work"], status["files_done"], status["files_total"]) == ("rechunk", 1, 1)
+        assert status["to"]["chunk_max_tokens"] == 110 and status["from"]["chunk_max_tokens"] == 100
+        assert f'vectorstore_migration_files_done{{store="{STORE_ID}"}} 1.0' in metrics_text
 
         client = openai_client(server.base_url)
         files_after = await _files(client)

@@ -160,6 +160,16 @@ class Migrations:
         total = GaugeMetricFamily(
             "vectorstore_migration_chunks_total", "Chunks a store's migration has to carry over.", labels=["store"]
         )
+        files_done = GaugeMetricFamily(
+            "vectorstore_migration_files_done",
+            "Files re-chunked into the new generation of a store whose declared chunking changed.",
+            labels=["store"],
+        )
+        files_total = GaugeMetricFamily(
+            "vectorstore_migration_files_total",
+            "Files a store's migration re-chunks (those its default chunked; 0 without a chunking change).",
+            labels=["store"],
+        )
         calls = GaugeMetricFamily(
             "vectorstore_migration_embedding_calls",
             "Embedding requests made by a store's last migration.",
@@ -180,10 +190,12 @@ class Migrations:
                 phase.add_metric([migration.store_id, name], 1 if migration.phase == name else 0)
             done.add_metric([migration.store_id], migration.chunks_done)
             total.add_metric([migration.store_id], migration.chunks_total)
+            files_done.add_metric([migration.store_id], migration.files_done)
+            files_total.add_metric([migration.store_id], migration.files_total)
             calls.add_metric([migration.store_id], migration.embedding_calls)
             tokens.add_metric([migration.store_id], migration.embedding_tokens)
             failing.add_metric([migration.store_id], 1 if migration.last_error else 0)
-        yield from (phase, done, total, calls, tokens, failing)
+        yield from (phase, done, total, files_done, files_total, calls, tokens, failing)
 
 
 MIGRATIONS = web.AppKey("migrations", Migrations)
