@@ -23,6 +23,7 @@ from migration.conftest import (
     NEW_DIMS,
     NEW_MODEL,
     STORE_ID,
+    SearchLoad,
     Serve,
     add_rows,
     migration_spec,
@@ -251,20 +252,25 @@ async def test_writes_during_a_rechunk_land_in_the_new_generation(
     ids = await _many(serve, 12)
     monkeypatch.setattr(builder, "FILES_PER_BATCH", 1)  # one file a batch: the build takes a while
     fake_embedder.delay_seconds = 0.4
+    queries = [cut(document(10 + n), OLD)[0] for n in range(4)]
     async with serve(NEW_CHUNKING, migration={"concurrency": 1}) as server:
-        await wait_phase(fresh_dsn, "building")
         client = openai_client(server.base_url)
-        # An upload (it takes the new chunking at once), a detach and an attribute update, during the build.
-        added = await upload(client, "added.txt", document(99))
-        await client.vector_stores.files.delete(ids[-1], vector_store_id=STORE_ID)
-        await client.vector_stores.files.update(ids[-2], vector_store_id=STORE_ID, attributes={"edited": True})
-        during = await wait_phase(fresh_dsn, "building", "swapping", "done", "paused")
-        assert during.phase == "building", "the build ended before the writes: the test proves nothing"
-        fake_embedder.delay_seconds = 0
-        done = await wait_phase(fresh_dsn, "done", "paused")
-        assert done.phase == "done", done.last_error
+        # Searches throughout, answered from the old generation until the swap, then from the new one.
+        async with SearchLoad([client], queries).running() as load:
+            await wait_phase(fresh_dsn, "building")
+            # An upload (it takes the new chunking at once), a detach and an attribute update, during the build.
+            added = await upload(client, "added.txt", document(99))
+            await client.vector_stores.files.delete(ids[-1], vector_store_id=STORE_ID)
+            await client.vector_stores.files.update(ids[-2], vector_store_id=STORE_ID, attributes={"edited": True})
+            during = await wait_phase(fresh_dsn, "building", "swapping", "done", "paused")
+            assert during.phase == "building", "the build ended before the writes: the test proves nothing"
+            fake_embedder.delay_seconds = 0
+            done = await wait_phase(fresh_dsn, "done", "paused")
+            assert done.phase == "done", done.last_error
         files = await _files(client)
         await client.close()
+    assert load.errors == [] and load.empty == []
+    assert load.done > 0
     assert set(files) == {*ids[:-1], added}
     assert all(item["chunking_strategy"] == _static(NEW) for item in files.values())
     for n, file_id in enumerate(ids[:-1]):
