@@ -310,3 +310,26 @@ async def test_changing_chunking_back_mid_build_cancels_it(
     assert all(item["chunking_strategy"] == _static(OLD) for item in files.values())
     assert await _chunks(fresh_dsn, ids[0]) == cut(document(10), OLD)
     assert fake_embedder.calls == []
+
+
+async def test_files_from_before_the_flag_are_decided_once_by_their_strategy(
+    serve: Serve, fresh_dsn: str, fake_embedder: FakeEmbedder
+) -> None:
+    default, own, _files_before, _store = await _populate(serve)
+    # As a database from before migration 0310 looks: neither the store's chunking nor the files' origin known.
+    async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as conn:
+        await conn.execute("UPDATE vector_stores SET chunk_max_tokens = NULL, chunk_overlap_tokens = NULL")
+        await conn.execute("UPDATE vector_store_files SET chunking_default = NULL")
+    async with serve():
+        pass
+    async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as conn:
+        cur = await conn.execute("SELECT file_id, chunking_default FROM vector_store_files ORDER BY file_id")
+        assert dict(await cur.fetchall()) == {default: True, own: False}
+        cur = await conn.execute("SELECT count(*) FROM store_migrations")
+        assert await cur.fetchone() == (0,)  # recording the chunking migrates nothing
+    assert (await record_of(fresh_dsn)).chunk_max_tokens == OLD.max_chunk_size_tokens
+    async with serve(NEW_CHUNKING):
+        done = await wait_phase(fresh_dsn, "done", "paused")
+        assert done.phase == "done" and (done.files_done, done.files_total) == (1, 1)
+    assert await _chunks(fresh_dsn, default) == cut(document(1), NEW)
+    assert await _chunks(fresh_dsn, own) == cut(document(2), Strategy(200, 0))
