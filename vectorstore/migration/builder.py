@@ -168,10 +168,18 @@ class Builder:
         total = await _count(conn, source.table)
         done = await _count(conn, target.table)
         started = migration.started_at or time.time()
+        files_total, files_done, _chunks = await _file_counts(conn, migration, target)
         await records.update(
             conn,
             store_id,
-            {"phase": "building", "chunks_total": total, "chunks_done": done, "started_at": started},
+            {
+                "phase": "building",
+                "chunks_total": total,
+                "chunks_done": done,
+                "files_total": files_total,
+                "files_done": files_done,
+                "started_at": started,
+            },
         )
         log.info(
             "migration of store %s: building %s (%s; %d of %d chunks already there)",
@@ -186,10 +194,7 @@ class Builder:
             # Under a steady write load that never reaches zero, so after a few passes the swap replays the
             # rest under the store's write lock.
             for _ in range(CATCH_UP_PASSES):
-                copied = await self._drop_stale(conn, migration, target)
-                copied += await self._rechunk_missing(conn, migration, source, target)
-                copied += await self._copy_missing(conn, migration, source, target)
-                copied += await self._replay(conn, migration, source, target)
+                copied = await self._catch_up(conn, migration, source, target)
                 await self._refresh_total(conn, migration, source, target)
                 if copied <= SMALL_PASS:
                     break
