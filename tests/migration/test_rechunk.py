@@ -137,6 +137,9 @@ async def test_chunking_change_recuts_default_files_embeds_only_new_texts_and_sw
         f"re-chunk 1 file(s) chunked by the store's default from their stored bytes (110 tokens, 0 overlap):"
         f" {len(old_cut)} chunks become ~"
     ) in planned.stdout, planned.stdout
+    # The other file's chunks and the rows without a file are copied.
+    own_count = len(cut(document(2), Strategy(200, 0)))
+    assert f"other chunks copied: {own_count + ROWS}," in planned.stdout, planned.stdout
     assert spec_path.stores[0].max_chunk_size_tokens == 110
     fake_embedder.calls.clear()
 

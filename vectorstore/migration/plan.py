@@ -51,7 +51,7 @@ class Estimate:
                 return f"{cut}; {rest}: ~{self.chunks:,} chunks, ~{self.tokens:,} tokens, {disk}"
             return (
                 f"{cut}, at most ~{self.tokens:,} tokens to embed (unchanged chunks keep their vectors);"
-                f" other chunks copied: {self.chunks - self.rechunk_old_chunks:,}, {disk}"
+                f" other chunks copied: {self.chunks - self.rechunk_new_chunks:,}, {disk}"
             )
         if self.reembed:
             work = f"re-embed every chunk with {new.model} ({new.dimensions} dimensions)"
