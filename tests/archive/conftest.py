@@ -84,9 +84,18 @@ async def build_store(dsn: str) -> tuple[str, ...]:
                 ids.append(file.id)
                 await conn.execute(
                     "INSERT INTO vector_store_files (vector_store_id, file_id, status, max_chunk_size_tokens,"
-                    " chunk_overlap_tokens, attributes, generation, chunk_count, usage_bytes)"
-                    " VALUES (%s, %s, %s, 800, 400, %s, %s, %s, %s)",
-                    [STORE_ID, file.id, "completed", json.dumps({"n": index, "tag": "x"}), index + 1, 0, len(body)],
+                    " chunk_overlap_tokens, attributes, generation, chunk_count, usage_bytes, chunking_default)"
+                    " VALUES (%s, %s, %s, 800, 400, %s, %s, %s, %s, %s)",
+                    [
+                        STORE_ID,
+                        file.id,
+                        "completed",
+                        json.dumps({"n": index, "tag": "x"}),
+                        index + 1,
+                        0,
+                        len(body),
+                        index == 0,  # one chunked by the store's default, one with its own strategy
+                    ],
                 )
             rows = [
                 tables.ChunkRow(

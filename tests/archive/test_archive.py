@@ -94,7 +94,7 @@ async def test_round_trip_is_exact(built: Built, target_dsn: str, tmp_path: Path
         assert await neighbours(target_dsn, STORE_ID, probe) == await neighbours(built.dsn, STORE_ID, probe)
     async with await psycopg.AsyncConnection.connect(target_dsn, autocommit=True) as conn:
         cur = await conn.execute(
-            "SELECT f.id, f.filename, f.sha256, f.content, v.status, v.attributes, v.chunk_count"
+            "SELECT f.id, f.filename, f.sha256, f.content, v.status, v.attributes, v.chunk_count, v.chunking_default"
             " FROM vector_store_files v JOIN files f ON f.id = v.file_id ORDER BY f.id"
         )
         imported = await cur.fetchall()
@@ -104,7 +104,7 @@ async def test_round_trip_is_exact(built: Built, target_dsn: str, tmp_path: Path
         hnsw = await cur.fetchone()
     async with await psycopg.AsyncConnection.connect(built.dsn, autocommit=True) as conn:
         cur = await conn.execute(
-            "SELECT f.id, f.filename, f.sha256, f.content, v.status, v.attributes, v.chunk_count"
+            "SELECT f.id, f.filename, f.sha256, f.content, v.status, v.attributes, v.chunk_count, v.chunking_default"
             " FROM vector_store_files v JOIN files f ON f.id = v.file_id ORDER BY f.id"
         )
         assert imported == await cur.fetchall()

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psycopg
+import pytest
+from fakeembed import FakeEmbedder
 from openai import AsyncOpenAI
-from server.conftest import WRITE_KEY, auth, spec_data
+from server.conftest import WRITE_KEY, RunningServer, auth, spec_data, start_server, write_spec
 
 from vectorstore.migration import records
 from vectorstore.storage import stores
@@ -124,6 +127,29 @@ class SearchLoad:
             # On a timeout wait_for cancels it; the test reports its own failure.
             with suppress(TimeoutError):
                 await asyncio.wait_for(task, timeout=30)
+
+
+Serve = Callable[..., AbstractAsyncContextManager[RunningServer]]
+"""`serve(store_fields, **top_level)`: a server on the test's database with the migration spec, changed so."""
+
+
+@pytest.fixture
+def serve(fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path) -> Serve:
+    fake_embedder.model_dimensions[NEW_MODEL] = NEW_DIMS
+    count = 0
+
+    @asynccontextmanager
+    async def run(store: Mapping[str, Any] | None = None, **top: Any) -> AsyncIterator[RunningServer]:
+        nonlocal count
+        count += 1
+        spec = write_spec(tmp_path / f"s{count}.yaml", migration_spec(fake_embedder.base_url, store=store, **top))
+        server = await start_server(spec, fresh_dsn)
+        try:
+            yield server
+        finally:
+            await server.stop()
+
+    return run
 
 
 async def migration_of(dsn: str) -> records.Migration | None:

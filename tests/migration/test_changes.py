@@ -4,25 +4,21 @@ language (fts rebuilt, no embedding), a refused chunk pauses, rate limits are wa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import openai
 import psycopg
 import pytest
 from fakeembed import FakeEmbedder
-from server.conftest import RunningServer, start_server, write_spec
 
 from migration.conftest import (
     NEW_DIMS,
     NEW_MODEL,
     NEW_MODEL_STORE,
     STORE_ID,
+    Serve,
     add_rows,
-    migration_spec,
     openai_client,
     record_of,
     row_text,
@@ -37,28 +33,6 @@ ROWS = 150
 @pytest.fixture(autouse=True)
 def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(service, "POLL_SECONDS", 0.2)
-
-
-Serve = Callable[..., Any]
-
-
-@pytest.fixture
-def serve(fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path) -> Serve:
-    fake_embedder.model_dimensions[NEW_MODEL] = NEW_DIMS
-    count = 0
-
-    @asynccontextmanager
-    async def run(store: Mapping[str, Any] | None = None, **top: Any) -> AsyncIterator[RunningServer]:
-        nonlocal count
-        count += 1
-        spec = write_spec(tmp_path / f"s{count}.yaml", migration_spec(fake_embedder.base_url, store=store, **top))
-        server = await start_server(spec, fresh_dsn)
-        try:
-            yield server
-        finally:
-            await server.stop()
-
-    return run
 
 
 async def _populate(serve: Serve) -> str:

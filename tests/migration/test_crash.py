@@ -1,6 +1,6 @@
 """kill -9 of the migrating server, then a restart: the build continues where the new table stops, and no chunk
-it already held is embedded again (counted at the fake upstream). The server as a real process, as in
-tests/ingest/test_crash.py."""
+(or re-chunked file) it already held is embedded again (counted at the fake upstream). The server as a real
+process, as in tests/ingest/test_crash.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,17 @@ from fakeembed import FakeEmbedder
 from server.conftest import write_spec
 from serverprocess import ServerProcess
 
-from migration.conftest import NEW_DIMS, NEW_MODEL, NEW_MODEL_STORE, STORE_ID, add_rows, migration_spec, wait_phase
+from migration.conftest import (
+    NEW_DIMS,
+    NEW_MODEL,
+    NEW_MODEL_STORE,
+    STORE_ID,
+    add_rows,
+    migration_spec,
+    openai_client,
+    wait_phase,
+)
+from migration.test_rechunk import NEW, NEW_CHUNKING, OLD, cut, document
 
 ROWS = 400
 
@@ -79,5 +89,79 @@ async def test_kill_9_mid_migration_resumes_without_embedding_again(
             assert row is not None and row[0] == NEW_DIMS
             cur = await conn.execute(f'SELECT count(*) FROM "{row[1]}"')
             assert await cur.fetchone() == (ROWS,)
+    finally:
+        server.stop()
+
+
+async def test_kill_9_mid_rechunk_resumes_without_cutting_or_embedding_a_file_again(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path
+) -> None:
+    count = 10
+    path = tmp_path / "stack.yaml"
+    write_spec(path, migration_spec(fake_embedder.base_url))
+    server = ServerProcess(path, fresh_dsn, tmp_path / "server.log")
+    try:
+        server.start()
+        await server.wait_ready()
+        client = openai_client(server.base_url)
+        ids = [
+            (await client.files.create(file=(f"d{i}.txt", document(10 + i).encode()), purpose="assistants")).id
+            for i in range(count)
+        ]
+        batch = await client.vector_stores.file_batches.create_and_poll(
+            vector_store_id=STORE_ID, file_ids=ids, poll_interval_ms=100
+        )
+        assert batch.file_counts.completed == count
+        await client.close()
+        server.kill(signal.SIGTERM)
+
+        # Requests of 2 texts, one at a time: about one file a committed batch.
+        data = migration_spec(fake_embedder.base_url, store=NEW_CHUNKING)
+        data["embedding"]["batch_size"] = 2
+        data["migration"] = {"concurrency": 1}
+        write_spec(path, data)
+        fake_embedder.delay_seconds = 0.2
+        fake_embedder.calls.clear()
+        server.start()
+        await server.wait_ready()
+        deadline = time.monotonic() + 90
+        while True:
+            assert time.monotonic() < deadline, "the build never re-chunked 3 files"
+            migration = await wait_phase(fresh_dsn, "building", "swapping", "done")
+            assert migration.phase == "building"
+            if migration.files_done >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert server.kill(signal.SIGKILL) == -signal.SIGKILL
+        async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
+            cur = await conn.execute("SELECT file_id FROM store_migration_files")
+            committed = {str(row[0]) for row in await cur.fetchall()}
+        assert 3 <= len(committed) < count
+        before_restart = len(fake_embedder.calls)
+
+        fake_embedder.delay_seconds = 0
+        server.start()
+        await server.wait_ready()
+        done = await wait_phase(fresh_dsn, "done", "paused", seconds=60)
+        assert done.phase == "done", done.last_error
+        after = [text for call in fake_embedder.calls[before_restart:] for text in call.inputs]
+
+        def changed(n: int) -> list[str]:
+            old = cut(document(10 + n), OLD)
+            return [text for text in cut(document(10 + n), NEW) if text not in old]
+
+        redone = [text for n, file_id in enumerate(ids) if file_id in committed for text in changed(n)]
+        assert not set(redone) & set(after), "files already in the new generation were cut and embedded again"
+        left = [text for n, file_id in enumerate(ids) if file_id not in committed for text in changed(n)]
+        assert sorted(after) == sorted(left)
+        async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
+            cur = await conn.execute("SELECT table_name FROM vector_stores WHERE id = %s", [STORE_ID])
+            row = await cur.fetchone()
+            assert row is not None
+            for n, file_id in enumerate(ids):
+                cur = await conn.execute(
+                    f'SELECT content FROM "{row[0]}" WHERE file_id = %s ORDER BY chunk_index', [file_id]
+                )
+                assert [str(r[0]) for r in await cur.fetchall()] == cut(document(10 + n), NEW)
     finally:
         server.stop()

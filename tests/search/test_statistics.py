@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
-from typing import Any
+from typing import Any, cast
 
 import psycopg
+import pytest
+from psycopg import sql
 
-from search.conftest import add_rows, new_store
+from search.conftest import add_rows, connect, new_store
 from vectorstore.search import statistics
 from vectorstore.search.vector import NO_FILTER, search_statement
 from vectorstore.storage import stores, tables
@@ -64,3 +67,47 @@ async def test_a_load_is_followed_by_analyze(db: psycopg.AsyncConnection[Any]) -
         await statistics.flush_table_counters(db)
     assert await statistics.keep_current(db, current)
     assert await estimated_rows(db, record) == 3000 + 1 + 1 + 400
+
+
+class _Stalling:
+    """A connection whose client stops for a while once it holds the table, as a starved event loop would."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], seconds: float) -> None:
+        self.conn = conn
+        self.seconds = seconds
+
+    def transaction(self) -> Any:
+        return self.conn.transaction()
+
+    async def execute(self, query: Any, params: Any = None) -> Any:
+        cur = await self.conn.execute(query, params)
+        text = query.as_string(self.conn) if isinstance(query, sql.Composable) else str(query)
+        if text.startswith("LOCK TABLE"):
+            await asyncio.sleep(self.seconds)
+        return cur
+
+
+async def test_a_renormalisation_left_idle_is_ended_and_frees_its_table(
+    db: psycopg.AsyncConnection[Any], fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = await new_store(db)
+    await add_rows(db, record, [f"lantern {i} harbour ferry mooring" for i in range(60)])
+    record = await stores.get(db, record.id) or record
+    # The reference length far from the store's mean: the next call renormalises.
+    postings_table = sql.Identifier(tables.postings_table(record.table_name))
+    await db.execute(sql.SQL("UPDATE {p} SET impact = 1000 WHERE lexeme = '' AND id IS NULL").format(p=postings_table))
+    monkeypatch.setattr(statistics, "IDLE_IN_TRANSACTION_TIMEOUT", "300ms")
+    stalled = await connect(fresh_dsn)
+    try:
+        with pytest.raises((psycopg.errors.IdleInTransactionSessionTimeout, psycopg.OperationalError)):
+            await statistics.renormalize_postings(cast(Any, _Stalling(stalled, 2.0)), record)
+        # The server ended the session and rolled its transaction back: writers of the store get through at once.
+        async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as writer:
+            await writer.execute("SET lock_timeout = '1s'")
+            await writer.execute(sql.SQL("DELETE FROM {t} WHERE id = 'r0'").format(t=sql.Identifier(record.table_name)))
+        cur = await db.execute(
+            sql.SQL("SELECT impact FROM {p} WHERE lexeme = '' AND id IS NULL").format(p=postings_table)
+        )
+        assert await cur.fetchone() == (1000,)  # nothing half-written
+    finally:
+        await stalled.close()

@@ -53,7 +53,14 @@ async def attach_at_creation(
     strategy = _strategy(request, record, body.get("chunking_strategy"), "chunking_strategy")
     for index, file_id in enumerate(body.get("file_ids") or []):
         await common.visible_file(request, conn, file_id, f"file_ids[{index}]")
-        await files.attach(conn, record, file_id, attributes=None, strategy=strategy)
+        await files.attach(
+            conn,
+            record,
+            file_id,
+            attributes=None,
+            strategy=strategy,
+            chunking_default=body.get("chunking_strategy") is None,
+        )
     service.wake(request.app)
 
 
@@ -107,7 +114,16 @@ async def attach_file(request: web.Request) -> web.Response:
         ogx.check_store_model(state.spec(request), store, body)
         strategy = _strategy(request, store, body.get("chunking_strategy"), "chunking_strategy")
         await common.visible_file(request, conn, file_id, "file_id")
-        attached = await files.attach(conn, store, file_id, attributes=attributes, strategy=strategy)
+        # A strategy given with the file is kept when the store's declared `chunking` changes (OpenAI's
+        # semantics); one taken from the store's default follows it (vectorstore/migration).
+        attached = await files.attach(
+            conn,
+            store,
+            file_id,
+            attributes=attributes,
+            strategy=strategy,
+            chunking_default=body.get("chunking_strategy") is None,
+        )
     service.wake(request.app)
     return web.json_response(attached.to_json())
 
@@ -221,8 +237,16 @@ async def create_batch(request: web.Request) -> web.Response:
                 request, conn, file_id, f"file_ids[{index}]" if file_ids is not None else f"files[{index}].file_id"
             )
         batch_id = await files.create_batch(conn, store.id)
-        for (file_id, attributes, _, _), strategy in zip(items, strategies, strict=True):
-            await files.attach(conn, store, file_id, attributes=attributes, strategy=strategy, batch_id=batch_id)
+        for (file_id, attributes, value, _), strategy in zip(items, strategies, strict=True):
+            await files.attach(
+                conn,
+                store,
+                file_id,
+                attributes=attributes,
+                strategy=strategy,
+                chunking_default=value is None,
+                batch_id=batch_id,
+            )
         batch = await files.get_batch(conn, store.id, batch_id)
     service.wake(request.app)
     assert batch is not None

@@ -139,7 +139,7 @@ async def _write(
         await files.execute(
             "SELECT f.id, f.filename, f.purpose, f.bytes, f.content_type, f.sha256, f.owner, f.created_at,"
             " v.status, v.last_error, v.usage_bytes, v.chunk_count, v.max_chunk_size_tokens, v.chunk_overlap_tokens,"
-            " v.attributes, v.created_at AS attached_at, f.content"
+            " v.attributes, v.created_at AS attached_at, v.chunking_default, f.content"
             " FROM vector_store_files v JOIN files f ON f.id = v.file_id WHERE v.vector_store_id = %s ORDER BY v.seq",
             [record.id],
         )

@@ -291,8 +291,8 @@ async def _insert_file(conn: psycopg.AsyncConnection[Any], record: stores.StoreR
     attributes = meta.get("attributes")
     await conn.execute(
         "INSERT INTO vector_store_files (vector_store_id, file_id, status, last_error, usage_bytes, chunk_count,"
-        " max_chunk_size_tokens, chunk_overlap_tokens, attributes, generation, created_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s, extract(epoch FROM now())::bigint))",
+        " max_chunk_size_tokens, chunk_overlap_tokens, attributes, generation, created_at, chunking_default)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s, extract(epoch FROM now())::bigint), %s)",
         [
             record.id,
             file_id,
@@ -305,6 +305,9 @@ async def _insert_file(conn: psycopg.AsyncConnection[Any], record: stores.StoreR
             Jsonb(attributes if isinstance(attributes, dict) else {}),
             generation[0],
             meta.get("attached_at"),
+            # Whether the store's default chunked it (a chunking change moves only those); absent from archives
+            # made before, NULL: reconcile decides as for files attached before migration 0310.
+            meta.get("chunking_default") if isinstance(meta.get("chunking_default"), bool) else None,
         ],
     )
 

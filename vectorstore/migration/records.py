@@ -31,7 +31,7 @@ assert set(ACTIVE) == set(stores.ACTIVE_MIGRATION_PHASES)
 _COLUMNS = (
     "vector_store_id, phase, target, source, build_table, reembed, chunks_done, chunks_total, embedding_calls,"
     " embedding_tokens, last_error, reason, requested_at, started_at, updated_at, finished_at, swap_seconds,"
-    " previous, previous_table, previous_until"
+    " previous, previous_table, previous_until, rechunk, files_total, files_done"
 )
 
 
@@ -57,6 +57,17 @@ class Migration:
     previous: Shape | None
     previous_table: str | None
     previous_until: float | None
+    rechunk: bool = False
+    """Files chunked by the store's default are cut again with the target's chunking (`files_done` of
+    `files_total` re-chunked so far)."""
+    files_total: int = 0
+    files_done: int = 0
+
+    @property
+    def work(self) -> str:
+        if self.rechunk:
+            return "rechunk+reembed" if self.reembed else "rechunk"
+        return "reembed" if self.reembed else "copy"
 
     @property
     def active(self) -> bool:
@@ -80,11 +91,13 @@ class Migration:
             "object": "vector_store.migration",
             "vector_store_id": self.store_id,
             "phase": self.phase,
-            "work": "reembed" if self.reembed else "copy",
+            "work": self.work,
             "from": self.source.to_json(),
             "to": self.target.to_json(),
             "chunks_done": self.chunks_done,
             "chunks_total": self.chunks_total,
+            "files_done": self.files_done,
+            "files_total": self.files_total,
             "embedding_calls": self.embedding_calls,
             "embedding_tokens": self.embedding_tokens,
             "chunks_per_second": self.rate(),
@@ -122,6 +135,9 @@ def _migration(row: Mapping[str, Any]) -> Migration:
         previous=Shape.from_json(row["previous"]) if row["previous"] else None,
         previous_table=row["previous_table"],
         previous_until=row["previous_until"],
+        rechunk=row["rechunk"],
+        files_total=row["files_total"],
+        files_done=row["files_done"],
     )
 
 
@@ -182,13 +198,14 @@ async def request(
             build_table, outcome = current.previous_table, "swap_back"
         else:
             # Another shape is wanted: the kept generation can't serve it; its disk space goes back now.
-            await conn.execute(tables.drop_table_statement(current.previous_table))
+            await drop_generation(conn, current.previous_table)
     values = {
         "phase": "pending",
         "target": Jsonb(target.to_json()),
         "source": Jsonb(source.to_json()),
         "build_table": build_table,
         "reembed": target.work_from(source) == "reembed",
+        "rechunk": target.rechunks_from(source),
         "reason": reason,
         # A generation reused or dropped above is no longer kept.
         "previous": None,
@@ -196,11 +213,12 @@ async def request(
         "previous_until": None,
     }
     await conn.execute(
-        "INSERT INTO store_migrations (vector_store_id, phase, target, source, build_table, reembed, reason,"
+        "INSERT INTO store_migrations (vector_store_id, phase, target, source, build_table, reembed, rechunk, reason,"
         " previous, previous_table, previous_until) VALUES (%(id)s, %(phase)s, %(target)s, %(source)s,"
-        " %(build_table)s, %(reembed)s, %(reason)s, %(previous)s, %(previous_table)s, %(previous_until)s)"
-        " ON CONFLICT (vector_store_id) DO UPDATE SET phase = EXCLUDED.phase, target = EXCLUDED.target,"
-        " source = EXCLUDED.source, build_table = EXCLUDED.build_table, reembed = EXCLUDED.reembed,"
+        " %(build_table)s, %(reembed)s, %(rechunk)s, %(reason)s, %(previous)s, %(previous_table)s,"
+        " %(previous_until)s) ON CONFLICT (vector_store_id) DO UPDATE SET phase = EXCLUDED.phase,"
+        " target = EXCLUDED.target, source = EXCLUDED.source, build_table = EXCLUDED.build_table,"
+        " reembed = EXCLUDED.reembed, rechunk = EXCLUDED.rechunk, files_total = 0, files_done = 0,"
         " reason = EXCLUDED.reason, previous = EXCLUDED.previous, previous_table = EXCLUDED.previous_table,"
         " previous_until = EXCLUDED.previous_until, chunks_done = 0, chunks_total = 0, embedding_calls = 0,"
         " embedding_tokens = 0, last_error = NULL, requested_at = extract(epoch FROM now()), started_at = NULL,"
@@ -234,4 +252,10 @@ async def cancel(conn: psycopg.AsyncConnection[Any], store_id: str, reason: str)
 async def _drop_partial(conn: psycopg.AsyncConnection[Any], current: Migration) -> None:
     if current.build_table is not None:
         # Waits for the builder's batch in flight (it holds the table); its next statement finds the table gone.
-        await conn.execute(tables.drop_table_statement(current.build_table))
+        await drop_generation(conn, current.build_table)
+
+
+async def drop_generation(conn: psycopg.AsyncConnection[Any], table: str) -> None:
+    """A generation's table (and postings), and its record of re-chunked files; in the caller's transaction."""
+    await conn.execute(tables.drop_table_statement(table))
+    await conn.execute("DELETE FROM store_migration_files WHERE table_name = %s", [table])

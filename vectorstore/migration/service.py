@@ -26,11 +26,12 @@ from config import Spec
 from vectorstore import state
 from vectorstore.embeddings.client import EmbeddingClient
 from vectorstore.errors import ApiError
+from vectorstore.ingest.sandbox import Extract, Sandbox, in_thread
 from vectorstore.migration import records
 from vectorstore.migration.builder import MIGRATOR_LOCK_NAMESPACE, Builder, Embed, Limits
 from vectorstore.observability import metrics
 from vectorstore.observability.logs import Redactor
-from vectorstore.storage import stores, tables
+from vectorstore.storage import stores
 
 log = logging.getLogger("vectorstore")
 
@@ -63,10 +64,13 @@ def redacted(embedder: EmbeddingClient, redactor: Redactor) -> Embed:
 class Migrations:
     """The loop and the tasks it started on this replica."""
 
-    def __init__(self, dsn: str, spec: Spec, embed: Embed, *, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(
+        self, dsn: str, spec: Spec, embed: Embed, *, poll_seconds: float = POLL_SECONDS, extract: Extract = in_thread
+    ) -> None:
         self.dsn = dsn
         self.spec = spec
         self.embed = embed
+        self.extract = extract
         self.poll_seconds = poll_seconds
         self.running: dict[str, asyncio.Task[str]] = {}
         self.snapshot: list[records.Migration] = []
@@ -100,7 +104,7 @@ class Migrations:
 
     async def _run(self, store_id: str) -> str:
         try:
-            builder = Builder(self.dsn, self.embed, limits_for(self.spec, store_id))
+            builder = Builder(self.dsn, self.embed, limits_for(self.spec, store_id), extract=self.extract)
             outcome = await builder.run(store_id)
             if outcome != "busy":
                 self.wakeup.set()
@@ -132,7 +136,7 @@ class Migrations:
                 if current is None or current.previous_table != migration.previous_table:
                     return
                 assert current.previous_table is not None
-                await conn.execute(tables.drop_table_statement(current.previous_table))
+                await records.drop_generation(conn, current.previous_table)
                 await records.update(
                     conn, migration.store_id, {"previous": None, "previous_table": None, "previous_until": None}
                 )
@@ -156,6 +160,16 @@ class Migrations:
         total = GaugeMetricFamily(
             "vectorstore_migration_chunks_total", "Chunks a store's migration has to carry over.", labels=["store"]
         )
+        files_done = GaugeMetricFamily(
+            "vectorstore_migration_files_done",
+            "Files re-chunked into the new generation of a store whose declared chunking changed.",
+            labels=["store"],
+        )
+        files_total = GaugeMetricFamily(
+            "vectorstore_migration_files_total",
+            "Files a store's migration re-chunks (those its default chunked; 0 without a chunking change).",
+            labels=["store"],
+        )
         calls = GaugeMetricFamily(
             "vectorstore_migration_embedding_calls",
             "Embedding requests made by a store's last migration.",
@@ -176,18 +190,25 @@ class Migrations:
                 phase.add_metric([migration.store_id, name], 1 if migration.phase == name else 0)
             done.add_metric([migration.store_id], migration.chunks_done)
             total.add_metric([migration.store_id], migration.chunks_total)
+            files_done.add_metric([migration.store_id], migration.files_done)
+            files_total.add_metric([migration.store_id], migration.files_total)
             calls.add_metric([migration.store_id], migration.embedding_calls)
             tokens.add_metric([migration.store_id], migration.embedding_tokens)
             failing.add_metric([migration.store_id], 1 if migration.last_error else 0)
-        yield from (phase, done, total, calls, tokens, failing)
+        yield from (phase, done, total, files_done, files_total, calls, tokens, failing)
 
 
 MIGRATIONS = web.AppKey("migrations", Migrations)
 
 
 async def _migrations_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Re-chunking extracts files again under the same limits as ingestion (`ingest.*`), in its own children.
+    sandbox = Sandbox.from_spec(app[state.SPEC].ingest)
     migrations = Migrations(
-        app[state.SETTINGS].dsn, app[state.SPEC], redacted(app[state.EMBEDDER], app[state.REDACTOR])
+        app[state.SETTINGS].dsn,
+        app[state.SPEC],
+        redacted(app[state.EMBEDDER], app[state.REDACTOR]),
+        extract=sandbox.extract,
     )
     app[MIGRATIONS] = migrations
     metrics.add_gauge_source("migrations", migrations.gauges)
@@ -208,6 +229,7 @@ async def _migrations_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await running
     metrics.remove_gauge_source("migrations")
+    await sandbox.close()
 
 
 def setup(app: web.Application) -> None:

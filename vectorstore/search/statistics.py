@@ -67,6 +67,7 @@ async def keep_current(conn: psycopg.AsyncConnection[Any], record: stores.StoreR
     if not force and not await needs_analyze(conn, record.table_name):
         return False
     async with conn.transaction():
+        await _bound_idle(conn)
         cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [_lock_key(record.table_name)])
         row = await cur.fetchone()
         if not row or not row[0]:
@@ -141,6 +142,22 @@ async def refresh_text_stats(conn: psycopg.AsyncConnection[Any], record: stores.
 POSTINGS_DRIFT = 0.25
 RENORMALIZE_MAX_POSTINGS = 2_000_000
 RENORMALIZE_LOCK_TIMEOUT = "2s"
+# A safeguard, not a cure. The renormalisation holds its table in SHARE mode (every writer of the store waits) and
+# once sat "idle in transaction" for minutes during a hung test. Nothing between its statements awaits anything
+# but the connection itself, and every caller's connection is closed or returned to the pool on any way out; the
+# likely cause was the test's search load spinning without yielding, which starved the event loop this
+# transaction's next statement was waiting in (fixed in tests/migration). Should anything starve a server's
+# loop again, PostgreSQL ends the session after this long idle inside these transactions, which rolls them back
+# and frees the table for its writers; the caller gets IdleInTransactionSessionTimeout on a closed connection
+# (`after_write` logs it; the worker's next statement finds the connection gone and it reconnects).
+IDLE_IN_TRANSACTION_TIMEOUT = "30s"
+
+
+async def _bound_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    """In the caller's transaction: PostgreSQL ends the session if the client leaves it idle for too long."""
+    await conn.execute(
+        sql.SQL("SET LOCAL idle_in_transaction_session_timeout = {}").format(sql.Literal(IDLE_IN_TRANSACTION_TIMEOUT))
+    )
 
 
 async def renormalize_postings(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> bool:
@@ -166,6 +183,7 @@ async def renormalize_postings(conn: psycopg.AsyncConnection[Any], record: store
             # SHARE waits for writers in flight and holds new ones until commit, so no trigger writes weights at
             # the old reference in between; searches (ACCESS SHARE) go on.
             await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(RENORMALIZE_LOCK_TIMEOUT)))
+            await _bound_idle(conn)
             await conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE MODE").format(t=sql.Identifier(record.table_name)))
             await conn.execute(
                 sql.SQL(

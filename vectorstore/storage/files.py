@@ -204,6 +204,10 @@ class StoreFile:
     created_at: int
     replaces: list[str] = field(default_factory=list)
     """Files this one replaces once ingested (a source's older version of the same path); see `retire`."""
+    chunking_default: bool | None = None
+    """Chunked by the store's default (its declared `chunking`, else `auto`) rather than a `chunking_strategy`
+    given with the file: only those follow a change of the declared `chunking` (vectorstore/migration). None:
+    attached before migration 0310 and not yet decided by reconcile."""
 
     @property
     def strategy(self) -> Strategy:
@@ -225,7 +229,7 @@ class StoreFile:
 
 _VSF_COLUMNS = (
     "vector_store_id, file_id, seq, batch_id, status, last_error, usage_bytes, chunk_count,"
-    " max_chunk_size_tokens, chunk_overlap_tokens, attributes, generation, created_at, replaces"
+    " max_chunk_size_tokens, chunk_overlap_tokens, attributes, generation, created_at, replaces, chunking_default"
 )
 
 
@@ -280,10 +284,14 @@ async def attach(
     *,
     attributes: Mapping[str, Any] | None,
     strategy: Strategy,
+    chunking_default: bool = True,
     batch_id: str | None = None,
     replaces: Sequence[str] = (),
 ) -> StoreFile:
     """Attach a file (or re-attach it, starting over) and queue its ingestion; in the caller's transaction.
+
+    `chunking_default`: `strategy` is the store's default, not one the request gave (which the file keeps when
+    the declared `chunking` changes).
 
     `replaces`: files of this store that stay searchable until this one is ingested, then are retired in the
     worker's transaction (a source's new version of a path replacing the old one atomically).
@@ -299,8 +307,8 @@ async def attach(
     async with conn.cursor(row_factory=dict_row) as dcur:
         await dcur.execute(
             f"INSERT INTO vector_store_files (vector_store_id, file_id, batch_id, status, max_chunk_size_tokens,"
-            f" chunk_overlap_tokens, attributes, generation, replaces)"
-            f" VALUES (%s, %s, %s, 'in_progress', %s, %s, %s, %s, %s) RETURNING {_VSF_COLUMNS}".encode(),
+            f" chunk_overlap_tokens, attributes, generation, replaces, chunking_default)"
+            f" VALUES (%s, %s, %s, 'in_progress', %s, %s, %s, %s, %s, %s) RETURNING {_VSF_COLUMNS}".encode(),
             [
                 store.id,
                 file_id,
@@ -310,6 +318,7 @@ async def attach(
                 Jsonb(dict(attributes or {})),
                 row[0],
                 list(replaces),
+                chunking_default,
             ],
         )
         created = await dcur.fetchone()

@@ -1,9 +1,9 @@
 """Bring the database's stores in line with the spec: create, fix drift, migrate, prune.
 
-A change of a store's vectors, index or language (`_VECTOR_FIELDS`, `_INDEX_FIELDS`) on a store that holds data
-is not applied here: it becomes an online migration (vectorstore/migration), recorded in this transaction and
-carried out in the background, while the store keeps serving from its active generation. A spec changed back
-to the active generation mid-migration cancels it.
+A change of a store's vectors, index, language or chunking (`_VECTOR_FIELDS`, `_INDEX_FIELDS`, `_CHUNK_FIELDS`)
+on a store that holds data is not applied here: it becomes an online migration (vectorstore/migration),
+recorded in this transaction and carried out in the background, while the store keeps serving from its
+active generation. A spec changed back to the active generation mid-migration cancels it.
 
 One transaction under a transaction-level advisory lock: replicas starting together queue on the lock, and
 each one after the first finds nothing left to do. `plan` runs the same comparison without the lock and
@@ -35,6 +35,9 @@ ChangeKind = Literal["create", "update", "migrate", "cancel", "refuse", "prune",
 _VECTOR_FIELDS = ("model", "dimensions", "distance", "language", "quantization")
 _INDEX_FIELDS = ("hnsw_m", "hnsw_ef_construction")
 _PLAIN_FIELDS = ("name", "description", "metadata", "ef_search", "declared")
+# The declared chunking: files chunked by the store's default are re-chunked to it (a migration on a store with
+# data; files not yet ingested simply take it on an empty one).
+_CHUNK_FIELDS = ("chunk_max_tokens", "chunk_overlap_tokens")
 
 
 class ReconcileError(Exception):
@@ -91,6 +94,8 @@ def desired_fields(store: Store) -> dict[str, Any]:
         "hnsw_ef_construction": store.hnsw_ef_construction,
         "language": store.search.language,
         "quantization": store.quantization,
+        "chunk_max_tokens": store.max_chunk_size_tokens,
+        "chunk_overlap_tokens": store.chunk_overlap_tokens,
     }
 
 
@@ -107,20 +112,22 @@ async def compute_plan(conn: psycopg.AsyncConnection[Any], spec: Spec) -> Plan:
             plan.changes.append(Change("create", store.id, store.name, declared=store))
             continue
         want = desired_fields(store)
+        # A store whose chunking was never recorded (declared before re-chunking existed) has it recorded by
+        # `record_chunking`, not migrated: which way its files were cut is not known.
+        compared = (*_PLAIN_FIELDS, *_VECTOR_FIELDS, *_INDEX_FIELDS) + (
+            _CHUNK_FIELDS if record.chunk_max_tokens is not None else ()
+        )
         diffs = tuple(
             FieldDiff(name, getattr(record, name), want[name])
-            for name in (*_PLAIN_FIELDS, *_VECTOR_FIELDS, *_INDEX_FIELDS)
+            for name in compared
             if getattr(record, name) != want[name]
         )
-        shape_diffs = [diff for diff in diffs if diff.field in (*_VECTOR_FIELDS, *_INDEX_FIELDS)]
+        shape_diffs = [diff for diff in diffs if diff.field in (*_VECTOR_FIELDS, *_INDEX_FIELDS, *_CHUNK_FIELDS)]
         migration = await migrations.get(conn, store.id) if with_migrations else None
         active = migration is not None and migration.active
         if shape_diffs and await tables.row_count_at_least_one(conn, record.table_name):
             fields = ", ".join(str(diff) for diff in shape_diffs)
-            work = Shape.of_store(store).work_from(Shape.of_record(record))
-            reason = f"{fields}; " + (
-                "every chunk re-embedded" if work == "reembed" else "vectors copied, no embedding"
-            )
+            reason = f"{fields}; " + Shape.of_store(store).describe_work(Shape.of_record(record))
             plan.changes.append(Change("migrate", store.id, store.name, diffs, reason, store))
         elif active and not shape_diffs:
             reason = "the spec is back to the active generation"
@@ -158,6 +165,8 @@ async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> N
                 ef_search=store.hnsw_ef_search,
                 language=store.search.language,
                 quantization=store.quantization,
+                chunk_max_tokens=store.max_chunk_size_tokens,
+                chunk_overlap_tokens=store.chunk_overlap_tokens,
             ),
         )
     elif change.kind in ("migrate", "cancel"):
@@ -195,6 +204,19 @@ async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> N
             await conn.execute(tables.drop_index_statement(layout))
             for statement in tables.index_statements(layout):
                 await conn.execute(statement)
+        if changed & set(_CHUNK_FIELDS):
+            # No chunk to cut again (an empty store): the files still queued take the new chunking.
+            assert store is not None
+            await migrations.cancel(conn, record.id, "the store is empty; its files take the new chunking")
+            values |= {
+                "chunk_max_tokens": store.max_chunk_size_tokens,
+                "chunk_overlap_tokens": store.chunk_overlap_tokens,
+            }
+            await conn.execute(
+                "UPDATE vector_store_files SET max_chunk_size_tokens = %s, chunk_overlap_tokens = %s"
+                " WHERE vector_store_id = %s AND chunking_default AND status = 'in_progress'",
+                [store.max_chunk_size_tokens, store.chunk_overlap_tokens, record.id],
+            )
         await stores.update_fields(conn, record.id, values)
     elif change.kind == "prune":
         record = await stores.get(conn, change.store_id, for_update=True)
@@ -202,11 +224,38 @@ async def _apply_change(conn: psycopg.AsyncConnection[Any], change: Change) -> N
             await stores.delete(conn, record)
 
 
+async def record_chunking(conn: psycopg.AsyncConnection[Any], spec: Spec) -> None:
+    """Declared stores from before re-chunking (migration 0310) get their chunking recorded, and their files
+    whose way of chunking is unknown are decided once: a file cut with the store's declared chunking counts as
+    chunked by the store's default (it follows later changes), one cut another way as given its own strategy
+    (it keeps it). Nothing is migrated by this. In reconcile's transaction."""
+    for store in spec.stores:
+        cur = await conn.execute(
+            "UPDATE vector_stores SET chunk_max_tokens = %s, chunk_overlap_tokens = %s"
+            " WHERE id = %s AND chunk_max_tokens IS NULL",
+            [store.max_chunk_size_tokens, store.chunk_overlap_tokens, store.id],
+        )
+        await conn.execute(
+            "UPDATE vector_store_files SET chunking_default ="
+            " (max_chunk_size_tokens = %s AND chunk_overlap_tokens = %s)"
+            " WHERE vector_store_id = %s AND chunking_default IS NULL",
+            [store.max_chunk_size_tokens, store.chunk_overlap_tokens, store.id],
+        )
+        if cur.rowcount:
+            log.info(
+                "reconcile: store %s: its chunking (%d tokens, %d overlap) recorded; files cut another way keep theirs",
+                store.id,
+                store.max_chunk_size_tokens,
+                store.chunk_overlap_tokens,
+            )
+
+
 async def reconcile(conn: psycopg.AsyncConnection[Any], spec: Spec, *, source: str = "spec") -> Plan:
     """Apply the plan in one transaction; raise ReconcileError (changing nothing) if any change is refused."""
     started = time.perf_counter()
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [RECONCILE_LOCK_KEY])
+        await record_chunking(conn, spec)
         plan = await compute_plan(conn, spec)
         refused = plan.of("refuse")
         if refused:

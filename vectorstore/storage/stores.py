@@ -21,7 +21,7 @@ from vectorstore.storage import tables
 _COLUMNS = (
     "id, seq, name, description, metadata, declared, model, dimensions, distance, vector_type, hnsw_m,"
     " hnsw_ef_construction, ef_search, table_name, expires_after, created_at, last_active_at, language, text_search,"
-    " analyzed_rows, text_avg_length, text_min_freq, quantization"
+    " analyzed_rows, text_avg_length, text_min_freq, quantization, chunk_max_tokens, chunk_overlap_tokens"
 )
 TextSearchState = Literal["upgrading", "ready"]
 
@@ -68,6 +68,10 @@ class StoreRecord:
     text_avg_length: float
     text_min_freq: float
     quantization: Quantization
+    chunk_max_tokens: int | None = None
+    chunk_overlap_tokens: int | None = None
+    """The declared `chunking` of the active generation: files chunked by the store's default have it (migration
+    0310). None for a store created through the API (its default is `auto`), or until reconcile records it."""
 
     @property
     def layout(self) -> tables.Layout:
@@ -167,6 +171,8 @@ class NewStore:
     language: str = "english"
     quantization: Quantization = "none"
     expires_after: Mapping[str, Any] | None = None
+    chunk_max_tokens: int | None = None
+    chunk_overlap_tokens: int | None = None
 
 
 async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreRecord:
@@ -190,7 +196,8 @@ async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreReco
         await cur.execute(
             f"INSERT INTO vector_stores (id, name, description, metadata, declared, model, dimensions, distance,"
             f" vector_type, hnsw_m, hnsw_ef_construction, ef_search, table_name, expires_after, language, quantization,"
-            f" text_search) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'ready')"
+            f" chunk_max_tokens, chunk_overlap_tokens, text_search)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'ready')"
             f" RETURNING {_COLUMNS}".encode(),
             [
                 new.id,
@@ -209,6 +216,8 @@ async def insert(conn: psycopg.AsyncConnection[Any], new: NewStore) -> StoreReco
                 Jsonb(dict(new.expires_after)) if new.expires_after is not None else None,
                 new.language,
                 new.quantization,
+                new.chunk_max_tokens,
+                new.chunk_overlap_tokens,
             ],
         )
         row = await cur.fetchone()
