@@ -73,7 +73,7 @@ def finish_report(report: dict[str, Any], json_path: str | None) -> None:
 
 
 async def new_unindexed_store(
-    conn: psycopg.AsyncConnection[Any], store_id: str, setting: str, dimensions: int
+    conn: psycopg.AsyncConnection[Any], store_id: str, setting: str, dimensions: int, name: str | None = None
 ) -> stores.StoreRecord:
     """A cosine store of `dimensions` with the quantization `setting`, HNSW at pgvector's defaults and ef_search
     100, its HNSW index dropped so the caller loads rows first and builds the index after (and times it)."""
@@ -82,7 +82,7 @@ async def new_unindexed_store(
             conn,
             stores.NewStore(
                 id=store_id,
-                name=setting,
+                name=name or setting,
                 description=None,
                 metadata={},
                 declared=False,

@@ -88,10 +88,13 @@ def log(**fields: Any) -> None:
     print(json.dumps({"at": time.strftime("%H:%M:%S"), **fields}), file=sys.stderr, flush=True)
 
 
-async def existing(conn: psycopg.AsyncConnection[Any], setting: str, data: Any) -> stores.StoreRecord | None:
-    """The store a kept earlier run built for `setting`, when it holds these rows with its HNSW index built."""
+async def existing(
+    conn: psycopg.AsyncConnection[Any], setting: str, data: Any, signature: str
+) -> stores.StoreRecord | None:
+    """The store a kept earlier run built for `setting`, when it holds these rows (the same `signature`: size
+    and generator arguments) with its HNSW index built."""
     found = await stores.get(conn, f"vs_recall_{setting}")
-    if found is None or found.dimensions != data.shape[1]:
+    if found is None or found.name != signature:
         return None
     cur = await conn.execute(
         "SELECT (SELECT count(*) FROM pg_indexes WHERE tablename = %s AND indexdef ILIKE '%%USING hnsw%%')",
@@ -106,16 +109,16 @@ async def existing(conn: psycopg.AsyncConnection[Any], setting: str, data: Any) 
 
 
 async def build(
-    conn: psycopg.AsyncConnection[Any], setting: str, data: Any, *, reuse: bool
+    conn: psycopg.AsyncConnection[Any], setting: str, data: Any, *, reuse: bool, signature: str
 ) -> tuple[stores.StoreRecord, dict[str, float]]:
-    if reuse and (kept := await existing(conn, setting, data)) is not None:
+    if reuse and (kept := await existing(conn, setting, data, signature)) is not None:
         log(setting=setting, phase="reused the store built by an earlier run", table=kept.table_name)
         return kept, {}
     found = await stores.get(conn, f"vs_recall_{setting}")
     if found is not None:
         await conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=found.layout.ident))
         await conn.execute("DELETE FROM vector_stores WHERE id = %s", [found.id])
-    record = await new_unindexed_store(conn, f"vs_recall_{setting}", setting, data.shape[1])
+    record = await new_unindexed_store(conn, f"vs_recall_{setting}", setting, data.shape[1], signature)
     layout = record.layout
     rows = (
         tables.ChunkRow(id=f"r{i}", content=f"chunk {i}", embedding=data[i], attributes=attributes_of(i))
@@ -298,7 +301,8 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         log(setting=setting, phase="exact top-10 in numpy done")
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             await register_vector_async(conn)
-            record, built = await build(conn, setting, data, reuse=args.reuse)
+            signature = f"{setting} {args.rows}x{args.dims} clusters {args.clusters} spread {args.spread}"
+            record, built = await build(conn, setting, data, reuse=args.reuse, signature=signature)
         entry: dict[str, Any] = {**built, "fixed": {}, "targets": {}}
         query_list = evaluation.tolist()
         async with AsyncConnectionPool(
@@ -357,7 +361,7 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
                     file=sys.stderr,
                     flush=True,
                 )
-            if args.p99:
+            if args.p99 and setting == args.settings[0]:
                 entry["p99_during_calibration"] = await p99_during_calibration(
                     pool, dsn, record, query_list, traffic, args.targets[0], args.p99_ef_search
                 )
@@ -415,7 +419,9 @@ def main() -> int:
     parser.add_argument("--targets", type=float, nargs="*", default=[0.9, 0.95, 0.98])
     parser.add_argument("--sweep", type=int, nargs="*", default=[20, 40, 100, 200, 400])
     parser.add_argument("--budget", type=float, default=120.0, help="database seconds per calibration")
-    parser.add_argument("--p99", action="store_true", help="also measure search p99 during a calibration")
+    parser.add_argument(
+        "--p99", action="store_true", help="also measure search p99 during a calibration (first setting)"
+    )
     parser.add_argument(
         "--p99-ef-search", type=int, default=64, help="the fixed ef_search of that measurement's searches"
     )
