@@ -76,8 +76,6 @@ CONFIDENCE_Z = 1.28
 mean alone was optimistic: taking the first rung whose noisy estimate crosses the target picks the lucky ones
 (bench/recall_target.py, 40,000 x 768, 50 queries: estimate 0.954, independent measurement 0.922)."""
 EXACT_MAX_MS = 50.0
-LOOK_PAST = 2
-"""Rungs tried past the first that meets the target, in case the planner scans the table at that one."""
 """An exact search slower than this is not a candidate, unless it is faster than the HNSW setting."""
 NOISE = 0.5
 """The noise added to a stored vector to make a query of it, in standard deviations of each dimension over the
@@ -305,30 +303,22 @@ async def _climb(
     target: float,
     budget: Budget,
 ) -> tuple[_Trial | None, _Trial | None]:
-    """(the fastest plan that reaches the target, the best one tried); plans go from cheap to dear.
+    """(the first plan that reaches the target, the best one tried); plans go from cheap to dear.
 
-    Past the first plan that reaches it, `LOOK_PAST` more are tried and the fastest (by p50) kept: pgvector's
-    planner prices an HNSW scan from `ef_search`, and at some values it picks a sequential scan instead (seen
-    at 40,000 x 768: ef_search 100 ran at 300-800 ms where 64 and 128 took a few ms)."""
+    The first is the cheapest: an approximate search is always planned on the index (search/vector.py), so
+    its cost grows with `ef_search`. (Before that guard the planner scanned the table at some rungs, 300-800 ms
+    at ef_search 100 on 40,000 x 768, and the climb tried two rungs more to dodge them.)"""
     best: _Trial | None = None
-    reached: list[_Trial] = []
     for plan in plans:
-        if len(reached) > LOOK_PAST:
-            break
         try:
             trial = await _trial(conn, layout, cases, plan, budget)
         except BudgetExhausted:
             break
         if best is None or trial.worst > best.worst:
             best = trial
-        if trial.worst >= target or reached:
-            reached.append(trial)
-    meeting = [trial for trial in reached if trial.worst >= target]
-    if not meeting:
-        return None, best
-    fastest = min(meeting, key=lambda trial: trial.p50_ms)
-    # A dearer rung is only worth it when it is clearly faster (a different plan), not by timing noise.
-    return (fastest if fastest.p50_ms < 0.5 * meeting[0].p50_ms else meeting[0]), best
+        if trial.worst >= target:
+            return trial, best
+    return None, best
 
 
 def _exact_trial(cases: Sequence[_Case]) -> _Trial:

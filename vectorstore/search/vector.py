@@ -285,9 +285,9 @@ async def _run_nearest(
     params = nearest_params(
         layout, query, where_params, limit, exact=exact, ef_search=ef_search, binary_depth=binary_depth
     )
-    statement: sql.Composable = search_statement(layout, where, exact=exact)
+    statement = search_statement(layout, where, exact=exact)
     if prefix is not None:
-        statement = prefix + statement
+        statement = sql.Composed([prefix, statement])
     return await execute(
         conn,
         statement,
@@ -304,7 +304,7 @@ run_search = metrics.timed_search(find_nearest)
 
 async def execute(
     conn: psycopg.AsyncConnection[Any],
-    statement: sql.Composable,
+    statement: sql.Composed,
     params: Sequence[Any],
     *,
     ef_search: int,
