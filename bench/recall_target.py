@@ -407,6 +407,29 @@ def plot(report: dict[str, Any], path: str, title: str) -> None:
     figure.savefig(path, dpi=110)
 
 
+def from_logs(paths: Sequence[str]) -> dict[str, Any]:
+    """The report's `settings` rebuilt from the progress lines runs wrote on stderr (a run stopped early, or
+    settings measured by separate processes at the same time)."""
+    settings: dict[str, Any] = {}
+    for path in paths:
+        with open(path) as handle:
+            for line in handle:
+                if not line.startswith("{"):
+                    continue
+                item = json.loads(line)
+                if "at" in item:
+                    continue
+                ((setting, value),) = item.items()
+                entry = settings.setdefault(setting, {"fixed": {}, "targets": {}})
+                if "fixed" in value:
+                    entry["fixed"][str(value.pop("fixed"))] = value
+                elif "target" in value:
+                    entry["targets"][str(value.pop("target"))] = value
+                elif "p99_alone_ms" in value:
+                    entry["p99_during_calibration"] = value
+    return settings
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=50000)
@@ -435,7 +458,20 @@ def main() -> int:
         "--reuse", action="store_true", help="use the stores an earlier run left in --keep when they hold these rows"
     )
     parser.add_argument("--json")
+    parser.add_argument(
+        "--from-logs", nargs="*", default=[], help="no run: plot and report from earlier runs' stderr progress lines"
+    )
     args = parser.parse_args()
+    if args.from_logs:
+        settings = from_logs(args.from_logs)
+        if args.plot:
+            plot(
+                settings,
+                args.plot,
+                f"{args.rows:,} x {args.dims}, clustered; recall vs QPS (busy shared 2-core machine)",
+            )
+        finish_report({"settings": settings, "from_logs": args.from_logs}, args.json)
+        return 0
     started = time.perf_counter()
     with bench_server(args.keep) as server_dsn:
         dsn = fresh_database(server_dsn, "recall_target_bench", reuse=args.reuse)
