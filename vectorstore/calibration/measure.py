@@ -226,7 +226,10 @@ async def _cases(
     for query in queries:
         if len(cases) >= MIN_QUERIES and budget.spent >= share * budget.db_seconds:
             break
-        truth, took = await budget.run(functools.partial(_nearest, conn, layout, query, where, params, exact))
+        try:
+            truth, took = await budget.run(functools.partial(_nearest, conn, layout, query, where, params, exact))
+        except BudgetExhausted:
+            break  # what was measured stands; the caller decides whether it is enough
         if truth:
             cases.append(_Case(query, where, tuple(params), truth, took, filter_index))
     return cases
@@ -472,9 +475,15 @@ async def calibrate(
         floor = fixed.ef_search if fixed else vector.binary_candidates(K, floor_ef_search)
 
     cases = await _cases(conn, layout, queries, vector.NO_FILTER, (), budget, share=TRUTH_SHARE)
+    if len(cases) < MIN_QUERIES:
+        # The budget can't pay for even MIN_QUERIES exact scans of this store: give up (the service logs it
+        # and keeps the settings in use) rather than choose from an interval too wide.
+        raise BudgetExhausted
     reached, best = await _climb(
         conn, layout, cases, _unfiltered_plans(layout, declared_ef_search, floor), target, budget
     )
+    if best is None:
+        raise BudgetExhausted  # not one setting measured: nothing to choose from (an exact scan by default)
     exact = _exact_trial(cases) if allow_exact else None
     # A declared ef_search is kept as is: measured, never swapped for another setting or an exact scan.
     chosen = _choose(reached, best, exact if declared_ef_search is None else None)
