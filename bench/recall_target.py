@@ -83,36 +83,78 @@ def filters_for(rows: int) -> list[tuple[str, str, dict[str, Any], Any]]:
     ]
 
 
-async def build(conn: psycopg.AsyncConnection[Any], setting: str, data: Any) -> tuple[stores.StoreRecord, float]:
-    record = await new_unindexed_store(conn, f"vs_recall_{setting}", setting, data.shape[1])
+def log(**fields: Any) -> None:
+    """A progress line on stderr (a long run is followed with `tail -f`)."""
+    print(json.dumps({"at": time.strftime("%H:%M:%S"), **fields}), file=sys.stderr, flush=True)
+
+
+async def existing(
+    conn: psycopg.AsyncConnection[Any], setting: str, data: Any, signature: str
+) -> stores.StoreRecord | None:
+    """The store a kept earlier run built for `setting`, when it holds these rows (the same `signature`: size
+    and generator arguments) with its HNSW index built."""
+    found = await stores.get(conn, f"vs_recall_{setting}")
+    if found is None or found.name != signature:
+        return None
+    cur = await conn.execute(
+        "SELECT (SELECT count(*) FROM pg_indexes WHERE tablename = %s AND indexdef ILIKE '%%USING hnsw%%')",
+        [found.table_name],
+    )
+    row = await cur.fetchone()
+    count = await conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=found.layout.ident))
+    rows = await count.fetchone()
+    if not row or not row[0] or not rows or rows[0] != len(data):
+        return None
+    return found
+
+
+async def build(
+    conn: psycopg.AsyncConnection[Any], setting: str, data: Any, *, reuse: bool, signature: str
+) -> tuple[stores.StoreRecord, dict[str, float]]:
+    if reuse and (kept := await existing(conn, setting, data, signature)) is not None:
+        log(setting=setting, phase="reused the store built by an earlier run", table=kept.table_name)
+        return kept, {}
+    found = await stores.get(conn, f"vs_recall_{setting}")
+    if found is not None:
+        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=found.layout.ident))
+        await conn.execute("DELETE FROM vector_stores WHERE id = %s", [found.id])
+    record = await new_unindexed_store(conn, f"vs_recall_{setting}", setting, data.shape[1], name=signature)
     layout = record.layout
     rows = (
         tables.ChunkRow(id=f"r{i}", content=f"chunk {i}", embedding=data[i], attributes=attributes_of(i))
         for i in range(len(data))
     )
+    started = time.perf_counter()
     async with conn.transaction():
         await tables.copy_chunks(conn, layout, rows)
-    await conn.execute("SET maintenance_work_mem = '2GB'")
+    copied = time.perf_counter() - started
+    log(setting=setting, phase="copied", seconds=round(copied, 1))
+    # The graph must fit in maintenance_work_mem or pgvector builds it on disk, many times slower
+    # (docs/benchmarks.md, large stores); one parallel worker on two cores.
+    await conn.execute("SET maintenance_work_mem = '8GB'")
+    await conn.execute("SET max_parallel_maintenance_workers = 1")
     started = time.perf_counter()
     for statement in tables.index_statements(layout):
         await conn.execute(statement)
     built = time.perf_counter() - started
+    log(setting=setting, phase="index built", seconds=round(built, 1))
     # ANALYZE and the registry's row count, as the server's writers leave them (search/statistics.py).
     await store_statistics.keep_current(conn, record, force=True)
     found = await stores.get(conn, record.id)
     assert found is not None
-    return found, built
+    return found, {"copy_seconds": round(copied, 1), "index_build_seconds": round(built, 1)}
 
 
 def truth(stored: Any, queries: Any, mask: Any | None) -> list[list[str]]:
     """Exact top-10 ids per query among the rows `mask` keeps (all when None), over the stored precision."""
     ids = np.arange(len(stored)) if mask is None else np.flatnonzero(mask)
-    subset = stored[ids]
+    subset = stored if mask is None else stored[ids]
     out: list[list[str]] = []
     for start in range(0, len(queries), 50):
         scores = queries[start : start + 50] @ subset.T
-        top = np.argsort(-scores, axis=1)[:, :K]
-        out += [[f"r{ids[i]}" for i in row] for row in top]
+        part = np.argpartition(-scores, K, axis=1)[:, :K]
+        ordered = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1), axis=1)
+        out += [[f"r{ids[i]}" for i in row] for row in ordered]
     return out
 
 
@@ -255,10 +297,13 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         truths = {"unfiltered": truth(stored, evaluation, None)} | {
             name: truth(stored, evaluation, mask) for name, _, _, mask in filters
         }
+        del stored
+        log(setting=setting, phase="exact top-10 in numpy done")
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             await register_vector_async(conn)
-            record, built = await build(conn, setting, data)
-        entry: dict[str, Any] = {"index_build_seconds": round(built, 1), "fixed": {}, "targets": {}}
+            signature = f"{setting} {args.rows}x{args.dims} clusters {args.clusters} spread {args.spread}"
+            record, built = await build(conn, setting, data, reuse=args.reuse, signature=signature)
+        entry: dict[str, Any] = {**built, "fixed": {}, "targets": {}}
         query_list = evaluation.tolist()
         async with AsyncConnectionPool(
             dsn, min_size=16, max_size=16, configure=register_vector_async, open=False
@@ -281,6 +326,7 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
                 )
                 print(json.dumps({setting: {"fixed": ef, **entry["fixed"][str(ef)]}}), file=sys.stderr, flush=True)
             for target in args.targets:
+                log(setting=setting, phase="calibrating", target=target)
                 async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
                     await register_vector_async(conn)
                     started = time.perf_counter()
@@ -315,7 +361,7 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
                     file=sys.stderr,
                     flush=True,
                 )
-            if args.p99:
+            if args.p99 and setting == args.settings[0]:
                 entry["p99_during_calibration"] = await p99_during_calibration(
                     pool, dsn, record, query_list, traffic, args.targets[0], args.p99_ef_search
                 )
@@ -361,6 +407,29 @@ def plot(report: dict[str, Any], path: str, title: str) -> None:
     figure.savefig(path, dpi=110)
 
 
+def from_logs(paths: Sequence[str]) -> dict[str, Any]:
+    """The report's `settings` rebuilt from the progress lines runs wrote on stderr (a run stopped early, or
+    settings measured by separate processes at the same time)."""
+    settings: dict[str, Any] = {}
+    for path in paths:
+        with open(path) as handle:
+            for line in handle:
+                if not line.startswith("{"):
+                    continue
+                item = json.loads(line)
+                if "at" in item:
+                    continue
+                ((setting, value),) = item.items()
+                entry = settings.setdefault(setting, {"fixed": {}, "targets": {}})
+                if "fixed" in value:
+                    entry["fixed"][str(value.pop("fixed"))] = value
+                elif "target" in value:
+                    entry["targets"][str(value.pop("target"))] = value
+                elif "p99_alone_ms" in value:
+                    entry["p99_during_calibration"] = value
+    return settings
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=50000)
@@ -371,9 +440,11 @@ def main() -> int:
     parser.add_argument("--traffic", type=int, default=measure.QUERIES, help="queries the calibration samples")
     parser.add_argument("--settings", nargs="+", default=["none", "halfvec"])
     parser.add_argument("--targets", type=float, nargs="*", default=[0.9, 0.95, 0.98])
-    parser.add_argument("--sweep", type=int, nargs="+", default=[20, 40, 100, 200, 400])
+    parser.add_argument("--sweep", type=int, nargs="*", default=[20, 40, 100, 200, 400])
     parser.add_argument("--budget", type=float, default=120.0, help="database seconds per calibration")
-    parser.add_argument("--p99", action="store_true", help="also measure search p99 during a calibration")
+    parser.add_argument(
+        "--p99", action="store_true", help="also measure search p99 during a calibration (first setting)"
+    )
     parser.add_argument(
         "--p99-ef-search", type=int, default=64, help="the fixed ef_search of that measurement's searches"
     )
@@ -382,11 +453,28 @@ def main() -> int:
     )
     parser.add_argument("--plot", help="write the recall/QPS plot here (PNG)")
     parser.add_argument("--drop", action="store_true")
+    parser.add_argument("--keep", help="a data directory for the embedded server that outlives the run")
+    parser.add_argument(
+        "--reuse", action="store_true", help="use the stores an earlier run left in --keep when they hold these rows"
+    )
     parser.add_argument("--json")
+    parser.add_argument(
+        "--from-logs", nargs="*", default=[], help="no run: plot and report from earlier runs' stderr progress lines"
+    )
     args = parser.parse_args()
+    if args.from_logs:
+        settings = from_logs(args.from_logs)
+        if args.plot:
+            plot(
+                settings,
+                args.plot,
+                f"{args.rows:,} x {args.dims}, clustered; recall vs QPS (busy shared 2-core machine)",
+            )
+        finish_report({"settings": settings, "from_logs": args.from_logs}, args.json)
+        return 0
     started = time.perf_counter()
-    with bench_server() as server_dsn:
-        dsn = fresh_database(server_dsn, "recall_target_bench")
+    with bench_server(args.keep) as server_dsn:
+        dsn = fresh_database(server_dsn, "recall_target_bench", reuse=args.reuse)
         report: dict[str, Any] = {"settings": asyncio.run(bench(args, dsn))}
     report["args"] = {key: value for key, value in vars(args).items() if key not in ("json", "plot")}
     report["wall_seconds"] = round(time.perf_counter() - started)

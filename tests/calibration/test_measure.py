@@ -115,7 +115,7 @@ async def test_without_traffic_it_never_goes_below_the_fixed_setting(db: psycopg
 
 async def test_cost_is_bounded_by_the_budget(db: psycopg.AsyncConnection[Any]) -> None:
     record = await _store(db)
-    budget = measure.Budget(db_seconds=0.3, db_share=0.5)
+    budget = measure.Budget(db_seconds=1.0, db_share=0.5)
     started = time.perf_counter()
     result = await measure.calibrate(
         db,
@@ -128,7 +128,7 @@ async def test_cost_is_bounded_by_the_budget(db: psycopg.AsyncConnection[Any]) -
     )
     wall = time.perf_counter() - started
     # It stops at the budget (plus the one statement running when it ran out) ...
-    assert result.db_seconds == round(budget.spent, 3) and budget.spent - budget.longest <= 0.3, budget
+    assert result.db_seconds == round(budget.spent, 3) and budget.spent - budget.longest <= 1.0, budget
     # ... and kept to half a core meanwhile: it slept at least as long as the database worked.
     assert wall >= 2 * result.db_seconds * 0.9
     # What it measured before running out stands, reported as such.

@@ -14,6 +14,15 @@ The settings are session-level on the pooled connection and sent only when they 
 connection already has (remembered per connection), so a typical search is one statement, one round trip, in
 autocommit: measured in bench/search_http.py, a transaction with SET LOCAL cost 3-4 round trips per search.
 The hnsw.* settings only affect HNSW scans, so other users of the connection are unaffected.
+
+An approximate search also runs with `enable_seqscan` off, in its own transaction sent as one pipeline (one
+round trip): the planner would otherwise scan the whole table at some sizes and `ef_search` values. Its cost
+of a sequential scan leaves out reading the vectors from TOAST (a 768-d vector is 3 KB, out of line; the heap
+row is ~100 bytes), and pgvector's HNSW estimate only corrects for that once the pages the walk reads
+outnumber the heap's. In between the table scan looks cheaper: at 40,000 x 768, `ef_search` 100 and 128 were
+planned as a scan and sort (cost 2,384 against the index's ~2,400-2,700; 600-800 ms a search, where 64 and 200
+took a few ms on the index). The setting is local to that transaction, so it never reaches another user of
+the pooled connection. Exact searches (`exact`, the `+ 0` form) keep the planner's choice.
 """
 
 from __future__ import annotations
@@ -67,6 +76,8 @@ _applied: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], tuple[str, str
 
 
 NO_FILTER = sql.SQL("TRUE")
+
+NO_TABLE_SCAN = "SET LOCAL enable_seqscan = off"
 
 
 @dataclass(frozen=True)
@@ -224,20 +235,68 @@ async def find_nearest(
 ) -> list[Hit]:
     """Run the search on `conn` (idle, not in a transaction) and return hits, closest first. Not timed:
     `run_search` is the one searches use; the recall calibration measures through this one."""
+    rows = await _run_nearest(
+        conn, layout, embedding, None, limit, ef_search, where, where_params, iterative, exact, max_scan_tuples,
+        binary_depth,
+    )  # fmt: skip
+    return [Hit(str(r[0]), r[1], r[2], r[3], r[4], float(r[5]), score_of(layout.distance, float(r[5]))) for r in rows]
+
+
+async def explain_nearest(
+    conn: psycopg.AsyncConnection[Any],
+    layout: Layout,
+    embedding: Sequence[float],
+    *,
+    limit: int,
+    ef_search: int,
+    where: sql.Composable = NO_FILTER,
+    where_params: Sequence[Any] = (),
+    exact: bool = False,
+    max_scan_tuples: int = MAX_SCAN_TUPLES,
+    binary_depth: int | None = None,
+    no_table_scan: bool | None = None,
+) -> str:
+    """The plan (`EXPLAIN`, text) of the statement `find_nearest` runs, planned exactly as it is planned there:
+    same statement, parameters, settings and transaction. `no_table_scan=False` plans it without the guard
+    against a table scan (to show what the planner would do unguarded)."""
+    rows = await _run_nearest(
+        conn, layout, embedding, sql.SQL("EXPLAIN "), limit, ef_search, where, where_params, "relaxed_order", exact,
+        max_scan_tuples, binary_depth, no_table_scan,
+    )  # fmt: skip
+    return "\n".join(str(row[0]) for row in rows)
+
+
+async def _run_nearest(
+    conn: psycopg.AsyncConnection[Any],
+    layout: Layout,
+    embedding: Sequence[float],
+    prefix: sql.Composable | None,
+    limit: int,
+    ef_search: int,
+    where: sql.Composable,
+    where_params: Sequence[Any],
+    iterative: str,
+    exact: bool,
+    max_scan_tuples: int,
+    binary_depth: int | None,
+    no_table_scan: bool | None = None,
+) -> list[TupleRow]:
     query = layout.to_db(embedding)
     params = nearest_params(
         layout, query, where_params, limit, exact=exact, ef_search=ef_search, binary_depth=binary_depth
     )
     statement = search_statement(layout, where, exact=exact)
-    rows = await execute(
+    if prefix is not None:
+        statement = sql.Composed([prefix, statement])
+    return await execute(
         conn,
         statement,
         params,
         ef_search=index_ef_search(layout, ef_search, limit, binary_depth),
         iterative=iterative,
         max_scan_tuples=max_scan_tuples,
+        no_table_scan=not exact if no_table_scan is None else no_table_scan,
     )
-    return [Hit(str(r[0]), r[1], r[2], r[3], r[4], float(r[5]), score_of(layout.distance, float(r[5]))) for r in rows]
 
 
 run_search = metrics.timed_search(find_nearest)
@@ -251,8 +310,10 @@ async def execute(
     ef_search: int,
     iterative: str = "relaxed_order",
     max_scan_tuples: int = MAX_SCAN_TUPLES,
+    no_table_scan: bool = False,
 ) -> list[TupleRow]:
-    """Run one search statement in autocommit with the HNSW settings it needs, sent only when they change."""
+    """Run one search statement in autocommit with the HNSW settings it needs, sent only when they change.
+    `no_table_scan`: plan it with `enable_seqscan` off, local to its own transaction (the module says why)."""
     wanted = (str(ef_search), iterative, str(max_scan_tuples))
     autocommit = conn.autocommit
     if not autocommit:
@@ -265,7 +326,13 @@ async def execute(
                 list(wanted),
             )
             _applied[conn] = wanted
-        cur: psycopg.AsyncCursor[TupleRow] = await conn.execute(statement, params)
+        if not no_table_scan:
+            cur: psycopg.AsyncCursor[TupleRow] = await conn.execute(statement, params)
+            return await cur.fetchall()
+        # BEGIN, the local setting, the search and COMMIT go out together and come back together.
+        async with conn.pipeline(), conn.transaction():
+            await conn.execute(NO_TABLE_SCAN)
+            cur = await conn.execute(statement, params)
         return await cur.fetchall()
     finally:
         if not autocommit:
