@@ -105,8 +105,8 @@ async def new_store(
             await conn.execute(tables.drop_index_statement(record.layout))
         if not postings:  # the table as it was before keyword postings (migration 0400)
             t = record.layout.ident
-            for event in ("insert", "update", "delete"):
-                name = sql.Identifier(f"{record.table_name}_postings_{event}")
+            for event, _, _ in tables.POSTINGS_EVENTS:
+                name = sql.Identifier(tables.postings_trigger(record.table_name, event))
                 await conn.execute(sql.SQL("DROP TRIGGER {name} ON {t}").format(name=name, t=t))
             await conn.execute(
                 sql.SQL("DROP TABLE {p}").format(p=sql.Identifier(tables.postings_table(record.table_name)))

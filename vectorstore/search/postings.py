@@ -71,9 +71,7 @@ async def is_ready(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
     checked = _not_ready_checked.get(table)
     if checked is not None and time.monotonic() - checked < NOT_READY_RECHECK_SECONDS:
         return False
-    probe = sql.SQL("SELECT tf FROM {p} WHERE lexeme = '' AND id IS NULL").format(
-        p=sql.Identifier(postings_table(table))
-    )
+    probe = sql.SQL("SELECT 1 FROM {p} WHERE lexeme = 0 AND id = ''").format(p=sql.Identifier(postings_table(table)))
     try:
         # In its own transaction, so a missing table leaves the caller's connection usable and idle.
         async with conn.transaction():
@@ -81,7 +79,7 @@ async def is_ready(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
             row = await cur.fetchone()
     except pg_errors.UndefinedTable:
         row = None
-    ready = bool(row and row[0] == 1)
+    ready = row is not None
     if ready:
         _ready.add(table)
         _not_ready_checked.pop(table, None)
@@ -105,7 +103,7 @@ def terms_cte(stats: text.TextStats, layout: Layout, query_text: str) -> tuple[s
     """`terms(word, df, idf)` (rarest first, at most text.MAX_TERMS) and `words(all_words, all_idfs)`."""
     statement = sql.SQL(
         "terms AS MATERIALIZED ("
-        " SELECT l.lexeme AS word, d.df,"
+        " SELECT l.lexeme AS word, vectorstore_lexeme_key(l.lexeme) AS key, d.df,"
         " CASE WHEN %s::float8 > 0 THEN ln(1 + greatest(%s::float8 - d.df + 0.5, 0) / (d.df + 0.5)) ELSE 1.0 END"
         " AS idf"
         " FROM unnest(to_tsvector(%s::regconfig, %s)) AS l"
@@ -113,7 +111,7 @@ def terms_cte(stats: text.TextStats, layout: Layout, query_text: str) -> tuple[s
         # COALESCE evaluates the count only for a lexeme ANALYZE did not list, i.e. a rare one.
         " CROSS JOIN LATERAL (SELECT coalesce("
         " (SELECT s.freq * %s::float8 FROM text_stats AS s WHERE s.vector_store_id = %s AND s.lexeme = l.lexeme),"
-        " (SELECT count(*) FROM {p} AS p WHERE p.lexeme = l.lexeme))::float8 AS df) AS d"
+        " (SELECT count(*) FROM {p} AS p WHERE p.lexeme = vectorstore_lexeme_key(l.lexeme)))::float8 AS df) AS d"
         " ORDER BY idf DESC, word LIMIT {max_terms}),"
         " words AS MATERIALIZED ("
         " SELECT array_agg(word ORDER BY word) AS all_words, array_agg(idf ORDER BY word) AS all_idfs FROM terms)"
@@ -122,105 +120,102 @@ def terms_cte(stats: text.TextStats, layout: Layout, query_text: str) -> tuple[s
     return statement, params
 
 
+def _level(
+    n: int,
+    layout: Layout,
+    exact: sql.Composable,
+    k: int,
+    limit: int | None,
+    gate: sql.Composable,
+) -> sql.Composed:
+    """The CTEs of one try at depth `limit` postings per term (None: whole lists), named `<cte>_<n>`, evaluated
+    only when `gate` holds (an uncorrelated condition: PostgreSQL skips the whole plan below it otherwise)."""
+    per_term = sql.SQL("") if limit is None else sql.SQL(" LIMIT {}").format(sql.Literal(limit))
+    full = sql.SQL("false") if limit is None else sql.SQL("count(l.id) >= {}").format(sql.Literal(limit))
+    return sql.SQL(
+        # 1. Each term's best postings (one range scan of the index each).
+        " lists_{n} AS MATERIALIZED ("
+        " SELECT t.word, t.idf, p.id, p.impact FROM terms AS t"
+        " CROSS JOIN LATERAL (SELECT id, impact FROM {p} WHERE lexeme = t.key ORDER BY impact DESC{per_term}) AS p"
+        " WHERE {gate}),"
+        # 2. What a term can add to a chunk not among the postings read of it: the weight of the last one read
+        # (0 when its whole list was read), allowing for the drift of the mean length.
+        " maxima_{n} AS MATERIALIZED ("
+        " SELECT t.word, CASE WHEN {full} THEN t.idf * min(l.impact) * f.up ELSE 0 END AS bound"
+        " FROM terms AS t CROSS JOIN factors AS f LEFT JOIN lists_{n} AS l ON l.word = t.word"
+        " GROUP BY t.word, t.idf, f.up),"
+        " unseen_{n} AS MATERIALIZED (SELECT coalesce(sum(bound), 0) AS total FROM maxima_{n}),"
+        # 3. Each chunk seen: a lower bound (what was seen of it) and an upper bound (plus the bound of every
+        # term it was not seen under).
+        " seen_{n} AS MATERIALIZED ("
+        " SELECT s.id, sum(s.w) * f.lo AS lower, sum(s.w) * f.up + u.total - sum(s.bound) AS upper FROM ("
+        " SELECT l.id, l.word, max(l.idf * l.impact) AS w, max(m.bound) AS bound"
+        " FROM lists_{n} AS l JOIN maxima_{n} AS m USING (word) GROUP BY l.id, l.word) AS s"
+        " CROSS JOIN factors AS f CROSS JOIN unseen_{n} AS u GROUP BY s.id, f.lo, f.up, u.total),"
+        # 4. theta: the k-th best exact score (from fts) among the k chunks with the best lower bounds.
+        " top_{n} AS MATERIALIZED ("
+        " SELECT s.id, {exact} AS score FROM (SELECT id FROM seen_{n} ORDER BY lower DESC, id LIMIT {k}) AS s"
+        " JOIN {t} AS r ON r.id = s.id),"
+        " theta_{n} AS MATERIALIZED ("
+        " SELECT coalesce((SELECT score FROM top_{n} ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0) AS lower),"
+        # 5. Done when no chunk left unseen can reach theta (or every list was read whole).
+        " cert_{n} AS MATERIALIZED ("
+        " SELECT (u.total = 0 OR u.total < th.lower) AS ok FROM unseen_{n} AS u, theta_{n} AS th),"
+        # 6. Exact scores of every other chunk seen whose upper bound reaches theta.
+        " scored_{n} AS MATERIALIZED ("
+        " SELECT id, score FROM top_{n} UNION ALL"
+        " SELECT s.id, {exact} FROM seen_{n} AS s JOIN {t} AS r ON r.id = s.id CROSS JOIN theta_{n} AS th"
+        " WHERE s.upper >= th.lower AND s.id NOT IN (SELECT id FROM top_{n})),"
+    ).format(
+        n=sql.SQL(str(n)),
+        p=sql.Identifier(postings_table(layout.table)),
+        t=layout.ident,
+        per_term=per_term,
+        full=full,
+        gate=gate,
+        exact=exact,
+        k=sql.Literal(k),
+        kth=sql.Literal(k - 1),
+    )
+
+
+DEEPER = 8
+"""The second try reads this many times the first's postings per term; the third reads whole lists."""
+
+
 def keyword_leg(
     stats: text.TextStats, layout: Layout, k: int, postings_per_term: int
 ) -> tuple[sql.Composed, list[Any]]:
     """`kw(id, score, rank)`: the k best rows by BM25 (needs `terms` and `words`)."""
     avgdl = stats.avg_length
-    weight = sql.SQL("l.idf * l.tf * {k1p} / (l.tf + {k1} * (1 - {b} + {b} * l.dl / %s::float8))").format(
-        k1p=sql.Literal(text.K1 + 1), k1=sql.Literal(text.K1), b=sql.Literal(text.B)
-    )
-    probe_weight = sql.SQL("o.idf * q.tf * {k1p} / (q.tf + {k1} * (1 - {b} + {b} * q.dl / %s::float8))").format(
-        k1p=sql.Literal(text.K1 + 1), k1=sql.Literal(text.K1), b=sql.Literal(text.B)
-    )
-    exact_score, exact_params = text.bm25_expression(stats, "r")
+    exact, exact_params = text.bm25_expression(stats, "r")
+    levels = [
+        _level(1, layout, exact, k, postings_per_term, sql.SQL("true")),
+        _level(2, layout, exact, k, DEEPER * postings_per_term, sql.SQL("NOT (SELECT ok FROM cert_1)")),
+        _level(3, layout, exact, k, None, sql.SQL("NOT (SELECT ok FROM cert_1) AND NOT (SELECT ok FROM cert_2)")),
+    ]
     statement = sql.SQL(
-        "ref AS MATERIALIZED (SELECT impact::float8 AS aref FROM {p} WHERE lexeme = '' AND id IS NULL),"
-        # 1. Each term's best postings.
-        " lists AS MATERIALIZED ("
-        " SELECT t.word, t.idf, p.id, p.tf, p.dl, p.impact FROM terms AS t"
-        " CROSS JOIN LATERAL (SELECT id, tf, dl, impact FROM {p} WHERE lexeme = t.word"
-        " ORDER BY impact DESC LIMIT {per_term}) AS p),"
-        # 2. What a term can add to any chunk at most: its best posting's weight (bounded for drift).
-        # ... and what it can add to a chunk not among its best postings: the weight of the last one read (0 when
-        # all were read).
-        " maxima AS MATERIALIZED ("
-        " SELECT t.word, coalesce(t.idf * max(l.impact) * greatest(1, %s::float8 / ref.aref) * {rounding}, 0)"
-        " AS maxscore,"
-        " CASE WHEN count(l.id) >= {per_term}"
-        " THEN t.idf * min(l.impact) * greatest(1, %s::float8 / ref.aref) * {rounding} ELSE 0 END AS bound"
-        " FROM terms AS t CROSS JOIN ref LEFT JOIN lists AS l ON l.word = t.word"
-        " GROUP BY t.word, t.idf, ref.aref),"
-        # 3. theta: a lower bound of the k-th best score: the k-th best exact score among the chunks with the
-        # most weight seen in step 1.
-        " theta AS MATERIALIZED ("
-        " SELECT coalesce((SELECT {exact} AS score FROM ("
-        " SELECT l.id FROM lists AS l GROUP BY l.id ORDER BY sum({weight}) DESC, l.id LIMIT {theta_k}) AS top"
-        " JOIN {t} AS r ON r.id = top.id ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0) AS lower),"
-        # 4. MaxScore: the weakest terms whose maxima add up to less than theta can't put a chunk in the top
-        # k by themselves; every other term is essential and read in full.
-        " split AS MATERIALIZED ("
-        " SELECT m.word, sum(m.maxscore) OVER (ORDER BY m.maxscore, m.word) >= theta.lower AS essential"
-        " FROM maxima AS m, theta),"
-        # A chunk's other terms add at most their bound, or what step 1 saw of them.
-        " rest AS MATERIALIZED ("
-        " SELECT coalesce(sum(m.bound), 0) AS total FROM maxima AS m JOIN split AS s USING (word)"
-        " WHERE NOT s.essential),"
-        " known AS MATERIALIZED ("
-        " SELECT l.id, sum({weight}) AS seen, sum(m.bound) AS seen_bound"
-        " FROM lists AS l JOIN split AS s USING (word) JOIN maxima AS m USING (word) WHERE NOT s.essential"
-        " GROUP BY l.id),"
-        " cand AS MATERIALIZED ("
-        " SELECT l.id, sum({weight}) AS part FROM ("
-        " SELECT t.word, t.idf, p.id, p.tf, p.dl FROM split AS s JOIN terms AS t USING (word)"
-        " CROSS JOIN LATERAL (SELECT id, tf, dl FROM {p} WHERE lexeme = t.word) AS p WHERE s.essential) AS l"
-        " GROUP BY l.id),"
-        # 5. Each candidate's lower bound (its essential part plus what step 1 saw of its other terms) and upper
-        # bound (plus the bound of the other terms it was not seen under).
-        # (One aggregate rather than a join: the planner can't estimate these CTEs and would nest loops.)
-        " bounded AS MATERIALIZED ("
-        " SELECT u.id, sum(u.part) AS part, sum(u.part) + sum(u.seen) AS lower,"
-        " sum(u.part) + rest.total - sum(u.seen_bound) + sum(u.seen) AS upper FROM ("
-        " SELECT id, part, 0::float8 AS seen, 0::float8 AS seen_bound, true AS essential FROM cand"
-        " UNION ALL SELECT id, 0, seen, seen_bound, false FROM known) AS u CROSS JOIN rest"
-        " GROUP BY u.id, rest.total HAVING bool_or(u.essential)),"
-        # A candidate's exact score: its essential part plus its other terms' weights, each one probe of the
-        # (lexeme, id) index.
-        " others AS MATERIALIZED ("
-        " SELECT t.word, t.idf FROM split AS s JOIN terms AS t USING (word) WHERE NOT s.essential),"
-        # 6. A better theta: the exact scores of the k candidates with the best lower bounds.
-        " first AS MATERIALIZED ("
-        " SELECT top.id, top.part + coalesce((SELECT sum({probe_weight}) FROM others AS o"
-        " JOIN {p} AS q ON q.lexeme = o.word AND q.id = top.id), 0) AS score"
-        " FROM (SELECT id, part FROM bounded ORDER BY lower DESC, id LIMIT {k}) AS top),"
-        " theta2 AS MATERIALIZED ("
-        " SELECT greatest(theta.lower,"
-        " coalesce((SELECT score FROM first ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0)) AS lower FROM theta),"
-        # 7. Exact BM25 of every other candidate whose upper bound reaches it.
-        " scored AS MATERIALIZED ("
-        " SELECT id, score FROM first UNION ALL"
-        " SELECT b.id, b.part + coalesce((SELECT sum({probe_weight}) FROM others AS o"
-        " JOIN {p} AS q ON q.lexeme = o.word AND q.id = b.id), 0)"
-        " FROM bounded AS b CROSS JOIN theta2"
-        " WHERE b.upper >= theta2.lower AND b.id NOT IN (SELECT id FROM first)),"
+        "ref AS MATERIALIZED (SELECT impact::float8 AS aref FROM {p} WHERE lexeme = 0 AND id IS NULL),"
+        # A weight at the store's mean length A is at most max(1, A / A_ref) and at least min(1, A / A_ref)
+        # times its impact at the reference A_ref (the impacts are float4: allow for their rounding).
+        " factors AS MATERIALIZED ("
+        " SELECT greatest(1, %s::float8 / aref) * {rounding} AS up, least(1, %s::float8 / aref) / {rounding} AS lo"
+        " FROM ref),"
+        "{levels}"
         " kw AS ("
         " SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS rank FROM ("
-        " SELECT id, score FROM scored ORDER BY score DESC, id LIMIT {k}) AS s)"
+        " SELECT id, score FROM ("
+        " SELECT id, score FROM scored_1 WHERE (SELECT ok FROM cert_1)"
+        " UNION ALL SELECT id, score FROM scored_2 WHERE (SELECT ok FROM cert_2)"
+        " UNION ALL SELECT id, score FROM scored_3) AS a"
+        " ORDER BY score DESC, id LIMIT {k}) AS s)"
     ).format(
         p=sql.Identifier(postings_table(layout.table)),
-        t=layout.ident,
-        weight=weight,
-        probe_weight=probe_weight,
-        exact=exact_score,
         rounding=sql.Literal(_ROUNDING),
-        # Row counts as literals, not parameters: see vector.nearest.
-        per_term=sql.Literal(postings_per_term),
-        theta_k=sql.Literal(THETA_FACTOR * k),
-        kth=sql.Literal(k - 1),
+        levels=sql.SQL("").join(levels),
         k=sql.Literal(k),
     )
-    # In placeholder order: maxima (2), theta (the exact score's, then one weight), known, cand, first, scored.
-    params: list[Any] = [avgdl, avgdl, *exact_params, avgdl, avgdl, avgdl, avgdl, avgdl]
+    params: list[Any] = [avgdl, avgdl, *(exact_params * 6)]
     return statement, params
 
 
