@@ -1,37 +1,39 @@
 """Keyword search's BM25 top-k through impact-ordered postings: read a few hundred postings, not every match.
 
-Each chunk table `<t>` has `<t>_postings (lexeme, impact, id, tf, dl)` (vectorstore/storage/tables.py, migration
-0400), indexed by (lexeme, impact DESC) and by (lexeme, id), with the rest included. `impact` is the BM25 weight
-tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / A_ref)) at the table's reference mean length A_ref; its order within
-a lexeme is the order of the real BM25 term weight at the store's current mean length A when A = A_ref.
+Each chunk table `<t>` has `<t>_impacts (lexeme, impact, id)` (vectorstore/storage/tables.py, migration 0410):
+one row per (lexeme, chunk), `lexeme` the lexeme's 64-bit hash, and ONE b-tree on (lexeme, impact DESC, id).
+`impact` is the BM25 term weight tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / A_ref)) at the table's reference
+mean length A_ref; at the store's current mean length A a weight is at most max(1, A / A_ref) and at least
+min(1, A / A_ref) times its impact, so bounds hold whatever the drift.
 
-One statement finds the exact top k of BM25 (the same score as vectorstore/search/text.py) with MaxScore
-(Turtle & Flood, 1995) over impact-ordered lists:
+One statement finds the exact top k of BM25 (the same score as vectorstore/search/text.py), a threshold
+algorithm over impact-ordered lists (Fagin's NRA, or Anh & Moffat's score-at-a-time with an exact finish), in
+up to three tries of growing depth, each run only when the one before could not certify its answer (a gate
+PostgreSQL evaluates once and skips the plan below when false):
 
-1. For each query term, its `per_term(k)` best postings by impact (one index range scan each).
-2. Bounds per term: `maxscore`, the most it can add to any chunk (its best posting's weight), and `bound`, the
-   most it can add to a chunk not among the postings read (the last one's weight; 0 when all were read). A
-   weight grows with the store's mean length A by at most A / A_ref from the reference A_ref (for A <= A_ref
-   it only shrinks), so both are multiplied by max(1, A / A_ref): they hold whatever the drift.
-3. theta, a lower bound of the k-th best score: the exact BM25 (from `fts`) of the k chunks with the most
-   weight seen in step 1.
-4. The weakest terms whose maxscores add up to less than theta can't put a chunk in the top k by themselves;
-   every other term is essential and read in full. Candidates are the chunks of the essential lists, with the
-   exact essential part of their score.
-5. A candidate's lower bound adds what step 1 saw of its other terms; its upper bound also adds the `bound` of
-   the other terms it was not seen under. A second theta is the k-th best exact score of the k candidates with
-   the best lower bounds; then every candidate whose upper bound reaches it is scored exactly: its essential
-   part plus one probe of the (lexeme, id) index per other term.
+1. For each query term, its `depth` best postings by impact (one index range scan each; the first try reads
+   `per_term(k)`, the second DEEPER times that, the third whole lists).
+2. Each term's `bound`: the most it can add to a chunk not among its postings read, the weight of the last
+   one read (0 when its whole list was read). Their sum bounds the score of any chunk not seen at all.
+3. Each chunk seen gets a lower bound (its weights seen) and an upper bound (plus the bound of each term it
+   was not seen under).
+4. theta: the k-th best exact BM25 (computed from the chunk's `fts`) among the k chunks with the best lower
+   bounds.
+5. The try is certified when no unseen chunk can reach theta (the bounds add up to less) or every list was
+   read whole; then the top k is among the chunks seen whose upper bound reaches theta, and each of those is
+   scored exactly from `fts`. Otherwise the next, deeper try runs.
 
-Every bound holds, so no chunk that belongs in the top k is left out: there is no candidate budget and no
-retry (tests/search/test_postings.py checks it against BM25 computed outside the database).
+Every bound holds, so no chunk that belongs in the top k is left out: there is no candidate budget
+(tests/search/test_postings.py checks it against BM25 computed outside the database, with each try forced).
+The cost is that of the postings a query needs, not of its terms' whole lists: bench/keyword_search.py
+reports which try certified each query, the postings read and the chunks scored exactly.
 
 Document frequencies: from ANALYZE's most common elements (text_stats) for common lexemes, as before, and
 counted in the postings (an index-only count of a short list) for the rest, which makes idf exact for rare
 terms instead of the planner's guess.
 
-Filtered keyword legs keep the GIN path (text.py): a filter can reject the best postings of every term, and the
-GIN path with the filter in the same scan is what keeps "`limit` rows whenever that many match".
+Filtered keyword legs keep the GIN path (text.py): a filter can reject the best postings of every term, and
+the GIN path with the filter in the same scan is what keeps "`limit` rows whenever that many match".
 """
 
 from __future__ import annotations
@@ -49,8 +51,6 @@ from vectorstore.storage.tables import Layout, postings_table
 
 MIN_PER_TERM = 50
 """Postings read per query term on the first try, at least; more when the page is deep (see `per_term`)."""
-THETA_FACTOR = 1
-"""Chunks (times k) scored exactly up front to find theta, the k-th best score's lower bound."""
 NOT_READY_RECHECK_SECONDS = 10.0
 # A stored impact is a float4: allow for its rounding when it bounds a weight computed in float8.
 _ROUNDING = 1.000001
