@@ -135,7 +135,8 @@ def _level(
     return sql.SQL(
         # 1. Each term's best postings (one range scan of the index each).
         " lists_{n} AS MATERIALIZED ("
-        " SELECT t.word, t.idf, p.id, p.impact FROM terms AS t"
+        # The chunk table's collation for ids (see migration 0410), so joins with it can use its primary key.
+        " SELECT t.word, t.idf, p.id COLLATE \"default\" AS id, p.impact FROM terms AS t"
         " CROSS JOIN LATERAL (SELECT id, impact FROM {p} WHERE lexeme = t.key ORDER BY impact DESC{per_term}) AS p"
         " WHERE {gate}),"
         # 2. What a term can add to a chunk not among the postings read of it: the weight of the last one read

@@ -13,6 +13,8 @@
 -- * no (lexeme, id) index: a delete finds a chunk's postings through the one index, by recomputing each
 --   posting's key (lexeme hash, impact at the reference length, id) from the deleted row's `fts`.
 -- * each statement writes its postings sorted by the index key, so consecutive inserts hit the same pages.
+-- * ids compare as bytes (COLLATE "C"): a join with a chunk table's id names the collation it compares in,
+--   or the planner can use neither side's index.
 --
 -- Two rows with lexeme 0 and no chunk hold the table's state: (0, reference mean length, NULL) and, once every
 -- chunk of the table has its postings, (0, 1, '') (an old table being backfilled lacks it).
@@ -55,7 +57,8 @@ BEGIN
         ' vectorstore_bm25_impact(u.tf, n.dl, $1) AS impact, n.id'
         ' FROM (SELECT id, fts, length(fts) AS dl FROM old_rows WHERE fts IS NOT NULL) AS n,'
         ' LATERAL (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf FROM unnest(n.fts)) AS u) AS gone'
-        ' WHERE p.lexeme = gone.lexeme AND p.impact = gone.impact AND p.id = gone.id', TG_ARGV[0]) USING reference;
+        ' WHERE p.lexeme = gone.lexeme AND p.impact = gone.impact AND p.id = gone.id COLLATE "C"', TG_ARGV[0])
+        USING reference;
     RETURN NULL;
 END
 $$;
@@ -79,7 +82,7 @@ BEGIN
         ' vectorstore_bm25_impact(u.tf, length(c.old_fts), $1) AS impact, c.id'
         ' FROM changed AS c, LATERAL (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf'
         ' FROM unnest(c.old_fts)) AS u WHERE c.old_fts IS NOT NULL) AS g'
-        ' WHERE p.lexeme = g.lexeme AND p.impact = g.impact AND p.id = g.id)'
+        ' WHERE p.lexeme = g.lexeme AND p.impact = g.impact AND p.id = g.id COLLATE "C")'
         ' INSERT INTO %I (lexeme, impact, id)'
         ' SELECT vectorstore_lexeme_key(u.lexeme), vectorstore_bm25_impact(u.tf, length(c.fts), $1), c.id'
         ' FROM changed AS c, LATERAL (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf'
