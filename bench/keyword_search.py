@@ -143,8 +143,9 @@ async def exact_bm25(dsn: str, record: stores.StoreRecord, queries: list[str], k
 
 
 async def tries(dsn: str, record: stores.StoreRecord, queries: list[str], k: int) -> dict[str, float]:
-    """How the postings path found each query's top k (search/postings.py): which try certified it, postings
-    read and chunks scored exactly from `fts`, on average."""
+    """How the postings path found each query's top k (search/postings.py): the share the first try certified
+    (else MaxScore), postings the first try read, MaxScore's candidates, and chunks scored exactly from `fts`
+    (means over the queries)."""
     from psycopg import sql
 
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -152,27 +153,28 @@ async def tries(dsn: str, record: stores.StoreRecord, queries: list[str], k: int
         assert current is not None
         stats = text.TextStats(current.id, current.analyzed_rows, current.text_avg_length, current.text_min_freq)
         counts = Counter[str]()
-        read = scored = 0
+        read = candidates = scored = 0
         for query in queries:
             ctes, params = postings.postings_leg(stats, current.layout, query, k, postings.per_term(k))
             cur = await conn.execute(
                 sql.SQL(
-                    "WITH {ctes} SELECT (SELECT ok FROM cert_1), (SELECT ok FROM cert_2),"
-                    " (SELECT count(*) FROM lists_1) + (SELECT count(*) FROM lists_2) + (SELECT count(*) FROM lists_3),"
-                    " (SELECT count(*) FROM scored_1) + (SELECT count(*) FROM scored_2)"
-                    " + (SELECT count(*) FROM scored_3)"
+                    "WITH {ctes} SELECT (SELECT ok FROM cert_1), (SELECT count(*) FROM lists_1),"
+                    " (SELECT count(*) FROM cand_2),"
+                    " (SELECT count(*) FROM scored_1 WHERE (SELECT ok FROM cert_1)) + (SELECT count(*) FROM scored_2)"
                 ).format(ctes=ctes),
                 params,
             )
             row = await cur.fetchone()
             assert row is not None
-            counts["first" if row[0] else "second" if row[1] else "whole lists"] += 1
-            read += int(row[2])
+            counts["first try" if row[0] else "maxscore"] += 1
+            read += int(row[1])
+            candidates += int(row[2])
             scored += int(row[3])
     n = max(1, len(queries))
     return {
         **{f"certified_by_{name.replace(' ', '_')}": round(c / n, 3) for name, c in counts.items()},
-        "postings_read_mean": round(read / n, 1),
+        "first_try_postings_mean": round(read / n, 1),
+        "maxscore_candidates_mean": round(candidates / n, 1),
         "scored_exactly_mean": round(scored / n, 1),
     }
 

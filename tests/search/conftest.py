@@ -9,7 +9,6 @@ import psycopg
 import pytest
 from fakeembed import fake_vector
 from pgvector.psycopg import register_vector_async
-from psycopg import sql
 
 from config.model import Quantization
 from vectorstore.search import postings, statistics

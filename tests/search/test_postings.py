@@ -137,8 +137,8 @@ async def test_postings_follow_every_write(db: psycopg.AsyncConnection[Any]) -> 
 async def test_top_k_is_exact_bm25(
     db: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch, first_depth: int
 ) -> None:
-    """Exact whichever try certifies the top k: with one posting a term read first, most queries need the
-    deeper second try (8 postings a term) or the third (whole lists)."""
+    """Exact whichever try finds the top k: with one posting a term read first, most queries can't be
+    certified by it and go to MaxScore."""
     if first_depth:
         monkeypatch.setattr(postings, "per_term", lambda k: first_depth)
     texts = corpus(400)

@@ -94,7 +94,7 @@ async def backfill_batch(conn: psycopg.AsyncConnection[Any], record: stores.Stor
                 " written AS (INSERT INTO {p} (lexeme, impact, id)"
                 " SELECT n.lexeme, n.impact, n.id FROM ({new}) AS n"
                 " WHERE NOT EXISTS (SELECT 1 FROM {p} AS q"
-                " WHERE q.lexeme = n.lexeme AND q.impact = n.impact AND q.id = n.id COLLATE \"C\")"
+                ' WHERE q.lexeme = n.lexeme AND q.impact = n.impact AND q.id = n.id COLLATE "C")'
                 " ORDER BY 1, 2 DESC, 3)"
                 " SELECT max(id) FROM batch"
             ).format(
