@@ -163,11 +163,21 @@ def _level(
         # 5. Done when no chunk left unseen can reach theta (or every list was read whole).
         " cert_{n} AS MATERIALIZED ("
         " SELECT (u.total = 0 OR u.total < th.lower) AS ok FROM unseen_{n} AS u, theta_{n} AS th),"
-        # 6. Exact scores of every other chunk seen whose upper bound reaches theta.
+        # 6. Exact scores of the k chunks with the best upper bounds (a higher theta), then of every other chunk
+        # seen whose upper bound reaches it.
+        " best_{n} AS MATERIALIZED ("
+        " SELECT s.id, {exact} AS score FROM (SELECT id FROM seen_{n} AS s, theta_{n} AS th"
+        " WHERE s.upper >= th.lower AND s.id NOT IN (SELECT id FROM top_{n}) AND (SELECT ok FROM cert_{n})"
+        " ORDER BY s.upper DESC, s.id LIMIT {k}) AS s JOIN {t} AS r ON r.id = s.id),"
+        " sure_{n} AS MATERIALIZED ("
+        " SELECT greatest(th.lower, coalesce((SELECT score FROM (SELECT score FROM top_{n} UNION ALL"
+        " SELECT score FROM best_{n}) AS b ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0)) AS lower"
+        " FROM theta_{n} AS th),"
         " scored_{n} AS MATERIALIZED ("
-        " SELECT id, score FROM top_{n} UNION ALL"
-        " SELECT s.id, {exact} FROM seen_{n} AS s JOIN {t} AS r ON r.id = s.id CROSS JOIN theta_{n} AS th"
-        " WHERE s.upper >= th.lower AND s.id NOT IN (SELECT id FROM top_{n}) AND (SELECT ok FROM cert_{n})),"
+        " SELECT id, score FROM top_{n} UNION ALL SELECT id, score FROM best_{n} UNION ALL"
+        " SELECT s.id, {exact} FROM seen_{n} AS s JOIN {t} AS r ON r.id = s.id CROSS JOIN sure_{n} AS th"
+        " WHERE s.upper >= th.lower AND s.id NOT IN (SELECT id FROM top_{n} UNION ALL SELECT id FROM best_{n})"
+        " AND (SELECT ok FROM cert_{n})),"
     ).format(
         n=sql.SQL(str(n)),
         p=sql.Identifier(postings_table(layout.table)),
@@ -216,10 +226,19 @@ def _maxscore(layout: Layout, exact: sql.Composable, k: int) -> sql.Composed:
         " theta_2 AS MATERIALIZED ("
         " SELECT greatest(th.lower, coalesce((SELECT score FROM top_2 ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0))"
         " AS lower FROM theta_1 AS th),"
+        # The k candidates with the best upper bounds next, for a higher theta; then every other one reaching it.
+        " best_2 AS MATERIALIZED ("
+        " SELECT s.id, {exact} AS score FROM (SELECT b.id FROM bounded_2 AS b, theta_2 AS th"
+        " WHERE b.upper >= th.lower AND b.id NOT IN (SELECT id FROM top_2)"
+        " ORDER BY b.upper DESC, b.id LIMIT {k}) AS s JOIN {t} AS r ON r.id = s.id),"
+        " sure_2 AS MATERIALIZED ("
+        " SELECT greatest(th.lower, coalesce((SELECT score FROM (SELECT score FROM top_2 UNION ALL"
+        " SELECT score FROM best_2) AS b ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0)) AS lower"
+        " FROM theta_2 AS th),"
         " scored_2 AS MATERIALIZED ("
-        " SELECT id, score FROM top_2 UNION ALL"
-        " SELECT b.id, {exact} FROM bounded_2 AS b JOIN {t} AS r ON r.id = b.id CROSS JOIN theta_2 AS th"
-        " WHERE b.upper >= th.lower AND b.id NOT IN (SELECT id FROM top_2)),"
+        " SELECT id, score FROM top_2 UNION ALL SELECT id, score FROM best_2 UNION ALL"
+        " SELECT b.id, {exact} FROM bounded_2 AS b JOIN {t} AS r ON r.id = b.id CROSS JOIN sure_2 AS th"
+        " WHERE b.upper >= th.lower AND b.id NOT IN (SELECT id FROM top_2 UNION ALL SELECT id FROM best_2)),"
     ).format(
         p=sql.Identifier(postings_table(layout.table)),
         t=layout.ident,
@@ -256,7 +275,7 @@ def keyword_leg(
         levels=sql.SQL("").join(levels),
         k=sql.Literal(k),
     )
-    params: list[Any] = [avgdl, avgdl, *(exact_params * 4)]
+    params: list[Any] = [avgdl, avgdl, *(exact_params * 6)]
     return statement, params
 
 
