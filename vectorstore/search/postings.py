@@ -49,7 +49,7 @@ from psycopg import sql
 from vectorstore.search import text
 from vectorstore.storage.tables import Layout, postings_table
 
-MIN_PER_TERM = 50
+MIN_PER_TERM = 200
 """Postings read per query term on the first try, at least; more when the page is deep (see `per_term`)."""
 NOT_READY_RECHECK_SECONDS = 10.0
 # A stored impact is a float4: allow for its rounding when it bounds a weight computed in float8.
