@@ -6,27 +6,31 @@ one row per (lexeme, chunk), `lexeme` the lexeme's 64-bit hash, and ONE b-tree o
 mean length A_ref; at the store's current mean length A a weight is at most max(1, A / A_ref) and at least
 min(1, A / A_ref) times its impact, so bounds hold whatever the drift.
 
-One statement finds the exact top k of BM25 (the same score as vectorstore/search/text.py), a threshold
-algorithm over impact-ordered lists (Fagin's NRA, or Anh & Moffat's score-at-a-time with an exact finish), in
-up to three tries of growing depth, each run only when the one before could not certify its answer (a gate
-PostgreSQL evaluates once and skips the plan below when false):
+One statement finds the exact top k of BM25 (the same score as vectorstore/search/text.py) in two tries:
 
-1. For each query term, its `depth` best postings by impact (one index range scan each; the first try reads
-   `per_term(k)`, the second DEEPER times that, the third whole lists).
-2. Each term's `bound`: the most it can add to a chunk not among its postings read, the weight of the last
-   one read (0 when its whole list was read). Their sum bounds the score of any chunk not seen at all.
-3. Each chunk seen gets a lower bound (its weights seen) and an upper bound (plus the bound of each term it
-   was not seen under).
-4. theta: the k-th best exact BM25 (computed from the chunk's `fts`) among the k chunks with the best lower
-   bounds.
-5. The try is certified when no unseen chunk can reach theta (the bounds add up to less) or every list was
-   read whole; then the top k is among the chunks seen whose upper bound reaches theta, and each of those is
-   scored exactly from `fts`. Otherwise the next, deeper try runs.
+1. A threshold test over impact-ordered lists (Fagin's, or Anh & Moffat's score-at-a-time with an exact
+   finish):
+   a. each query term's `per_term(k)` best postings by impact (one index range scan each);
+   b. each term's `bound`: the most it can add to a chunk not among its postings read, the weight of the
+      last one read (0 when its whole list was read); their sum bounds the score of any chunk not seen;
+   c. each chunk seen gets a lower bound (its weights seen) and an upper bound (plus the bound of each term
+      it was not seen under);
+   d. theta: the k-th best exact BM25 (computed from the chunk's `fts`) among the k chunks with the best
+      lower bounds;
+   e. certified when no unseen chunk can reach theta (or every list was read whole): the top k is then among
+      the chunks seen whose upper bound reaches theta. The k best upper bounds are scored exactly first,
+      which raises theta, then every other one still reaching it.
+2. Otherwise (a gate PostgreSQL evaluates once, skipping the plan below it when false) MaxScore (Turtle &
+   Flood, 1995) with that theta: the weakest terms whose maxima add up to less than theta can't put a chunk
+   in the top k by themselves; every other term is essential and its list read whole. Candidates are the
+   chunks of the essential lists, bounded with what step 1 saw of their other terms, and scored as in 1e.
 
 Every bound holds, so no chunk that belongs in the top k is left out: there is no candidate budget
-(tests/search/test_postings.py checks it against BM25 computed outside the database, with each try forced).
-The cost is that of the postings a query needs, not of its terms' whole lists: bench/keyword_search.py
-reports which try certified each query, the postings read and the chunks scored exactly.
+(tests/search/test_postings.py checks it against BM25 computed outside the database, with step 1 forced to
+fail). bench/keyword_search.py reports how often step 1 certified, the postings it read, MaxScore's
+candidates and the chunks scored exactly. The cost is not bounded as a store grows: with short chunks most
+postings have tf = 1, a list's impacts are nearly flat, its bound drops slowly, and MaxScore's essential lists
+grow with the store (docs/benchmarks.md).
 
 Document frequencies: from ANALYZE's most common elements (text_stats) for common lexemes, as before, and
 counted in the postings (an index-only count of a short list) for the rest, which makes idf exact for rare
@@ -128,8 +132,8 @@ def _level(
     limit: int | None,
     gate: sql.Composable,
 ) -> sql.Composed:
-    """The CTEs of one try at depth `limit` postings per term (None: whole lists), named `<cte>_<n>`, evaluated
-    only when `gate` holds (an uncorrelated condition: PostgreSQL skips the whole plan below it otherwise)."""
+    """The CTEs of the threshold try at depth `limit` postings per term (None: whole lists), named `<cte>_<n>`,
+    evaluated only when `gate` holds (an uncorrelated condition: PostgreSQL skips the plan below it otherwise)."""
     per_term = sql.SQL("") if limit is None else sql.SQL(" LIMIT {}").format(sql.Literal(limit))
     full = sql.SQL("false") if limit is None else sql.SQL("count(l.id) >= {}").format(sql.Literal(limit))
     return sql.SQL(
