@@ -1,6 +1,10 @@
 """Ingestion throughput against a raw binary COPY of the same rows, and server memory on a 50 MB file.
 
     python bench/ingest_bench.py [--chunks 100000] [--dims 768] [--files 100] [--tokens 100] [--memory-mb 50]
+                                 [--vocabulary 20000] [--postings 0410 0400 none ...]
+
+`--postings`: the store's keyword postings as made now (0410), as migration 0400 made them, or none (the
+table before any); several values run the throughput part once each, in turn, on the same server.
 
 Throughput: `--files` text files whose chunks add up to `--chunks` (static chunking, `--tokens` per chunk, no
 overlap) are stored as Files and attached to a store of `--dims` dimensions. The timer runs from starting

@@ -19,6 +19,10 @@ against exact BM25 computed here in Python (exact document frequencies and mean 
 same k1, b and tf, |d| definitions as vectorstore/search/text.py), from the rows' `fts` read out of the table.
 Filtered hybrid: every query again with a filter that 1 row in 10 passes must return 10 rows.
 
+How the postings path got there (search/postings.py), over the recall queries at k = 10 and at the hybrid's
+depth: the share its first try (threshold test) certified, the postings that try read, MaxScore's candidates
+when it ran, and the chunks scored exactly from `fts`.
+
 `--explain FILE` writes `EXPLAIN (ANALYZE, BUFFERS)` of the hybrid and keyword statements for one query.
 """
 
