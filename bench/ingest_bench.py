@@ -1,6 +1,10 @@
 """Ingestion throughput against a raw binary COPY of the same rows, and server memory on a 50 MB file.
 
     python bench/ingest_bench.py [--chunks 100000] [--dims 768] [--files 100] [--tokens 100] [--memory-mb 50]
+                                 [--vocabulary 20000] [--postings 0410 0400 none ...]
+
+`--postings`: the store's keyword postings as made now (0410), as migration 0400 made them, or none (the
+table before any); several values run the throughput part once each, in turn, on the same server.
 
 Throughput: `--files` text files whose chunks add up to `--chunks` (static chunking, `--tokens` per chunk, no
 overlap) are stored as Files and attached to a store of `--dims` dimensions. The timer runs from starting
@@ -91,7 +95,7 @@ def unit_vector(rng: random.Random, dims: int) -> list[float]:
 
 
 async def new_store(
-    conn: psycopg.AsyncConnection[Any], store_id: str, dims: int, index: bool, postings: bool = True
+    conn: psycopg.AsyncConnection[Any], store_id: str, dims: int, index: bool, postings: str = "0410"
 ) -> stores.StoreRecord:
     async with conn.transaction():
         record = await stores.insert(
@@ -103,18 +107,16 @@ async def new_store(
         )  # fmt: skip
         if not index:
             await conn.execute(tables.drop_index_statement(record.layout))
-        if not postings:  # the table as it was before keyword postings (migration 0400)
-            t = record.layout.ident
-            for event in ("insert", "update", "delete"):
-                name = sql.Identifier(f"{record.table_name}_postings_{event}")
-                await conn.execute(sql.SQL("DROP TRIGGER {name} ON {t}").format(name=name, t=t))
-            await conn.execute(
-                sql.SQL("DROP TABLE {p}").format(p=sql.Identifier(tables.postings_table(record.table_name)))
-            )
+        if postings != "0410":  # the table as it was before keyword postings, or with 0400's
+            for statement in tables.drop_postings_statements(record.table_name):
+                await conn.execute(statement)
+        if postings == "0400":
+            for statement in tables.legacy_postings_statements(record.layout):
+                await conn.execute(statement)
     return record
 
 
-async def throughput(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
+async def throughput(args: argparse.Namespace, dsn: str, postings: str) -> dict[str, Any]:
     rng = random.Random(7)
     strategy = Strategy(args.tokens, 0)
     per_file = args.chunks // args.files
@@ -131,8 +133,8 @@ async def throughput(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await migrate(conn)
         await register_vector_async(conn)
-        store = await new_store(conn, "vs_ingest", args.dims, not args.no_index, not args.without_postings)
-        floor_store = await new_store(conn, "vs_floor", args.dims, not args.no_index, not args.without_postings)
+        store = await new_store(conn, "vs_ingest", args.dims, not args.no_index, postings)
+        floor_store = await new_store(conn, "vs_floor", args.dims, not args.no_index, postings)
         attached: list[files.FileRecord] = []
         async with conn.transaction():
             for number, text in enumerate(texts):
@@ -295,20 +297,27 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--no-index", action="store_true")
     parser.add_argument("--vocabulary", type=int, default=0, help="pseudo-words with a Zipf law instead of WORDS")
-    parser.add_argument("--without-postings", action="store_true", help="drop keyword postings (before 0400)")
+    parser.add_argument(
+        "--postings",
+        choices=["0410", "0400", "none"],
+        nargs="+",
+        default=["0410"],
+        help="keyword postings as made now (0410), as migration 0400 made them, or none (the table before 0400);"
+        " several: one throughput run each, in turn, in the same server",
+    )
     parser.add_argument("--memory-mb", type=int, default=50)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
     with bench_server() as server_dsn:
-        if not args.skip_throughput:
-            result = await throughput(args, fresh_database(server_dsn, "ingest_bench"))
+        for postings in [] if args.skip_throughput else args.postings:
+            result = await throughput(args, fresh_database(server_dsn, "ingest_bench"), postings)
             print(
                 f"throughput: {result['chunks']} chunks x {args.dims} dims, {args.files} files,"
                 f" {args.tokens} tokens/chunk, concurrency {args.concurrency},"
                 f" HNSW index {'off' if args.no_index else 'on'},"
-                f" keyword postings {'off' if args.without_postings else 'on'},"
+                f" keyword postings {postings},"
                 f" vocabulary {args.vocabulary or len(WORDS)} words"
             )
             print(f"  ingestion: {result['ingest_seconds']:.1f} s = {result['ingest_chunks_per_second']:.0f} chunks/s")

@@ -19,6 +19,10 @@ against exact BM25 computed here in Python (exact document frequencies and mean 
 same k1, b and tf, |d| definitions as vectorstore/search/text.py), from the rows' `fts` read out of the table.
 Filtered hybrid: every query again with a filter that 1 row in 10 passes must return 10 rows.
 
+How the postings path got there (search/postings.py), over the recall queries at k = 10 and at the hybrid's
+depth: the share its first try (threshold test) certified, the postings that try read, MaxScore's candidates
+when it ran, and the chunks scored exactly from `fts`.
+
 `--explain FILE` writes `EXPLAIN (ANALYZE, BUFFERS)` of the hybrid and keyword statements for one query.
 """
 
@@ -100,10 +104,9 @@ async def load(dsn: str, record: stores.StoreRecord, chunks: list[str], dims: in
         await conn.execute(f"VACUUM ANALYZE {record.table_name}")
         # What autovacuum does soon after a load: the visibility map lets the postings' index-only scans skip
         # the heap.
-        if await (await conn.execute("SELECT to_regclass(%s)", [f"{record.table_name}_postings"])).fetchone() != (
-            None,
-        ):
-            await conn.execute(f"VACUUM ANALYZE {record.table_name}_postings")
+        postings_table = tables.postings_table(record.table_name)
+        if await (await conn.execute("SELECT to_regclass(%s)", [postings_table])).fetchone() != (None,):
+            await conn.execute(f"VACUUM ANALYZE {postings_table}")
         return elapsed
 
 
@@ -141,6 +144,43 @@ async def exact_bm25(dsn: str, record: stores.StoreRecord, queries: list[str], k
                 scores[content] = scores.get(content, 0.0) + idf * weight
         results.append([c for c, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]])
     return results
+
+
+async def tries(dsn: str, record: stores.StoreRecord, queries: list[str], k: int) -> dict[str, float]:
+    """How the postings path found each query's top k (search/postings.py): the share the first try certified
+    (else MaxScore), postings the first try read, MaxScore's candidates, and chunks scored exactly from `fts`
+    (means over the queries)."""
+    from psycopg import sql
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        current = await stores.get(conn, record.id)
+        assert current is not None
+        stats = text.TextStats(current.id, current.analyzed_rows, current.text_avg_length, current.text_min_freq)
+        counts = Counter[str]()
+        read = candidates = scored = 0
+        for query in queries:
+            ctes, params = postings.postings_leg(stats, current.layout, query, k, postings.per_term(k))
+            cur = await conn.execute(
+                sql.SQL(
+                    "WITH {ctes} SELECT (SELECT ok FROM cert_1), (SELECT count(*) FROM lists_1),"
+                    " (SELECT count(*) FROM cand_2),"
+                    " (SELECT count(*) FROM scored_1 WHERE (SELECT ok FROM cert_1)) + (SELECT count(*) FROM scored_2)"
+                ).format(ctes=ctes),
+                params,
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            counts["first try" if row[0] else "maxscore"] += 1
+            read += int(row[1])
+            candidates += int(row[2])
+            scored += int(row[3])
+    n = max(1, len(queries))
+    return {
+        **{f"certified_by_{name.replace(' ', '_')}": round(c / n, 3) for name, c in counts.items()},
+        "first_try_postings_mean": round(read / n, 1),
+        "maxscore_candidates_mean": round(candidates / n, 1),
+        "scored_exactly_mean": round(scored / n, 1),
+    }
 
 
 async def explain(dsn: str, record: stores.StoreRecord, query: str, dims: int, path: Path) -> None:
@@ -324,6 +364,8 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
                     data = (await r.json())["data"]
                     short += len(data) < 10 or any(item["attributes"]["n"] != 3 for item in data)
             report["filtered_hybrid_short_or_wrong"] = short
+            for k in (10, hybrid.depth_for(10)):
+                report[f"postings_tries_k{k}"] = await tries(dsn, record, queries[: args.recall_queries], k)
     finally:
         server.terminate()
         server.wait(timeout=60)

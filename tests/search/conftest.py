@@ -9,7 +9,6 @@ import psycopg
 import pytest
 from fakeembed import fake_vector
 from pgvector.psycopg import register_vector_async
-from psycopg import sql
 
 from config.model import Quantization
 from vectorstore.search import postings, statistics
@@ -83,13 +82,8 @@ async def add_rows(
 
 async def drop_postings(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> None:
     """Make a store's table look as it did before the postings (migration 0400): no triggers, no side table."""
-    t = sql.Identifier(record.table_name)
-    for event in ("insert", "update", "delete"):
-        name = sql.Identifier(f"{record.table_name}_postings_{event}")
-        await conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {name} ON {t}").format(name=name, t=t))
-    await conn.execute(
-        sql.SQL("DROP TABLE IF EXISTS {p}").format(p=sql.Identifier(tables.postings_table(record.table_name)))
-    )
+    for statement in tables.drop_postings_statements(record.table_name):
+        await conn.execute(statement)
     postings.forget(record.table_name)
 
 

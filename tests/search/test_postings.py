@@ -30,18 +30,23 @@ async def current(conn: psycopg.AsyncConnection[Any], store_id: str) -> stores.S
 
 
 async def assert_postings_match_fts(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> int:
-    """The postings are exactly the rows' lexemes with their tf and length, no more, no less."""
-    t = sql.Identifier(record.table_name)
+    """The postings are exactly the rows' lexemes (by key) with their weight at the reference length, no more,
+    no less."""
     p = sql.Identifier(tables.postings_table(record.table_name))
+    cur = await conn.execute(sql.SQL("SELECT impact FROM {p} WHERE lexeme = 0 AND id IS NULL").format(p=p))
+    ref = await cur.fetchone()
+    assert ref is not None
     expected = sql.SQL(
-        "SELECT u.lexeme, c.id, coalesce(array_length(u.positions, 1), 1) AS tf, length(c.fts) AS dl"
+        "SELECT hashtextextended(u.lexeme, 0), c.id,"
+        " (coalesce(array_length(u.positions, 1), 1) * 2.2 / (coalesce(array_length(u.positions, 1), 1)"
+        " + 1.2 * (0.25 + 0.75 * length(c.fts) / {ref}::real)))::real"
         " FROM {t} AS c, unnest(c.fts) AS u"
-    ).format(t=t)
-    stored = sql.SQL("SELECT lexeme, id, tf, dl FROM {p} WHERE id IS NOT NULL").format(p=p)
+    ).format(t=sql.Identifier(record.table_name), ref=sql.Literal(float(ref[0])))
+    stored = sql.SQL("SELECT lexeme, id, impact FROM {p} WHERE lexeme <> 0").format(p=p)
     for a, b in ((expected, stored), (stored, expected)):
         cur = await conn.execute(sql.SQL("SELECT count(*) FROM (({a}) EXCEPT ALL ({b})) AS d").format(a=a, b=b))
         assert await cur.fetchone() == (0,)
-    cur = await conn.execute(sql.SQL("SELECT count(*) FROM {p} WHERE id IS NOT NULL").format(p=p))
+    cur = await conn.execute(sql.SQL("SELECT count(*) FROM {p} WHERE lexeme <> 0").format(p=p))
     row = await cur.fetchone()
     assert row is not None
     return int(row[0])
@@ -128,14 +133,21 @@ async def test_postings_follow_every_write(db: psycopg.AsyncConnection[Any]) -> 
     await assert_postings_match_fts(db, record)
 
 
-async def test_top_k_is_exact_bm25(db: psycopg.AsyncConnection[Any]) -> None:
+@pytest.mark.parametrize("first_depth", [0, 1], ids=["default", "one-posting-a-term"])
+async def test_top_k_is_exact_bm25(
+    db: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch, first_depth: int
+) -> None:
+    """Exact whichever try finds the top k: with one posting a term read first, most queries can't be
+    certified by it and go to MaxScore."""
+    if first_depth:
+        monkeypatch.setattr(postings, "per_term", lambda k: first_depth)
     texts = corpus(400)
     record = await new_store(db)
     await add_rows(db, record, texts)
     record = await current(db, record.id)
     # The first ANALYZE renormalised the weights to the store's mean length (statistics.renormalize_postings).
     cur = await db.execute(
-        sql.SQL("SELECT impact FROM {p} WHERE lexeme = '' AND id IS NULL").format(
+        sql.SQL("SELECT impact FROM {p} WHERE lexeme = 0 AND id IS NULL").format(
             p=sql.Identifier(tables.postings_table(record.table_name))
         )
     )
@@ -157,12 +169,17 @@ async def test_exact_whatever_the_reference_length(db: psycopg.AsyncConnection[A
     record = await new_store(db)
     await add_rows(db, record, texts)
     record = await current(db, record.id)
-    await db.execute(
-        sql.SQL(
-            "UPDATE {p} SET impact = CASE WHEN id IS NULL THEN %s ELSE vectorstore_bm25_impact(tf, dl, %s::real) END"
-        ).format(p=sql.Identifier(tables.postings_table(record.table_name))),
-        [reference, reference],
-    )
+    p = sql.Identifier(tables.postings_table(record.table_name))
+    async with db.transaction():
+        await db.execute(sql.SQL("DELETE FROM {p} WHERE lexeme <> 0").format(p=p))
+        await db.execute(sql.SQL("UPDATE {p} SET impact = %s WHERE lexeme = 0 AND id IS NULL").format(p=p), [reference])
+        await db.execute(
+            sql.SQL("INSERT INTO {p} (lexeme, impact, id) {rows}").format(
+                p=p, rows=tables.postings_select(record.layout.ident, sql.SQL("%s::real"))
+            ),
+            [reference],
+        )
+    await assert_postings_match_fts(db, record)
     await assert_exact(db, record, [texts[0].split(" ", 3)[-1][:40], " ".join(texts[7].split()[:3]), "wabx wacx"])
 
 
@@ -192,9 +209,12 @@ async def test_filtered_keyword_and_hybrid_still_fill_the_page(db: psycopg.Async
     assert len(fused.hits) == 15 and all(hit.attributes["n"] == 3 for hit in fused.hits)
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["no-postings", "0400-postings"])
 async def test_an_old_store_is_upgraded_while_searchable(
-    db: psycopg.AsyncConnection[Any], fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
+    db: psycopg.AsyncConnection[Any], fresh_dsn: str, monkeypatch: pytest.MonkeyPatch, legacy: bool
 ) -> None:
+    """A store from before any postings, or with 0400's (text lexemes, two b-trees), gets 0410's in the
+    background, searchable throughout; 0400's table and triggers go once the new ones are complete."""
     texts = corpus(50, seed=3)
     record = await new_store(db)
     await add_rows(db, record, texts)
@@ -207,6 +227,10 @@ async def test_an_old_store_is_upgraded_while_searchable(
 
     expected = await ranking()
     await drop_postings(db, record)
+    if legacy:
+        for statement in tables.legacy_postings_statements(record.layout):
+            await db.execute(statement)
+        await tables.copy_chunks(db, record.layout, [tables.ChunkRow("old", "fresh words", fake_vector("o", DIMS))])
     assert await postings_upgrade.pending(db) == [record]
     # The GIN path meanwhile (its idf of rare terms is ANALYZE's estimate, so its order may differ slightly).
     assert set(await ranking()) & set(expected)
@@ -223,9 +247,14 @@ async def test_an_old_store_is_upgraded_while_searchable(
         postings.forget(record.table_name)
         assert not await postings.is_ready(db, record.table_name)
         assert set(await ranking()) & set(expected)
-    assert batches == 9  # 51 rows, 7 at a time, then one empty batch
+    assert batches == 9  # 51 (or 52) rows, 7 at a time, then one empty batch
     await assert_postings_match_fts(db, record)
     await service.upgrade_all(fresh_dsn)  # marks it ready, and is a no-op on the rows
+    await assert_postings_match_fts(db, record)
+    cur = await db.execute("SELECT to_regclass(%s)", [tables.legacy_postings_table(record.table_name)])
+    assert await cur.fetchone() == (None,)
+    # Only the new triggers write now: a delete leaves the new postings exact.
+    await db.execute(sql.SQL("DELETE FROM {t} WHERE id = 'new'").format(t=record.layout.ident))
     await assert_postings_match_fts(db, record)
     assert await postings_upgrade.pending(db) == []
     postings.forget(record.table_name)

@@ -1,37 +1,43 @@
 """Keyword search's BM25 top-k through impact-ordered postings: read a few hundred postings, not every match.
 
-Each chunk table `<t>` has `<t>_postings (lexeme, impact, id, tf, dl)` (vectorstore/storage/tables.py, migration
-0400), indexed by (lexeme, impact DESC) and by (lexeme, id), with the rest included. `impact` is the BM25 weight
-tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / A_ref)) at the table's reference mean length A_ref; its order within
-a lexeme is the order of the real BM25 term weight at the store's current mean length A when A = A_ref.
+Each chunk table `<t>` has `<t>_impacts (lexeme, impact, id)` (vectorstore/storage/tables.py, migration 0410):
+one row per (lexeme, chunk), `lexeme` the lexeme's 64-bit hash, and ONE b-tree on (lexeme, impact DESC, id).
+`impact` is the BM25 term weight tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / A_ref)) at the table's reference
+mean length A_ref; at the store's current mean length A a weight is at most max(1, A / A_ref) and at least
+min(1, A / A_ref) times its impact, so bounds hold whatever the drift.
 
-One statement finds the exact top k of BM25 (the same score as vectorstore/search/text.py) with MaxScore
-(Turtle & Flood, 1995) over impact-ordered lists:
+One statement finds the exact top k of BM25 (the same score as vectorstore/search/text.py) in two tries:
 
-1. For each query term, its `per_term(k)` best postings by impact (one index range scan each).
-2. Bounds per term: `maxscore`, the most it can add to any chunk (its best posting's weight), and `bound`, the
-   most it can add to a chunk not among the postings read (the last one's weight; 0 when all were read). A
-   weight grows with the store's mean length A by at most A / A_ref from the reference A_ref (for A <= A_ref
-   it only shrinks), so both are multiplied by max(1, A / A_ref): they hold whatever the drift.
-3. theta, a lower bound of the k-th best score: the exact BM25 (from `fts`) of the k chunks with the most
-   weight seen in step 1.
-4. The weakest terms whose maxscores add up to less than theta can't put a chunk in the top k by themselves;
-   every other term is essential and read in full. Candidates are the chunks of the essential lists, with the
-   exact essential part of their score.
-5. A candidate's lower bound adds what step 1 saw of its other terms; its upper bound also adds the `bound` of
-   the other terms it was not seen under. A second theta is the k-th best exact score of the k candidates with
-   the best lower bounds; then every candidate whose upper bound reaches it is scored exactly: its essential
-   part plus one probe of the (lexeme, id) index per other term.
+1. A threshold test over impact-ordered lists (Fagin's, or Anh & Moffat's score-at-a-time with an exact
+   finish):
+   a. each query term's `per_term(k)` best postings by impact (one index range scan each);
+   b. each term's `bound`: the most it can add to a chunk not among its postings read, the weight of the
+      last one read (0 when its whole list was read); their sum bounds the score of any chunk not seen;
+   c. each chunk seen gets a lower bound (its weights seen) and an upper bound (plus the bound of each term
+      it was not seen under);
+   d. theta: the k-th best exact BM25 (computed from the chunk's `fts`) among the k chunks with the best
+      lower bounds;
+   e. certified when no unseen chunk can reach theta (or every list was read whole): the top k is then among
+      the chunks seen whose upper bound reaches theta. The k best upper bounds are scored exactly first,
+      which raises theta, then every other one still reaching it.
+2. Otherwise (a gate PostgreSQL evaluates once, skipping the plan below it when false) MaxScore (Turtle &
+   Flood, 1995) with that theta: the weakest terms whose maxima add up to less than theta can't put a chunk
+   in the top k by themselves; every other term is essential and its list read whole. Candidates are the
+   chunks of the essential lists, bounded with what step 1 saw of their other terms, and scored as in 1e.
 
-Every bound holds, so no chunk that belongs in the top k is left out: there is no candidate budget and no
-retry (tests/search/test_postings.py checks it against BM25 computed outside the database).
+Every bound holds, so no chunk that belongs in the top k is left out: there is no candidate budget
+(tests/search/test_postings.py checks it against BM25 computed outside the database, with step 1 forced to
+fail). bench/keyword_search.py reports how often step 1 certified, the postings it read, MaxScore's
+candidates and the chunks scored exactly. The cost is not bounded as a store grows: with short chunks most
+postings have tf = 1, a list's impacts are nearly flat, its bound drops slowly, and MaxScore's essential lists
+grow with the store (docs/benchmarks.md).
 
 Document frequencies: from ANALYZE's most common elements (text_stats) for common lexemes, as before, and
 counted in the postings (an index-only count of a short list) for the rest, which makes idf exact for rare
 terms instead of the planner's guess.
 
-Filtered keyword legs keep the GIN path (text.py): a filter can reject the best postings of every term, and the
-GIN path with the filter in the same scan is what keeps "`limit` rows whenever that many match".
+Filtered keyword legs keep the GIN path (text.py): a filter can reject the best postings of every term, and
+the GIN path with the filter in the same scan is what keeps "`limit` rows whenever that many match".
 """
 
 from __future__ import annotations
@@ -47,10 +53,8 @@ from psycopg import sql
 from vectorstore.search import text
 from vectorstore.storage.tables import Layout, postings_table
 
-MIN_PER_TERM = 50
+MIN_PER_TERM = 200
 """Postings read per query term on the first try, at least; more when the page is deep (see `per_term`)."""
-THETA_FACTOR = 1
-"""Chunks (times k) scored exactly up front to find theta, the k-th best score's lower bound."""
 NOT_READY_RECHECK_SECONDS = 10.0
 # A stored impact is a float4: allow for its rounding when it bounds a weight computed in float8.
 _ROUNDING = 1.000001
@@ -71,9 +75,7 @@ async def is_ready(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
     checked = _not_ready_checked.get(table)
     if checked is not None and time.monotonic() - checked < NOT_READY_RECHECK_SECONDS:
         return False
-    probe = sql.SQL("SELECT tf FROM {p} WHERE lexeme = '' AND id IS NULL").format(
-        p=sql.Identifier(postings_table(table))
-    )
+    probe = sql.SQL("SELECT 1 FROM {p} WHERE lexeme = 0 AND id = ''").format(p=sql.Identifier(postings_table(table)))
     try:
         # In its own transaction, so a missing table leaves the caller's connection usable and idle.
         async with conn.transaction():
@@ -81,7 +83,7 @@ async def is_ready(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
             row = await cur.fetchone()
     except pg_errors.UndefinedTable:
         row = None
-    ready = bool(row and row[0] == 1)
+    ready = row is not None
     if ready:
         _ready.add(table)
         _not_ready_checked.pop(table, None)
@@ -105,7 +107,7 @@ def terms_cte(stats: text.TextStats, layout: Layout, query_text: str) -> tuple[s
     """`terms(word, df, idf)` (rarest first, at most text.MAX_TERMS) and `words(all_words, all_idfs)`."""
     statement = sql.SQL(
         "terms AS MATERIALIZED ("
-        " SELECT l.lexeme AS word, d.df,"
+        " SELECT l.lexeme AS word, vectorstore_lexeme_key(l.lexeme) AS key, d.df,"
         " CASE WHEN %s::float8 > 0 THEN ln(1 + greatest(%s::float8 - d.df + 0.5, 0) / (d.df + 0.5)) ELSE 1.0 END"
         " AS idf"
         " FROM unnest(to_tsvector(%s::regconfig, %s)) AS l"
@@ -113,7 +115,7 @@ def terms_cte(stats: text.TextStats, layout: Layout, query_text: str) -> tuple[s
         # COALESCE evaluates the count only for a lexeme ANALYZE did not list, i.e. a rare one.
         " CROSS JOIN LATERAL (SELECT coalesce("
         " (SELECT s.freq * %s::float8 FROM text_stats AS s WHERE s.vector_store_id = %s AND s.lexeme = l.lexeme),"
-        " (SELECT count(*) FROM {p} AS p WHERE p.lexeme = l.lexeme))::float8 AS df) AS d"
+        " (SELECT count(*) FROM {p} AS p WHERE p.lexeme = vectorstore_lexeme_key(l.lexeme)))::float8 AS df) AS d"
         " ORDER BY idf DESC, word LIMIT {max_terms}),"
         " words AS MATERIALIZED ("
         " SELECT array_agg(word ORDER BY word) AS all_words, array_agg(idf ORDER BY word) AS all_idfs FROM terms)"
@@ -122,105 +124,162 @@ def terms_cte(stats: text.TextStats, layout: Layout, query_text: str) -> tuple[s
     return statement, params
 
 
+def _level(
+    n: int,
+    layout: Layout,
+    exact: sql.Composable,
+    k: int,
+    limit: int | None,
+    gate: sql.Composable,
+) -> sql.Composed:
+    """The CTEs of the threshold try at depth `limit` postings per term (None: whole lists), named `<cte>_<n>`,
+    evaluated only when `gate` holds (an uncorrelated condition: PostgreSQL skips the plan below it otherwise)."""
+    per_term = sql.SQL("") if limit is None else sql.SQL(" LIMIT {}").format(sql.Literal(limit))
+    full = sql.SQL("false") if limit is None else sql.SQL("count(l.id) >= {}").format(sql.Literal(limit))
+    return sql.SQL(
+        # 1. Each term's best postings (one range scan of the index each).
+        " lists_{n} AS MATERIALIZED ("
+        # The chunk table's collation for ids (see migration 0410), so joins with it can use its primary key.
+        ' SELECT t.word, t.idf, p.id COLLATE "default" AS id, p.impact FROM terms AS t'
+        " CROSS JOIN LATERAL (SELECT id, impact FROM {p} WHERE lexeme = t.key ORDER BY impact DESC{per_term}) AS p"
+        " WHERE {gate}),"
+        # 2. What a term can add to a chunk not among the postings read of it: the weight of the last one read
+        # (0 when its whole list was read), allowing for the drift of the mean length.
+        " maxima_{n} AS MATERIALIZED ("
+        " SELECT t.word, CASE WHEN {full} THEN t.idf * min(l.impact) * f.up ELSE 0 END AS bound,"
+        " coalesce(t.idf * max(l.impact) * f.up, 0) AS maxscore"
+        " FROM terms AS t CROSS JOIN factors AS f LEFT JOIN lists_{n} AS l ON l.word = t.word"
+        " GROUP BY t.word, t.idf, f.up),"
+        " unseen_{n} AS MATERIALIZED (SELECT coalesce(sum(bound), 0) AS total FROM maxima_{n}),"
+        # 3. Each chunk seen: a lower bound (what was seen of it) and an upper bound (plus the bound of every
+        # term it was not seen under).
+        " seen_{n} AS MATERIALIZED ("
+        " SELECT s.id, sum(s.w) * f.lo AS lower, sum(s.w) * f.up + u.total - sum(s.bound) AS upper FROM ("
+        " SELECT l.id, l.word, max(l.idf * l.impact) AS w, max(m.bound) AS bound"
+        " FROM lists_{n} AS l JOIN maxima_{n} AS m USING (word) GROUP BY l.id, l.word) AS s"
+        " CROSS JOIN factors AS f CROSS JOIN unseen_{n} AS u GROUP BY s.id, f.lo, f.up, u.total),"
+        # 4. theta: the k-th best exact score (from fts) among the k chunks with the best lower bounds.
+        " top_{n} AS MATERIALIZED ("
+        " SELECT s.id, {exact} AS score FROM (SELECT id FROM seen_{n} ORDER BY lower DESC, id LIMIT {k}) AS s"
+        " JOIN {t} AS r ON r.id = s.id),"
+        " theta_{n} AS MATERIALIZED ("
+        " SELECT coalesce((SELECT score FROM top_{n} ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0) AS lower),"
+        # 5. Done when no chunk left unseen can reach theta (or every list was read whole).
+        " cert_{n} AS MATERIALIZED ("
+        " SELECT (u.total = 0 OR u.total < th.lower) AS ok FROM unseen_{n} AS u, theta_{n} AS th),"
+        # 6. Exact scores of the k chunks with the best upper bounds (a higher theta), then of every other chunk
+        # seen whose upper bound reaches it.
+        " best_{n} AS MATERIALIZED ("
+        " SELECT s.id, {exact} AS score FROM (SELECT id FROM seen_{n} AS s, theta_{n} AS th"
+        " WHERE s.upper >= th.lower AND s.id NOT IN (SELECT id FROM top_{n}) AND (SELECT ok FROM cert_{n})"
+        " ORDER BY s.upper DESC, s.id LIMIT {k}) AS s JOIN {t} AS r ON r.id = s.id),"
+        " sure_{n} AS MATERIALIZED ("
+        " SELECT greatest(th.lower, coalesce((SELECT score FROM (SELECT score FROM top_{n} UNION ALL"
+        " SELECT score FROM best_{n}) AS b ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0)) AS lower"
+        " FROM theta_{n} AS th),"
+        " scored_{n} AS MATERIALIZED ("
+        " SELECT id, score FROM top_{n} UNION ALL SELECT id, score FROM best_{n} UNION ALL"
+        " SELECT s.id, {exact} FROM seen_{n} AS s JOIN {t} AS r ON r.id = s.id CROSS JOIN sure_{n} AS th"
+        " WHERE s.upper >= th.lower AND s.id NOT IN (SELECT id FROM top_{n} UNION ALL SELECT id FROM best_{n})"
+        " AND (SELECT ok FROM cert_{n})),"
+    ).format(
+        n=sql.SQL(str(n)),
+        p=sql.Identifier(postings_table(layout.table)),
+        t=layout.ident,
+        per_term=per_term,
+        full=full,
+        gate=gate,
+        exact=exact,
+        k=sql.Literal(k),
+        kth=sql.Literal(k - 1),
+    )
+
+
+def _maxscore(layout: Layout, exact: sql.Composable, k: int) -> sql.Composed:
+    """The second try, when the first (`*_1`) was not certified: MaxScore (Turtle & Flood, 1995) with the first
+    try's theta. The weakest terms whose most possible weights add up to less than theta can't bring a chunk
+    into the top k by themselves; every other term is essential and its list read whole. Candidates are the
+    chunks of the essential lists; their other terms add what the first try saw of them, or at most that
+    term's bound. Exact, whatever the store's size; the whole essential lists are what it costs."""
+    return sql.SQL(
+        " split_2 AS MATERIALIZED ("
+        " SELECT m.word, sum(m.maxscore) OVER (ORDER BY m.maxscore, m.word) >= th.lower AS essential"
+        " FROM maxima_1 AS m, theta_1 AS th),"
+        " rest_2 AS MATERIALIZED ("
+        " SELECT coalesce(sum(m.bound), 0) AS total FROM maxima_1 AS m JOIN split_2 AS s USING (word)"
+        " WHERE NOT s.essential),"
+        # What the first try saw of each chunk's other terms.
+        " known_2 AS MATERIALIZED ("
+        " SELECT w.id, sum(w.w) AS seen, sum(w.bound) AS seen_bound FROM ("
+        " SELECT l.id, l.word, max(l.idf * l.impact) AS w, max(m.bound) AS bound"
+        " FROM lists_1 AS l JOIN split_2 AS s USING (word) JOIN maxima_1 AS m USING (word)"
+        " WHERE NOT s.essential GROUP BY l.id, l.word) AS w GROUP BY w.id),"
+        " cand_2 AS MATERIALIZED ("
+        " SELECT c.id, sum(c.w) AS part FROM ("
+        ' SELECT p.id COLLATE "default" AS id, t.word, max(t.idf * p.impact) AS w'
+        " FROM split_2 AS s JOIN terms AS t USING (word)"
+        " CROSS JOIN LATERAL (SELECT id, impact FROM {p} WHERE lexeme = t.key) AS p"
+        " WHERE s.essential AND NOT (SELECT ok FROM cert_1) GROUP BY 1, 2) AS c GROUP BY c.id),"
+        " bounded_2 AS MATERIALIZED ("
+        " SELECT c.id, (c.part + coalesce(k.seen, 0)) * f.lo AS lower,"
+        " (c.part + coalesce(k.seen, 0)) * f.up + r.total - coalesce(k.seen_bound, 0) AS upper"
+        " FROM cand_2 AS c LEFT JOIN known_2 AS k ON k.id = c.id CROSS JOIN factors AS f CROSS JOIN rest_2 AS r),"
+        " top_2 AS MATERIALIZED ("
+        " SELECT s.id, {exact} AS score FROM (SELECT id FROM bounded_2 ORDER BY lower DESC, id LIMIT {k}) AS s"
+        " JOIN {t} AS r ON r.id = s.id),"
+        " theta_2 AS MATERIALIZED ("
+        " SELECT greatest(th.lower, coalesce((SELECT score FROM top_2 ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0))"
+        " AS lower FROM theta_1 AS th),"
+        # The k candidates with the best upper bounds next, for a higher theta; then every other one reaching it.
+        " best_2 AS MATERIALIZED ("
+        " SELECT s.id, {exact} AS score FROM (SELECT b.id FROM bounded_2 AS b, theta_2 AS th"
+        " WHERE b.upper >= th.lower AND b.id NOT IN (SELECT id FROM top_2)"
+        " ORDER BY b.upper DESC, b.id LIMIT {k}) AS s JOIN {t} AS r ON r.id = s.id),"
+        " sure_2 AS MATERIALIZED ("
+        " SELECT greatest(th.lower, coalesce((SELECT score FROM (SELECT score FROM top_2 UNION ALL"
+        " SELECT score FROM best_2) AS b ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0)) AS lower"
+        " FROM theta_2 AS th),"
+        " scored_2 AS MATERIALIZED ("
+        " SELECT id, score FROM top_2 UNION ALL SELECT id, score FROM best_2 UNION ALL"
+        " SELECT b.id, {exact} FROM bounded_2 AS b JOIN {t} AS r ON r.id = b.id CROSS JOIN sure_2 AS th"
+        " WHERE b.upper >= th.lower AND b.id NOT IN (SELECT id FROM top_2 UNION ALL SELECT id FROM best_2)),"
+    ).format(
+        p=sql.Identifier(postings_table(layout.table)),
+        t=layout.ident,
+        exact=exact,
+        k=sql.Literal(k),
+        kth=sql.Literal(k - 1),
+    )
+
+
 def keyword_leg(
     stats: text.TextStats, layout: Layout, k: int, postings_per_term: int
 ) -> tuple[sql.Composed, list[Any]]:
     """`kw(id, score, rank)`: the k best rows by BM25 (needs `terms` and `words`)."""
     avgdl = stats.avg_length
-    weight = sql.SQL("l.idf * l.tf * {k1p} / (l.tf + {k1} * (1 - {b} + {b} * l.dl / %s::float8))").format(
-        k1p=sql.Literal(text.K1 + 1), k1=sql.Literal(text.K1), b=sql.Literal(text.B)
-    )
-    probe_weight = sql.SQL("o.idf * q.tf * {k1p} / (q.tf + {k1} * (1 - {b} + {b} * q.dl / %s::float8))").format(
-        k1p=sql.Literal(text.K1 + 1), k1=sql.Literal(text.K1), b=sql.Literal(text.B)
-    )
-    exact_score, exact_params = text.bm25_expression(stats, "r")
+    exact, exact_params = text.bm25_expression(stats, "r")
+    levels = [_level(1, layout, exact, k, postings_per_term, sql.SQL("true")), _maxscore(layout, exact, k)]
     statement = sql.SQL(
-        "ref AS MATERIALIZED (SELECT impact::float8 AS aref FROM {p} WHERE lexeme = '' AND id IS NULL),"
-        # 1. Each term's best postings.
-        " lists AS MATERIALIZED ("
-        " SELECT t.word, t.idf, p.id, p.tf, p.dl, p.impact FROM terms AS t"
-        " CROSS JOIN LATERAL (SELECT id, tf, dl, impact FROM {p} WHERE lexeme = t.word"
-        " ORDER BY impact DESC LIMIT {per_term}) AS p),"
-        # 2. What a term can add to any chunk at most: its best posting's weight (bounded for drift).
-        # ... and what it can add to a chunk not among its best postings: the weight of the last one read (0 when
-        # all were read).
-        " maxima AS MATERIALIZED ("
-        " SELECT t.word, coalesce(t.idf * max(l.impact) * greatest(1, %s::float8 / ref.aref) * {rounding}, 0)"
-        " AS maxscore,"
-        " CASE WHEN count(l.id) >= {per_term}"
-        " THEN t.idf * min(l.impact) * greatest(1, %s::float8 / ref.aref) * {rounding} ELSE 0 END AS bound"
-        " FROM terms AS t CROSS JOIN ref LEFT JOIN lists AS l ON l.word = t.word"
-        " GROUP BY t.word, t.idf, ref.aref),"
-        # 3. theta: a lower bound of the k-th best score: the k-th best exact score among the chunks with the
-        # most weight seen in step 1.
-        " theta AS MATERIALIZED ("
-        " SELECT coalesce((SELECT {exact} AS score FROM ("
-        " SELECT l.id FROM lists AS l GROUP BY l.id ORDER BY sum({weight}) DESC, l.id LIMIT {theta_k}) AS top"
-        " JOIN {t} AS r ON r.id = top.id ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0) AS lower),"
-        # 4. MaxScore: the weakest terms whose maxima add up to less than theta can't put a chunk in the top
-        # k by themselves; every other term is essential and read in full.
-        " split AS MATERIALIZED ("
-        " SELECT m.word, sum(m.maxscore) OVER (ORDER BY m.maxscore, m.word) >= theta.lower AS essential"
-        " FROM maxima AS m, theta),"
-        # A chunk's other terms add at most their bound, or what step 1 saw of them.
-        " rest AS MATERIALIZED ("
-        " SELECT coalesce(sum(m.bound), 0) AS total FROM maxima AS m JOIN split AS s USING (word)"
-        " WHERE NOT s.essential),"
-        " known AS MATERIALIZED ("
-        " SELECT l.id, sum({weight}) AS seen, sum(m.bound) AS seen_bound"
-        " FROM lists AS l JOIN split AS s USING (word) JOIN maxima AS m USING (word) WHERE NOT s.essential"
-        " GROUP BY l.id),"
-        " cand AS MATERIALIZED ("
-        " SELECT l.id, sum({weight}) AS part FROM ("
-        " SELECT t.word, t.idf, p.id, p.tf, p.dl FROM split AS s JOIN terms AS t USING (word)"
-        " CROSS JOIN LATERAL (SELECT id, tf, dl FROM {p} WHERE lexeme = t.word) AS p WHERE s.essential) AS l"
-        " GROUP BY l.id),"
-        # 5. Each candidate's lower bound (its essential part plus what step 1 saw of its other terms) and upper
-        # bound (plus the bound of the other terms it was not seen under).
-        # (One aggregate rather than a join: the planner can't estimate these CTEs and would nest loops.)
-        " bounded AS MATERIALIZED ("
-        " SELECT u.id, sum(u.part) AS part, sum(u.part) + sum(u.seen) AS lower,"
-        " sum(u.part) + rest.total - sum(u.seen_bound) + sum(u.seen) AS upper FROM ("
-        " SELECT id, part, 0::float8 AS seen, 0::float8 AS seen_bound, true AS essential FROM cand"
-        " UNION ALL SELECT id, 0, seen, seen_bound, false FROM known) AS u CROSS JOIN rest"
-        " GROUP BY u.id, rest.total HAVING bool_or(u.essential)),"
-        # A candidate's exact score: its essential part plus its other terms' weights, each one probe of the
-        # (lexeme, id) index.
-        " others AS MATERIALIZED ("
-        " SELECT t.word, t.idf FROM split AS s JOIN terms AS t USING (word) WHERE NOT s.essential),"
-        # 6. A better theta: the exact scores of the k candidates with the best lower bounds.
-        " first AS MATERIALIZED ("
-        " SELECT top.id, top.part + coalesce((SELECT sum({probe_weight}) FROM others AS o"
-        " JOIN {p} AS q ON q.lexeme = o.word AND q.id = top.id), 0) AS score"
-        " FROM (SELECT id, part FROM bounded ORDER BY lower DESC, id LIMIT {k}) AS top),"
-        " theta2 AS MATERIALIZED ("
-        " SELECT greatest(theta.lower,"
-        " coalesce((SELECT score FROM first ORDER BY score DESC LIMIT 1 OFFSET {kth}), 0)) AS lower FROM theta),"
-        # 7. Exact BM25 of every other candidate whose upper bound reaches it.
-        " scored AS MATERIALIZED ("
-        " SELECT id, score FROM first UNION ALL"
-        " SELECT b.id, b.part + coalesce((SELECT sum({probe_weight}) FROM others AS o"
-        " JOIN {p} AS q ON q.lexeme = o.word AND q.id = b.id), 0)"
-        " FROM bounded AS b CROSS JOIN theta2"
-        " WHERE b.upper >= theta2.lower AND b.id NOT IN (SELECT id FROM first)),"
+        "ref AS MATERIALIZED (SELECT impact::float8 AS aref FROM {p} WHERE lexeme = 0 AND id IS NULL),"
+        # A weight at the store's mean length A is at most max(1, A / A_ref) and at least min(1, A / A_ref)
+        # times its impact at the reference A_ref (the impacts are float4: allow for their rounding).
+        " factors AS MATERIALIZED ("
+        " SELECT greatest(1, %s::float8 / aref) * {rounding} AS up, least(1, %s::float8 / aref) / {rounding} AS lo"
+        " FROM ref),"
+        "{levels}"
         " kw AS ("
         " SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS rank FROM ("
-        " SELECT id, score FROM scored ORDER BY score DESC, id LIMIT {k}) AS s)"
+        " SELECT id, score FROM ("
+        " SELECT id, score FROM scored_1 WHERE (SELECT ok FROM cert_1)"
+        " UNION ALL SELECT id, score FROM scored_2 WHERE NOT (SELECT ok FROM cert_1)) AS a"
+        " ORDER BY score DESC, id LIMIT {k}) AS s)"
     ).format(
         p=sql.Identifier(postings_table(layout.table)),
-        t=layout.ident,
-        weight=weight,
-        probe_weight=probe_weight,
-        exact=exact_score,
         rounding=sql.Literal(_ROUNDING),
-        # Row counts as literals, not parameters: see vector.nearest.
-        per_term=sql.Literal(postings_per_term),
-        theta_k=sql.Literal(THETA_FACTOR * k),
-        kth=sql.Literal(k - 1),
+        levels=sql.SQL("").join(levels),
         k=sql.Literal(k),
     )
-    # In placeholder order: maxima (2), theta (the exact score's, then one weight), known, cand, first, scored.
-    params: list[Any] = [avgdl, avgdl, *exact_params, avgdl, avgdl, avgdl, avgdl, avgdl]
+    params: list[Any] = [avgdl, avgdl, *(exact_params * 6)]
     return statement, params
 
 

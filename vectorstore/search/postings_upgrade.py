@@ -1,4 +1,6 @@
-"""Give a store's table from before the postings (migration 0400) its `<t>_postings`, while it stays searchable.
+"""Give a store's table from before the postings its `<t>_impacts` (migration 0410), while it stays searchable:
+a table from before any postings, and one with 0400's `<t>_postings` (text lexemes, two b-trees), which is
+dropped once its replacement is complete.
 
 Until a table's postings are complete its keyword and hybrid searches take the GIN path (search/postings.py
 checks the reference row's ready flag), so nothing is lost meanwhile. In the background after startup
@@ -11,7 +13,8 @@ checks the reference row's ready flag), so nothing is lost meanwhile. In the bac
    transaction. A batch locks its rows FOR KEY SHARE (a concurrent delete waits for it rather than leaving
    postings behind) and skips any (lexeme, id) already there, which the trigger wrote for rows committed
    after step 1.
-3. Mark the reference row ready.
+3. Mark the table ready (its state row), then drop 0400's postings table and triggers if it has them (again
+   with `lock_timeout`; a busy table leaves them for the next pass, searches already use the new ones).
 
 Every step can be repeated, so a replica that dies halfway leaves work the next one finishes; an advisory
 lock per store keeps two replicas from doing it at once.
@@ -40,21 +43,28 @@ def _lock_key(store_id: str) -> int:
 
 
 async def is_complete(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
+    """The table has complete 0410 postings and no 0400 ones left."""
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", [tables.legacy_postings_table(table)])
+    row = await cur.fetchone()
+    return bool(row and not row[0]) and await _marked_ready(conn, table)
+
+
+async def _marked_ready(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
     cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", [tables.postings_table(table)])
     row = await cur.fetchone()
     if not row or not row[0]:
         return False
     cur = await conn.execute(
-        sql.SQL("SELECT tf FROM {p} WHERE lexeme = '' AND id IS NULL").format(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {p} WHERE lexeme = 0 AND id = '')").format(
             p=sql.Identifier(tables.postings_table(table))
         )
     )
-    ref = await cur.fetchone()
-    return bool(ref and ref[0] == 1)
+    ready = await cur.fetchone()
+    return bool(ready and ready[0])
 
 
 async def pending(conn: psycopg.AsyncConnection[Any]) -> list[stores.StoreRecord]:
-    """Stores whose `fts` is ready and whose postings are not (yet) complete."""
+    """Stores whose `fts` is ready and whose postings are not (yet) complete in the 0410 layout."""
     return [
         record
         for record in await stores.all_stores(conn)
@@ -81,16 +91,20 @@ async def backfill_batch(conn: psycopg.AsyncConnection[Any], record: stores.Stor
             sql.SQL(
                 "WITH batch AS MATERIALIZED ("
                 " SELECT id, fts FROM {t} WHERE id > %s ORDER BY id LIMIT %s FOR KEY SHARE),"
-                " ref AS (SELECT impact FROM {p} WHERE lexeme = '' AND id IS NULL),"
-                " written AS (INSERT INTO {p} (lexeme, impact, id, tf, dl)"
-                " SELECT u.lexeme, vectorstore_bm25_impact(u.tf, length(b.fts), ref.impact), b.id, u.tf,"
-                " length(b.fts)"
-                " FROM batch AS b CROSS JOIN ref,"
-                " LATERAL (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf FROM unnest(b.fts)) AS u"
-                " WHERE b.fts IS NOT NULL"
-                " AND NOT EXISTS (SELECT 1 FROM {p} AS q WHERE q.lexeme = u.lexeme AND q.id = b.id))"
+                " written AS (INSERT INTO {p} (lexeme, impact, id)"
+                " SELECT n.lexeme, n.impact, n.id FROM ({new}) AS n"
+                " WHERE NOT EXISTS (SELECT 1 FROM {p} AS q"
+                ' WHERE q.lexeme = n.lexeme AND q.impact = n.impact AND q.id = n.id COLLATE "C")'
+                " ORDER BY 1, 2 DESC, 3)"
                 " SELECT max(id) FROM batch"
-            ).format(t=t, p=p),
+            ).format(
+                t=t,
+                p=p,
+                new=tables.postings_select(
+                    sql.SQL("batch"),
+                    sql.SQL("(SELECT impact FROM {p} WHERE lexeme = 0 AND id IS NULL)").format(p=p),
+                ),
+            ),
             [after, BACKFILL_BATCH],
         )
         row = await cur.fetchone()
@@ -99,11 +113,15 @@ async def backfill_batch(conn: psycopg.AsyncConnection[Any], record: stores.Stor
 
 async def mark_ready(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> None:
     """Step 3."""
-    await conn.execute(
-        sql.SQL("UPDATE {p} SET tf = 1 WHERE lexeme = '' AND id IS NULL").format(
-            p=sql.Identifier(tables.postings_table(record.table_name))
-        )
-    )
+    await conn.execute(tables.postings_ready_statement(record.table_name))
+
+
+async def drop_legacy(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> None:
+    """Step 3, after `mark_ready`: 0400's postings and triggers go, in one short transaction."""
+    async with conn.transaction():
+        await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+        for statement in tables.drop_legacy_postings_statements(record.table_name):
+            await conn.execute(statement)
 
 
 async def upgrade(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> bool:
@@ -114,18 +132,24 @@ async def upgrade(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord
     if not row or not row[0]:
         return False
     try:
-        try:
-            await create(conn, record)
-        except pg_errors.LockNotAvailable:
-            log.info("postings upgrade of store %s postponed: its table is busy", record.id)
-            return False
-        last: str | None = ""
         batches = 0
-        while last is not None:
-            last = await backfill_batch(conn, record, last)
-            batches += 1
-        await mark_ready(conn, record)
-        log.info("postings: store %s upgraded (%d batches)", record.id, batches - 1)
+        if not await _marked_ready(conn, record.table_name):
+            try:
+                await create(conn, record)
+            except pg_errors.LockNotAvailable:
+                log.info("postings upgrade of store %s postponed: its table is busy", record.id)
+                return False
+            last: str | None = ""
+            while last is not None:
+                last = await backfill_batch(conn, record, last)
+                batches += 1
+            await mark_ready(conn, record)
+        try:
+            await drop_legacy(conn, record)
+        except pg_errors.LockNotAvailable:
+            log.info("postings upgrade of store %s: the old postings stay until its table is not busy", record.id)
+            return False
+        log.info("postings: store %s upgraded (%d batches)", record.id, max(batches - 1, 0))
         return True
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", [_lock_key(record.id)])

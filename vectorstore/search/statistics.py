@@ -174,7 +174,7 @@ async def renormalize_postings(conn: psycopg.AsyncConnection[Any], record: store
         return False
     mean = float(row[2])
     p = sql.Identifier(postings)
-    cur = await conn.execute(sql.SQL("SELECT impact FROM {p} WHERE lexeme = '' AND id IS NULL").format(p=p))
+    cur = await conn.execute(sql.SQL("SELECT impact FROM {p} WHERE lexeme = 0 AND id IS NULL").format(p=p))
     ref_row = await cur.fetchone()
     if mean <= 0 or ref_row is None or abs(mean / float(ref_row[0]) - 1) <= POSTINGS_DRIFT:
         return False
@@ -185,12 +185,17 @@ async def renormalize_postings(conn: psycopg.AsyncConnection[Any], record: store
             await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(RENORMALIZE_LOCK_TIMEOUT)))
             await _bound_idle(conn)
             await conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE MODE").format(t=sql.Identifier(record.table_name)))
+            # The impact is part of the index key: the postings are written anew from the rows' fts, sorted.
+            await conn.execute(sql.SQL("DELETE FROM {p} WHERE lexeme <> 0 OR id IS NOT NULL AND id <> ''").format(p=p))
             await conn.execute(
-                sql.SQL(
-                    "UPDATE {p} SET impact = CASE WHEN id IS NULL THEN %s::real"
-                    " ELSE vectorstore_bm25_impact(tf, dl, %s::real) END"
-                ).format(p=p),
-                [mean, mean],
+                sql.SQL("UPDATE {p} SET impact = %s::real WHERE lexeme = 0 AND id IS NULL").format(p=p), [mean]
+            )
+            await conn.execute(
+                sql.SQL("INSERT INTO {p} (lexeme, impact, id) {rows} ORDER BY 1, 2 DESC, 3").format(
+                    p=p,
+                    rows=tables.postings_select(sql.Identifier(record.table_name), sql.SQL("%s::real")),
+                ),
+                [mean],
             )
     except pg_errors.LockNotAvailable:
         log.info("postings of store %s not renormalised: its table is busy", record.id)

@@ -12,10 +12,11 @@ created before keyword search existed gets a plain `fts` column, a trigger and a
 HNSW index) under an exclusive lock.
 Ingestion writes rows with `copy_chunks` (binary COPY) inside its own transaction, one per file.
 
-Beside each chunk table `<t>` lives `<t>_postings`, keyword search's impact-ordered postings (migration 0400,
+Beside each chunk table `<t>` lives `<t>_impacts`, keyword search's impact-ordered postings (migration 0410,
 vectorstore/search/postings.py), kept in step with `<t>` by statement-level triggers in the writer's own
 transaction, so every write path (COPY, attribute or content updates, deletes) and every table made here has
-them. A table from before them gets them in the background (vectorstore/search/postings_upgrade.py).
+them. A table from before them (or with 0400's `<t>_postings`) gets them in the background
+(vectorstore/search/postings_upgrade.py).
 """
 
 from __future__ import annotations
@@ -158,8 +159,10 @@ def drop_index_statement(layout: Layout) -> sql.Composed:
 
 
 def drop_table_statement(table: str) -> sql.Composed:
-    return sql.SQL("DROP TABLE IF EXISTS {t}, {postings}").format(
-        t=sql.Identifier(table), postings=sql.Identifier(postings_table(table))
+    return sql.SQL("DROP TABLE IF EXISTS {t}, {postings}, {legacy}").format(
+        t=sql.Identifier(table),
+        postings=sql.Identifier(postings_table(table)),
+        legacy=sql.Identifier(legacy_postings_table(table)),
     )
 
 
@@ -170,45 +173,69 @@ DEFAULT_POSTINGS_AVGDL = 100.0
 
 
 def postings_table(table: str) -> str:
+    """Keyword postings in the layout of migration 0410: (lexeme hash, impact, id), one b-tree."""
+    return f"{table}_impacts"
+
+
+def legacy_postings_table(table: str) -> str:
+    """Keyword postings in the layout of migration 0400 (text lexemes, two b-trees): rebuilt as `postings_table`
+    in the background (search/postings_upgrade.py), then dropped."""
     return f"{table}_postings"
 
 
+POSTINGS_EVENTS = (
+    ("INSERT", "vectorstore_impacts_insert", "NEW TABLE AS new_rows"),
+    ("UPDATE", "vectorstore_impacts_update", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+    ("DELETE", "vectorstore_impacts_delete", "OLD TABLE AS old_rows"),
+)
+
+
+def postings_trigger(table: str, event: str) -> str:
+    return f"{table}_impacts_{event.lower()}"
+
+
+def legacy_postings_trigger(table: str, event: str) -> str:
+    return f"{table}_postings_{event.lower()}"
+
+
+def postings_ready_statement(table: str) -> sql.Composed:
+    """Mark every chunk of `table` as having its postings (idempotent)."""
+    p = sql.Identifier(postings_table(table))
+    return sql.SQL(
+        "INSERT INTO {p} (lexeme, impact, id) SELECT 0, 1, ''"
+        " WHERE NOT EXISTS (SELECT 1 FROM {p} WHERE lexeme = 0 AND id = '')"
+    ).format(p=p)
+
+
 def postings_statements(layout: Layout, *, ready: bool, avgdl: float = DEFAULT_POSTINGS_AVGDL) -> list[sql.Composed]:
-    """Create `<t>_postings`, its index, its reference row and the triggers that keep it current (idempotent).
+    """Create `<t>_impacts`, its index, its reference row and the triggers that keep it current (idempotent).
     `ready`: the table is new (empty), so every chunk has its postings from the start; an old table is
     backfilled first and marked ready after. `avgdl`: the reference mean length (see search/postings.py)."""
     p = sql.Identifier(postings_table(layout.table))
     arg = sql.Literal(postings_table(layout.table))
     statements = [
-        # id is NULL only in the reference row (see migration 0400).
+        # id is NULL or '' only in the state rows (see migration 0410); "C" compares ids as bytes.
         sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {p} (lexeme text NOT NULL, impact real NOT NULL, id text,"
-            " tf integer NOT NULL, dl integer NOT NULL)"
+            'CREATE TABLE IF NOT EXISTS {p} (lexeme bigint NOT NULL, impact real NOT NULL, id text COLLATE "C")'
         ).format(p=p),
-        # The search reads each term's postings best first, and only from this index (id, tf, dl included).
-        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {p} (lexeme, impact DESC) INCLUDE (id, tf, dl)").format(
-            name=sql.Identifier(f"{layout.table}_postings_impact"), p=p
-        ),
-        # A search looks up a candidate's weight for one term; deletes find a chunk's postings by its lexemes.
-        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {p} (lexeme, id) INCLUDE (tf, dl)").format(
-            name=sql.Identifier(f"{layout.table}_postings_row"), p=p
+        # The one index: a search reads each term's postings best first, a delete probes a posting's whole key.
+        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {p} (lexeme, impact DESC, id)").format(
+            name=sql.Identifier(f"{layout.table}_impacts_key"), p=p
         ),
         sql.SQL(
-            "INSERT INTO {p} (lexeme, impact, id, tf, dl) SELECT '', {avgdl}, NULL, {ready}, 0"
-            " WHERE NOT EXISTS (SELECT 1 FROM {p} WHERE lexeme = '' AND id IS NULL)"
-        ).format(p=p, avgdl=sql.Literal(avgdl), ready=sql.Literal(1 if ready else 0)),
+            "INSERT INTO {p} (lexeme, impact, id) SELECT 0, {avgdl}, NULL"
+            " WHERE NOT EXISTS (SELECT 1 FROM {p} WHERE lexeme = 0 AND id IS NULL)"
+        ).format(p=p, avgdl=sql.Literal(avgdl)),
     ]
-    for event, function, transitions in (
-        ("INSERT", "vectorstore_postings_insert", "NEW TABLE AS new_rows"),
-        ("UPDATE", "vectorstore_postings_update", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-        ("DELETE", "vectorstore_postings_delete", "OLD TABLE AS old_rows"),
-    ):
+    if ready:
+        statements.append(postings_ready_statement(layout.table))
+    for event, function, transitions in POSTINGS_EVENTS:
         statements.append(
             sql.SQL(
                 "CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {t} REFERENCING {transitions}"
                 " FOR EACH STATEMENT EXECUTE FUNCTION {function}({arg})"
             ).format(
-                name=sql.Identifier(f"{layout.table}_postings_{event.lower()}"),
+                name=sql.Identifier(postings_trigger(layout.table, event)),
                 event=sql.SQL(event),
                 t=layout.ident,
                 transitions=sql.SQL(transitions),
@@ -217,6 +244,79 @@ def postings_statements(layout: Layout, *, ready: bool, avgdl: float = DEFAULT_P
             )
         )
     return statements
+
+
+def postings_select(source: sql.Composable, reference: sql.Composable) -> sql.Composed:
+    """`(lexeme, impact, id)` of the rows `source` (with `id` and `fts`), impacts at `reference` (an expression)."""
+    return sql.SQL(
+        "SELECT vectorstore_lexeme_key(u.lexeme) AS lexeme, vectorstore_bm25_impact(u.tf, b.dl, {reference}) AS impact,"
+        " b.id FROM (SELECT id, fts, length(fts) AS dl FROM {source} WHERE fts IS NOT NULL) AS b,"
+        " LATERAL (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf FROM unnest(b.fts)) AS u"
+    ).format(source=source, reference=reference)
+
+
+def drop_legacy_postings_statements(table: str) -> list[sql.Composed]:
+    """Drop a table's 0400 postings and their triggers (after its 0410 postings are complete)."""
+    t = sql.Identifier(table)
+    return [
+        *(
+            sql.SQL("DROP TRIGGER IF EXISTS {name} ON {t}").format(
+                name=sql.Identifier(legacy_postings_trigger(table, event)), t=t
+            )
+            for event, _, _ in POSTINGS_EVENTS
+        ),
+        sql.SQL("DROP TABLE IF EXISTS {p}").format(p=sql.Identifier(legacy_postings_table(table))),
+    ]
+
+
+def legacy_postings_statements(layout: Layout, avgdl: float = DEFAULT_POSTINGS_AVGDL) -> list[sql.Composed]:
+    """A table's postings as migration 0400 made them (text lexemes, tf, dl, two b-trees), with their triggers:
+    what a store made before 0410 has. Only tests and benches make them now, to upgrade or compare."""
+    p = sql.Identifier(legacy_postings_table(layout.table))
+    statements = [
+        sql.SQL(
+            "CREATE TABLE {p} (lexeme text NOT NULL, impact real NOT NULL, id text, tf integer NOT NULL,"
+            " dl integer NOT NULL)"
+        ).format(p=p),
+        sql.SQL("CREATE INDEX ON {p} (lexeme, impact DESC) INCLUDE (id, tf, dl)").format(p=p),
+        sql.SQL("CREATE INDEX ON {p} (lexeme, id) INCLUDE (tf, dl)").format(p=p),
+        sql.SQL("INSERT INTO {p} (lexeme, impact, id, tf, dl) VALUES ('', {avgdl}, NULL, 1, 0)").format(
+            p=p, avgdl=sql.Literal(avgdl)
+        ),
+    ]
+    for event, transitions in (
+        ("INSERT", "NEW TABLE AS new_rows"),
+        ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+        ("DELETE", "OLD TABLE AS old_rows"),
+    ):
+        statements.append(
+            sql.SQL(
+                "CREATE TRIGGER {name} AFTER {event} ON {t} REFERENCING {transitions}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION {function}({arg})"
+            ).format(
+                name=sql.Identifier(legacy_postings_trigger(layout.table, event)),
+                event=sql.SQL(event),
+                t=layout.ident,
+                transitions=sql.SQL(transitions),
+                function=sql.Identifier(f"vectorstore_postings_{event.lower()}"),
+                arg=sql.Literal(legacy_postings_table(layout.table)),
+            )
+        )
+    return statements
+
+
+def drop_postings_statements(table: str) -> list[sql.Composed]:
+    """Drop a table's postings (0410's) and their triggers: the table as it was before any postings."""
+    t = sql.Identifier(table)
+    return [
+        *(
+            sql.SQL("DROP TRIGGER IF EXISTS {name} ON {t}").format(
+                name=sql.Identifier(postings_trigger(table, event)), t=t
+            )
+            for event, _, _ in POSTINGS_EVENTS
+        ),
+        sql.SQL("DROP TABLE IF EXISTS {p}").format(p=sql.Identifier(postings_table(table))),
+    ]
 
 
 @dataclass(frozen=True)
