@@ -95,7 +95,7 @@ async def test_a_renormalisation_left_idle_is_ended_and_frees_its_table(
     record = await stores.get(db, record.id) or record
     # The reference length far from the store's mean: the next call renormalises.
     postings_table = sql.Identifier(tables.postings_table(record.table_name))
-    await db.execute(sql.SQL("UPDATE {p} SET impact = 1000 WHERE lexeme = '' AND id IS NULL").format(p=postings_table))
+    await db.execute(sql.SQL("UPDATE {p} SET impact = 1000 WHERE lexeme = 0 AND id IS NULL").format(p=postings_table))
     monkeypatch.setattr(statistics, "IDLE_IN_TRANSACTION_TIMEOUT", "300ms")
     stalled = await connect(fresh_dsn)
     try:
@@ -106,7 +106,7 @@ async def test_a_renormalisation_left_idle_is_ended_and_frees_its_table(
             await writer.execute("SET lock_timeout = '1s'")
             await writer.execute(sql.SQL("DELETE FROM {t} WHERE id = 'r0'").format(t=sql.Identifier(record.table_name)))
         cur = await db.execute(
-            sql.SQL("SELECT impact FROM {p} WHERE lexeme = '' AND id IS NULL").format(p=postings_table)
+            sql.SQL("SELECT impact FROM {p} WHERE lexeme = 0 AND id IS NULL").format(p=postings_table)
         )
         assert await cur.fetchone() == (1000,)  # nothing half-written
     finally:
