@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from functools import cache
 from pathlib import Path
@@ -31,6 +32,7 @@ from vectorstore.observability import logs, metrics
 from vectorstore.state import POOL, READINESS, SETTINGS
 
 OPENAPI_PATH: Final = "/openapi.json"
+log = logging.getLogger("vectorstore")
 
 
 @cache
@@ -80,7 +82,12 @@ async def _worker_gauges_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async def publish() -> None:
         while True:
-            metrics.publish_worker_gauges(worker)
+            # One failed publication must not end the loop: this worker's gauges would freeze at their last
+            # values (say `ready 0` from before startup finished) in every scrape, whichever worker answers.
+            try:
+                metrics.publish_worker_gauges(worker)
+            except Exception:
+                log.exception("publishing worker %s's gauges failed; retrying", worker)
             await asyncio.sleep(metrics.WORKER_PUBLISH_SECONDS)
 
     task = asyncio.create_task(publish())
