@@ -22,7 +22,7 @@ the target. Filtered: sample filters are the recent real ones plus `eq` and `in`
 own attribute values at about 10%, 1% and 0.1% of rows; they are grouped by the planner's estimate of their
 selectivity (plans.py says why), and per group `max_scan_tuples`, then `ef_search`, climb until every filter
 of the group reaches the target. An exact search is chosen instead when it measured faster than the HNSW
-setting that reaches the target, or when none does and it takes at most `EXACT_MAX_MS`. A target nothing
+setting that reaches the target, or when none does and it takes at most `exact_cap_ms(target)`. A target nothing
 reaches keeps the setting with the best recall found and is reported as not reached; search never fails on it.
 """
 
@@ -76,7 +76,22 @@ CONFIDENCE_Z = 1.28
 mean alone was optimistic: taking the first rung whose noisy estimate crosses the target picks the lucky ones
 (bench/recall_target.py, 40,000 x 768, 50 queries: estimate 0.954, independent measurement 0.922)."""
 EXACT_MAX_MS = 50.0
-"""An exact search slower than this is not a candidate, unless it is faster than the HNSW setting."""
+"""When no HNSW setting reaches the target, an exact search (which does) is chosen when its p50 is at most
+`exact_cap_ms(target)`: this for a target of 0.9 or below, more as the target rises."""
+EXACT_CAP_MAX_MS = 2000.0
+
+
+def exact_cap_ms(target: float) -> float:
+    """What an exact search may cost when it is the only way to the target: `EXACT_MAX_MS` times the square of
+    how many times fewer misses than 10% the target allows, so 50 ms at 0.9, 200 ms at 0.95, 1,250 ms at 0.98
+    (at most `EXACT_CAP_MAX_MS`). A fixed
+    50 ms kept a 1% filter at 500,000 x 768 on HNSW at recall 0.82-0.86 for a target of 0.95, when the exact
+    search through the filter's GIN index scored 1.000 in ~130 ms on a busy machine: a declared target is a
+    request for recall, and the cost it is worth grows with it."""
+    allowed = max(1.0 - target, 1e-6)
+    return min(EXACT_CAP_MAX_MS, EXACT_MAX_MS * (0.1 / allowed) ** 2)
+
+
 NOISE = 0.5
 """The noise added to a stored vector to make a query of it, in standard deviations of each dimension over the
 sampled rows (see the module's measurements)."""
@@ -328,12 +343,12 @@ def _exact_trial(cases: Sequence[_Case]) -> _Trial:
     return _Trial(Plan(ef_search=K, exact=True), [1.0] * len(cases), [case.exact_seconds for case in cases], {})
 
 
-def _choose(reached: _Trial | None, best: _Trial | None, exact: _Trial | None) -> _Trial:
+def _choose(reached: _Trial | None, best: _Trial | None, exact: _Trial | None, target: float) -> _Trial:
     if exact is None:
         return reached or best or _Trial(Plan(ef_search=vector.MAX_EF_SEARCH), [], [], {})
     if reached is not None:
         return exact if exact.p50_ms < reached.p50_ms else reached
-    if exact.p50_ms <= EXACT_MAX_MS or best is None:
+    if exact.p50_ms <= exact_cap_ms(target) or best is None:
         return exact
     return best
 
@@ -486,7 +501,7 @@ async def calibrate(
         raise BudgetExhausted  # not one setting measured: nothing to choose from (an exact scan by default)
     exact = _exact_trial(cases) if allow_exact else None
     # A declared ef_search is kept as is: measured, never swapped for another setting or an exact scan.
-    chosen = _choose(reached, best, exact if declared_ef_search is None else None)
+    chosen = _choose(reached, best, exact if declared_ef_search is None else None, target)
     groups[UNFILTERED] = _measured(chosen, target, cases, 0, [])
     base = chosen.plan if not chosen.plan.exact else (best.plan if best else Plan(max(floor_ef_search, K)))
 
@@ -502,11 +517,11 @@ async def calibrate(
                 continue
             share = await true_selectivity(conn, layout, where, params, rows, budget)
             grouped.setdefault(bucket_of(estimated), []).append((where, params, share))
-        # The group is met when its worst filter is, and which one that is depends on the store: the planner
-        # puts an `in` filter of 0.1% and one of 20% in the same group (it has no statistics for either), and
-        # the fewer rows a filter keeps the longer the index walk, until the iterative scan covers all of them
-        # and is exact. At 20,000 x 768 an `in` filter of 1% measured 0.896 with the plan chosen for its group
-        # by its 0.2% member alone (1.0). So keep filters across the group's range: the most and the least
+        # The group is met when its worst filter is, and which one that is depends on the store: a group spans a
+        # factor of ~10 in what its filters keep (and the planner's estimates are rough), and the fewer rows a
+        # filter keeps the longer the index walk, until the iterative scan covers all of them and is exact. At
+        # 20,000 x 768 an `in` filter of 1% measured 0.896 with the plan chosen for its group by its 0.2% member
+        # alone (1.0). So keep filters across the group's range: the most and the least
         # selective, and evenly between.
         for name in grouped:
             grouped[name] = spread_out(sorted(grouped[name], key=lambda member: member[2]), FILTERS_PER_GROUP)
@@ -522,7 +537,7 @@ async def calibrate(
             if not group_cases:
                 continue
             reached, best = await _climb(conn, layout, group_cases, _filtered_plans(base, rows), target, budget)
-            chosen = _choose(reached, best, _exact_trial(group_cases) if allow_exact else None)
+            chosen = _choose(reached, best, _exact_trial(group_cases) if allow_exact else None, target)
             groups[name] = _measured(chosen, target, group_cases, len(members), [share for _, _, share in members])
     except BudgetExhausted:
         pass  # what was measured stands; groups not reached keep the fixed settings

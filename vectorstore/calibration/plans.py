@@ -3,11 +3,13 @@
 Searches are grouped by how much of the store their filter lets through, as the *planner* estimates it
 (`EXPLAIN` of the filter alone; `estimate_selectivity`): the calibration groups its sample filters the same way,
 so the group a search lands in is the group whose settings were measured for filters the planner sees alike,
-even where its estimate is off (a JSONB `in` filter has no statistics and always estimates the same).
+even where its estimate is off. An `in` filter is estimated as its values' `eq` filters together
+(`estimable_filter`): its compiled form has no statistics.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -153,13 +155,14 @@ async def estimate_selectivity(
     if hit is not None and now - hit[0] < _ESTIMATE_SECONDS:
         _ESTIMATES.move_to_end(key)
         return hit[1]
-    statement = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {t} WHERE {where}").format(t=layout.ident, where=where)
+    text, estimable = estimable_filter(where.as_string(conn), params)
+    statement = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {t} WHERE ").format(t=layout.ident) + sql.SQL(text)
     # In autocommit like the search that follows (search/vector.py `execute`): no transaction left open.
     autocommit = conn.autocommit
     if not autocommit:
         await conn.set_autocommit(True)
     try:
-        cur = await conn.execute(statement, list(params))
+        cur = await conn.execute(statement, estimable)
         row = await cur.fetchone()
     finally:
         if not autocommit:
@@ -172,6 +175,35 @@ async def estimate_selectivity(
     if len(_ESTIMATES) > _ESTIMATE_CACHE_SIZE:
         _ESTIMATES.popitem(last=False)
     return selectivity
+
+
+# search/filters.py's form of an `in` filter: the planner has no statistics for `const @> jsonb_build_array(
+# attributes -> key)` and estimates every one of them at the same 1% (0.1% and 20% filters alike), so at
+# 500,000 x 768 an `in` filter keeping 0.1% got the 1% group's plan and recall 0.68. Rewritten for the estimate
+# only, as "contains any of the values' `eq` forms", the planner estimates each value as it does an `eq` filter
+# (from the column's statistics) and sums them (scalararraysel): the `in` lands in the group of what it keeps.
+_IN_FORM = "(%s::jsonb @> jsonb_build_array(attributes -> %s))"
+_IN_ESTIMATE = "(attributes @> ANY(%s::jsonb[]))"
+
+
+def estimable_filter(text: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
+    """`text` (a compiled filter rendered as SQL, `%s` placeholders) with each `in`/`nin` form rewritten so the
+    planner can estimate it, and its parameters; the search itself keeps the compiled filter."""
+    pieces = text.split(_IN_FORM)
+    out_text = [pieces[0]]
+    out_params: list[Any] = []
+    used = 0
+    for before, after in itertools.pairwise(pieces):
+        count = before.count("%s")
+        out_params += params[used : used + count]
+        used += count
+        values, key = params[used], params[used + 1]
+        used += 2
+        items = values.obj if isinstance(values, Jsonb) else values
+        out_params.append([Jsonb({key: item}) for item in items])
+        out_text += [_IN_ESTIMATE, after]
+    out_params += params[used:]
+    return "".join(out_text), out_params
 
 
 _COLUMNS = (
