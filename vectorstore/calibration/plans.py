@@ -155,7 +155,12 @@ async def estimate_selectivity(
     if hit is not None and now - hit[0] < _ESTIMATE_SECONDS:
         _ESTIMATES.move_to_end(key)
         return hit[1]
-    text, estimable = estimable_filter(where.as_string(conn), params)
+    try:
+        text, estimable = estimable_filter(where.as_string(conn), params)
+    except (IndexError, TypeError, AttributeError):
+        # A filter form the rewrite doesn't know: estimated as compiled. The estimate only picks a measured
+        # plan; it must never fail the search it is for.
+        text, estimable = where.as_string(conn), list(params)
     statement = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {t} WHERE ").format(t=layout.ident) + sql.SQL(text)
     # In autocommit like the search that follows (search/vector.py `execute`): no transaction left open.
     autocommit = conn.autocommit
