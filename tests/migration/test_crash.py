@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from migration.conftest import (
     wait_phase,
 )
 from migration.test_rechunk import NEW, NEW_CHUNKING, OLD, cut, document
+from vectorstore.migration import records
 
 ROWS = 400
 
@@ -37,6 +39,22 @@ def _spec(embed_url: str, *, new: bool) -> dict[str, Any]:
     data["embedding"]["batch_size"] = 8
     data["migration"] = {"concurrency": 1}
     return data
+
+
+async def _kill_mid_build(
+    server: ServerProcess, dsn: str, reached: Callable[[records.Migration], bool], what: str
+) -> records.Migration:
+    """Wait (90 s at most) until the migration, still building, has `reached` its mark, then kill -9 the server."""
+    deadline = time.monotonic() + 90
+    while True:
+        assert time.monotonic() < deadline, f"the build never {what}"
+        migration = await wait_phase(dsn, "building", "swapping", "done")
+        assert migration.phase == "building"
+        if reached(migration):
+            break
+        await asyncio.sleep(0.05)
+    assert server.kill(signal.SIGKILL) == -signal.SIGKILL
+    return migration
 
 
 async def test_kill_9_mid_migration_resumes_without_embedding_again(
@@ -57,15 +75,7 @@ async def test_kill_9_mid_migration_resumes_without_embedding_again(
         fake_embedder.delay_seconds = 0.05
         server.start()
         await server.wait_ready()
-        deadline = time.monotonic() + 90
-        while True:
-            assert time.monotonic() < deadline, "the build never reached 80 chunks"
-            migration = await wait_phase(fresh_dsn, "building", "swapping", "done")
-            assert migration.phase == "building"
-            if migration.chunks_done >= 80:
-                break
-            await asyncio.sleep(0.05)
-        assert server.kill(signal.SIGKILL) == -signal.SIGKILL
+        migration = await _kill_mid_build(server, fresh_dsn, lambda m: m.chunks_done >= 80, "reached 80 chunks")
         assert migration.build_table is not None
         async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
             cur = await conn.execute(f'SELECT content FROM "{migration.build_table}"')
@@ -124,15 +134,7 @@ async def test_kill_9_mid_rechunk_resumes_without_cutting_or_embedding_a_file_ag
         fake_embedder.calls.clear()
         server.start()
         await server.wait_ready()
-        deadline = time.monotonic() + 90
-        while True:
-            assert time.monotonic() < deadline, "the build never re-chunked 3 files"
-            migration = await wait_phase(fresh_dsn, "building", "swapping", "done")
-            assert migration.phase == "building"
-            if migration.files_done >= 3:
-                break
-            await asyncio.sleep(0.05)
-        assert server.kill(signal.SIGKILL) == -signal.SIGKILL
+        await _kill_mid_build(server, fresh_dsn, lambda m: m.files_done >= 3, "re-chunked 3 files")
         async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
             cur = await conn.execute("SELECT file_id FROM store_migration_files")
             committed = {str(row[0]) for row in await cur.fetchall()}
