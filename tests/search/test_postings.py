@@ -1,11 +1,13 @@
-"""Keyword search through the postings: they follow every write, the top k is exact BM25 (checked against BM25
-computed here from the rows' lexemes), whatever the reference length, and an old store gets them in the
-background while it stays searchable."""
+"""Keyword search through the packed postings (migration 0420): they follow every write, compaction keeps them
+and drops deleted chunks, the top k is exact BM25 (checked against BM25 computed here from the rows' lexemes)
+in every state of the blocks, and an old store gets them in the background while it stays searchable."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+import struct
 from typing import Any
 
 import psycopg
@@ -13,8 +15,8 @@ import pytest
 from fakeembed import fake_vector
 from psycopg import sql
 
-from search.conftest import DIMS, add_rows, drop_postings, new_store
-from vectorstore.search import hybrid, postings, postings_upgrade, service, text
+from search.conftest import DIMS, add_rows, connect, drop_postings, new_store
+from vectorstore.search import hybrid, postings, postings_compaction, postings_upgrade, service, text
 from vectorstore.search.filters import compile_filters
 from vectorstore.storage import stores, tables
 
@@ -29,27 +31,60 @@ async def current(conn: psycopg.AsyncConnection[Any], store_id: str) -> stores.S
     return record
 
 
+async def stored_postings(conn: psycopg.AsyncConnection[Any], table: str) -> list[tuple[str, int, int, int]]:
+    """Every posting the blocks hold, as (lexeme, ord, tf, dl), minus the chunks recorded gone."""
+    cur = await conn.execute(sql.SQL("SELECT ord FROM {g}").format(g=sql.Identifier(tables.gone_table(table))))
+    gone = {int(row[0]) for row in await cur.fetchall()}
+    cur = await conn.execute(
+        sql.SQL("SELECT lexeme, postings FROM {b} WHERE lexeme <> ''").format(
+            b=sql.Identifier(tables.blocks_table(table))
+        ),
+        binary=True,
+    )
+    found = []
+    for lexeme, packed in await cur.fetchall():
+        for (value,) in struct.iter_unpack(">Q", packed):
+            ord_, tf, dl = value >> 32, (value >> 16) & 0xFFFF, value & 0xFFFF
+            if ord_ not in gone:
+                found.append((lexeme, ord_, tf, dl))
+    return sorted(found)
+
+
 async def assert_postings_match_fts(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> int:
-    """The postings are exactly the rows' lexemes (by key) with their weight at the reference length, no more,
-    no less."""
-    p = sql.Identifier(tables.postings_table(record.table_name))
-    cur = await conn.execute(sql.SQL("SELECT impact FROM {p} WHERE lexeme = 0 AND id IS NULL").format(p=p))
-    ref = await cur.fetchone()
-    assert ref is not None
-    expected = sql.SQL(
-        "SELECT hashtextextended(u.lexeme, 0), c.id,"
-        " (coalesce(array_length(u.positions, 1), 1) * 2.2 / (coalesce(array_length(u.positions, 1), 1)"
-        " + 1.2 * (0.25 + 0.75 * length(c.fts) / {ref}::real)))::real"
-        " FROM {t} AS c, unnest(c.fts) AS u"
-    ).format(t=sql.Identifier(record.table_name), ref=sql.Literal(float(ref[0])))
-    stored = sql.SQL("SELECT lexeme, id, impact FROM {p} WHERE lexeme <> 0").format(p=p)
-    for a, b in ((expected, stored), (stored, expected)):
-        cur = await conn.execute(sql.SQL("SELECT count(*) FROM (({a}) EXCEPT ALL ({b})) AS d").format(a=a, b=b))
-        assert await cur.fetchone() == (0,)
-    cur = await conn.execute(sql.SQL("SELECT count(*) FROM {p} WHERE lexeme <> 0").format(p=p))
+    """The postings are exactly the rows' lexemes with their tf and length, under each row's ord: no more, no
+    less, and no two rows share an ord."""
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT u.lexeme, c.ord, coalesce(array_length(u.positions, 1), 1), length(c.fts)"
+            " FROM {t} AS c, unnest(c.fts) AS u"
+        ).format(t=sql.Identifier(record.table_name))
+    )
+    expected = sorted((str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in await cur.fetchall())
+    assert await stored_postings(conn, record.table_name) == expected
+    cur = await conn.execute(
+        sql.SQL("SELECT count(*), count(DISTINCT ord), count(ord) FROM {t}").format(t=sql.Identifier(record.table_name))
+    )
+    rows, distinct, with_ord = await cur.fetchone() or (0, 0, 0)
+    assert rows == distinct == with_ord
+    return len(expected)
+
+
+async def blocks_rows(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> dict[int, int]:
+    """Rows of the blocks by level: 0 (base), 1 (recent merged), 2 (as written)."""
+    cur = await conn.execute(
+        sql.SQL("SELECT least(seg, 2), count(*) FROM {b} WHERE lexeme <> '' GROUP BY 1").format(
+            b=sql.Identifier(tables.blocks_table(record.table_name))
+        )
+    )
+    return {int(level): int(count) for level, count in await cur.fetchall()}
+
+
+async def gone_count(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> int:
+    cur = await conn.execute(
+        sql.SQL("SELECT count(*) FROM {g}").format(g=sql.Identifier(tables.gone_table(record.table_name)))
+    )
     row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
+    return int(row[0]) if row else 0
 
 
 def corpus(rows: int, seed: int = 5) -> list[str]:
@@ -98,10 +133,13 @@ async def assert_exact(conn: psycopg.AsyncConnection[Any], record: stores.StoreR
             hits = (await hybrid.run_keyword(conn, record.layout, stats_of(record), query, limit=k)).hits
             assert len(hits) == min(k, len(truth)), query
             for hit in hits:
-                # The stored document frequencies of common lexemes are ANALYZE's float4 fractions.
-                assert hit.score == pytest.approx(truth[hit.id], rel=1e-4), (query, hit.id)
+                assert hit.score == pytest.approx(truth[hit.id], rel=1e-9), (query, hit.id)
+            if not hits:
+                continue
             # The k-th score is the k-th best there is: no row was left out of the top k.
-            assert hits[-1].score == pytest.approx(ranked[len(hits) - 1], rel=1e-4), query
+            assert hits[-1].score == pytest.approx(ranked[len(hits) - 1], rel=1e-9), query
+            # Ties in score are ordered by id, as on the GIN path.
+            assert [(-round(h.score, 12), h.id) for h in hits] == sorted((-round(h.score, 12), h.id) for h in hits)
 
 
 async def test_postings_follow_every_write(db: psycopg.AsyncConnection[Any]) -> None:
@@ -118,9 +156,15 @@ async def test_postings_follow_every_write(db: psycopg.AsyncConnection[Any]) -> 
     async with db.transaction():
         await db.execute(sql.SQL("UPDATE {t} SET attributes = '{{\"a\": 1}}' WHERE file_id = 'file-1'").format(t=t))
     await assert_postings_match_fts(db, record)
-    # Content changed (a trigger-filled table's path; here the generated column follows it).
+    assert await gone_count(db, record) == 0  # an attribute update leaves the postings alone
+    # Content changed (a trigger-filled table's path; here the generated column follows it): the row gets a new
+    # ord, its old postings are gone by the old one.
+    cur = await db.execute(sql.SQL("SELECT ord FROM {t} WHERE id = 'f0'").format(t=t))
+    old_ord = (await cur.fetchone() or [0])[0]
     await db.execute(sql.SQL("UPDATE {t} SET content = 'compressor stall' WHERE id = 'f0'").format(t=t))
     await assert_postings_match_fts(db, record)
+    cur = await db.execute(sql.SQL("SELECT ord FROM {t} WHERE id = 'f0'").format(t=t))
+    assert (await cur.fetchone() or [0])[0] != old_ord
     async with db.transaction():
         assert await tables.delete_file_chunks(db, record.layout, "file-1") == 5
     before = await assert_postings_match_fts(db, record)
@@ -131,56 +175,105 @@ async def test_postings_follow_every_write(db: psycopg.AsyncConnection[Any]) -> 
         async with db.transaction():
             await tables.copy_chunks(db, record.layout, [tables.ChunkRow("r0", "duplicate id", fake_vector("x", DIMS))])
     await assert_postings_match_fts(db, record)
+    # Compaction: the recent rows merge into level 1, then everything into the base without the gone chunks.
+    # 5 of the file, r3, and f0's first ord twice (recorded with its old lexemes, and by the nested update)
+    assert await gone_count(db, record) == 8
+    levels = await blocks_rows(db, record)
+    assert set(levels) == {2}
+    await postings_compaction.compact(db, record.table_name, record.id, "minor")
+    await assert_postings_match_fts(db, record)
+    assert set(await blocks_rows(db, record)) == {1} and await gone_count(db, record) == 8
+    await postings_compaction.compact(db, record.table_name, record.id, "major")
+    await assert_postings_match_fts(db, record)
+    assert set(await blocks_rows(db, record)) == {0} and await gone_count(db, record) == 0
+    # Every posting left belongs to a live row (the gone ones were removed, not only hidden).
+    cur = await db.execute(sql.SQL("SELECT count(*) FROM {t}, unnest(fts)").format(t=t))
+    assert len(await stored_postings(db, record.table_name)) == (await cur.fetchone() or [0])[0]
 
 
-@pytest.mark.parametrize("first_depth", [0, 1], ids=["default", "one-posting-a-term"])
-async def test_top_k_is_exact_bm25(
-    db: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch, first_depth: int
-) -> None:
-    """Exact whichever try finds the top k: with one posting a term read first, most queries can't be
-    certified by it and go to MaxScore."""
-    if first_depth:
-        monkeypatch.setattr(postings, "per_term", lambda k: first_depth)
+async def test_top_k_is_exact_bm25_in_every_state_of_the_blocks(db: psycopg.AsyncConnection[Any]) -> None:
+    """As written (a row a lexeme and statement), merged to level 1, merged to the base, and with deleted chunks
+    waiting for compaction: the same exact top k."""
     texts = corpus(400)
     record = await new_store(db)
-    await add_rows(db, record, texts)
+    for start in range(0, 400, 40):  # ten statements, as ten files would be written
+        await add_rows(db, record, texts[start : start + 40], prefix=f"s{start}-")
     record = await current(db, record.id)
-    # The first ANALYZE renormalised the weights to the store's mean length (statistics.renormalize_postings).
-    cur = await db.execute(
-        sql.SQL("SELECT impact FROM {p} WHERE lexeme = 0 AND id IS NULL").format(
-            p=sql.Identifier(tables.postings_table(record.table_name))
-        )
-    )
-    assert await cur.fetchone() == (pytest.approx(record.text_avg_length, rel=1e-6),)
     rng = random.Random(9)
     queries = []
     for _ in range(12):
         words = rng.choice(texts).split()
         start = rng.randrange(0, max(1, len(words) - 6))
         queries.append(" ".join(words[start : start + rng.randint(2, 6)]))
+    queries += ["wabx wacx", "nothing here matches"]
+    assert set(await blocks_rows(db, record)) == {2}
+    await assert_exact(db, record, queries)
+    await postings_compaction.compact(db, record.table_name, record.id, "minor")
+    await assert_exact(db, record, queries)
+    await postings_compaction.compact(db, record.table_name, record.id, "major")
+    assert set(await blocks_rows(db, record)) == {0}
+    await assert_exact(db, record, queries)
+    # Deleted chunks are dropped by the search before compaction forgets them: df and the top k stay exact.
+    await db.execute(sql.SQL("DELETE FROM {t} WHERE id LIKE 's40-%'").format(t=record.layout.ident))
+    await add_rows(db, record, texts[:5], prefix="again-")
+    record = await current(db, record.id)
+    assert await gone_count(db, record) == 40
+    await assert_exact(db, record, queries)
+    await postings_compaction.compact_fully(db, record.table_name, record.id)
     await assert_exact(db, record, queries)
 
 
-@pytest.mark.parametrize("reference", [5.0, 1000.0])
-async def test_exact_whatever_the_reference_length(db: psycopg.AsyncConnection[Any], reference: float) -> None:
-    """Impacts made with a reference length far from the store's mean still give the exact top k: the bound
-    allows for the drift (search/postings.py)."""
-    texts = corpus(300, seed=11)
+async def test_compaction_keeps_what_is_written_meanwhile(db: psycopg.AsyncConnection[Any], fresh_dsn: str) -> None:
+    """A compaction deletes exactly the rows it read: a write that commits during it keeps its postings, and a
+    delete during it is not forgotten."""
     record = await new_store(db)
-    await add_rows(db, record, texts)
-    record = await current(db, record.id)
-    p = sql.Identifier(tables.postings_table(record.table_name))
-    async with db.transaction():
-        await db.execute(sql.SQL("DELETE FROM {p} WHERE lexeme <> 0").format(p=p))
-        await db.execute(sql.SQL("UPDATE {p} SET impact = %s WHERE lexeme = 0 AND id IS NULL").format(p=p), [reference])
-        await db.execute(
-            sql.SQL("INSERT INTO {p} (lexeme, impact, id) {rows}").format(
-                p=p, rows=tables.postings_select(record.layout.ident, sql.SQL("%s::real"))
-            ),
-            [reference],
+    await add_rows(db, record, corpus(80, seed=2))
+    writer = await connect(fresh_dsn)
+    await writer.set_autocommit(False)
+    try:
+        await tables.copy_chunks(
+            writer, record.layout, [tables.ChunkRow("late", "wabx late words", fake_vector("l", DIMS))]
         )
+        await writer.execute(sql.SQL("DELETE FROM {t} WHERE id = 'r1'").format(t=record.layout.ident))
+        # The writer's transaction is open (not committed) while both compactions run.
+        await postings_compaction.compact(db, record.table_name, record.id, "minor")
+        await postings_compaction.compact(db, record.table_name, record.id, "major")
+        await writer.commit()
+    finally:
+        await writer.close()
     await assert_postings_match_fts(db, record)
-    await assert_exact(db, record, [texts[0].split(" ", 3)[-1][:40], " ".join(texts[7].split()[:3]), "wabx wacx"])
+    assert await gone_count(db, record) == 1
+    await postings_compaction.compact(db, record.table_name, record.id, "major")
+    await assert_postings_match_fts(db, record)
+    assert await gone_count(db, record) == 0
+
+
+async def test_compaction_is_due_by_backlog_and_runs_in_the_background(
+    db: psycopg.AsyncConnection[Any], fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = await new_store(db)
+    for start in range(3):
+        await add_rows(db, record, corpus(5, seed=start), prefix=f"b{start}-")
+    waiting = await postings_compaction.backlog(db, record.table_name)
+    assert waiting is not None and waiting.segments == 3 and waiting.gone == 0
+    assert postings_compaction.due(waiting) is None
+    monkeypatch.setattr(postings_compaction, "MINOR_SEGMENTS", 3)
+    assert postings_compaction.due(waiting) == "minor"
+    await db.execute(sql.SQL("DELETE FROM {t} WHERE id = 'b0-0'").format(t=record.layout.ident))
+    waiting = await postings_compaction.backlog(db, record.table_name)
+    assert waiting is not None and postings_compaction.due(waiting) == "minor"  # writes first, gone when quiet
+    task = asyncio.create_task(service.compact_forever(fresh_dsn, every=0.05))
+    try:
+        for _ in range(200):
+            if await gone_count(db, record) == 0 and set(await blocks_rows(db, record)) == {0}:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert set(await blocks_rows(db, record)) == {0} and await gone_count(db, record) == 0
+    await assert_postings_match_fts(db, record)
 
 
 async def test_filtered_keyword_and_hybrid_still_fill_the_page(db: psycopg.AsyncConnection[Any]) -> None:
@@ -209,12 +302,12 @@ async def test_filtered_keyword_and_hybrid_still_fill_the_page(db: psycopg.Async
     assert len(fused.hits) == 15 and all(hit.attributes["n"] == 3 for hit in fused.hits)
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["no-postings", "0400-postings"])
+@pytest.mark.parametrize("older", ["none", "0400", "0410"])
 async def test_an_old_store_is_upgraded_while_searchable(
-    db: psycopg.AsyncConnection[Any], fresh_dsn: str, monkeypatch: pytest.MonkeyPatch, legacy: bool
+    db: psycopg.AsyncConnection[Any], fresh_dsn: str, monkeypatch: pytest.MonkeyPatch, older: str
 ) -> None:
-    """A store from before any postings, or with 0400's (text lexemes, two b-trees), gets 0410's in the
-    background, searchable throughout; 0400's table and triggers go once the new ones are complete."""
+    """A store from before any postings, or with 0400's or 0410's, gets its ords and packed postings in the
+    background, searchable throughout; the older postings' tables and triggers go once the new ones are complete."""
     texts = corpus(50, seed=3)
     record = await new_store(db)
     await add_rows(db, record, texts)
@@ -227,33 +320,45 @@ async def test_an_old_store_is_upgraded_while_searchable(
 
     expected = await ranking()
     await drop_postings(db, record)
-    if legacy:
-        for statement in tables.legacy_postings_statements(record.layout):
+    cur = await db.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = %s AND column_name = 'ord'",
+        [record.table_name],
+    )
+    assert await cur.fetchone() == (0,)
+    if older != "none":
+        statements = (
+            tables.legacy_postings_statements(record.layout)
+            if older == "0400"
+            else tables.impacts_statements(record.layout)
+        )
+        for statement in statements:
             await db.execute(statement)
         await tables.copy_chunks(db, record.layout, [tables.ChunkRow("old", "fresh words", fake_vector("o", DIMS))])
     assert await postings_upgrade.pending(db) == [record]
     # The GIN path meanwhile (its idf of rare terms is ANALYZE's estimate, so its order may differ slightly).
     assert set(await ranking()) & set(expected)
     await postings_upgrade.create(db, record)
-    # From here on the triggers keep new rows' postings; the backfill must not write them twice.
+    # From here on new rows get an ord and their postings from the triggers; the backfill gives the others theirs.
     async with db.transaction():
         await tables.copy_chunks(db, record.layout, [tables.ChunkRow("new", "fresh words", fake_vector("n", DIMS))])
     monkeypatch.setattr(postings_upgrade, "BACKFILL_BATCH", 7)
-    last: str | None = ""
-    batches = 0
-    while last is not None:
-        last = await postings_upgrade.backfill_batch(db, record, last)
-        batches += 1
+    filled = []
+    while batch := await postings_upgrade.backfill_batch(db, record):
+        filled.append(batch)
         postings.forget(record.table_name)
         assert not await postings.is_ready(db, record.table_name)
         assert set(await ranking()) & set(expected)
-    assert batches == 9  # 51 (or 52) rows, 7 at a time, then one empty batch
+    assert sum(filled) == 50 + (older != "none") and max(filled) == 7
     await assert_postings_match_fts(db, record)
-    await service.upgrade_all(fresh_dsn)  # marks it ready, and is a no-op on the rows
+    await service.upgrade_all(fresh_dsn)  # the ord index, ready, the older postings dropped; no row is refilled
     await assert_postings_match_fts(db, record)
-    cur = await db.execute("SELECT to_regclass(%s)", [tables.legacy_postings_table(record.table_name)])
-    assert await cur.fetchone() == (None,)
-    # Only the new triggers write now: a delete leaves the new postings exact.
+    for older_table in (tables.legacy_postings_table(record.table_name), tables.impacts_table(record.table_name)):
+        cur = await db.execute("SELECT to_regclass(%s)", [older_table])
+        assert await cur.fetchone() == (None,)
+    cur = await db.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal", [record.table_name]
+    )
+    assert await cur.fetchone() == (3,)  # only the new triggers write now
     await db.execute(sql.SQL("DELETE FROM {t} WHERE id = 'new'").format(t=record.layout.ident))
     await assert_postings_match_fts(db, record)
     assert await postings_upgrade.pending(db) == []
@@ -268,14 +373,18 @@ async def test_usage_bytes_counts_the_postings(db: psycopg.AsyncConnection[Any])
     record = await new_store(db)
     await add_rows(db, record, [f"turbine blade report number {i} with several distinct words" for i in range(300)])
     record = await current(db, record.id)
+    await db.execute(sql.SQL("DELETE FROM {t} WHERE id = 'r0'").format(t=record.layout.ident))
+    names = [record.table_name, tables.blocks_table(record.table_name), tables.gone_table(record.table_name)]
     cur = await db.execute(
-        "SELECT pg_total_relation_size(to_regclass(%s)), pg_total_relation_size(to_regclass(%s))",
-        [record.table_name, tables.postings_table(record.table_name)],
+        "SELECT pg_total_relation_size(to_regclass(%s)), pg_total_relation_size(to_regclass(%s)),"
+        " pg_total_relation_size(to_regclass(%s))",
+        names,
     )
     row = await cur.fetchone()
     assert row is not None
-    table_bytes, postings_bytes = int(row[0]), int(row[1])
-    assert postings_bytes > 0
-    assert (await stores.usage_bytes(db, [record]))[record.id] == table_bytes + postings_bytes
+    table_bytes, blocks_bytes, gone_bytes = (int(v) for v in row)
+    assert blocks_bytes > 0 and gone_bytes > 0
+    assert (await stores.usage_bytes(db, [record]))[record.id] == table_bytes + blocks_bytes + gone_bytes
     await drop_postings(db, record)
-    assert (await stores.usage_bytes(db, [record]))[record.id] == table_bytes
+    cur = await db.execute("SELECT pg_total_relation_size(to_regclass(%s))", [record.table_name])
+    assert (await stores.usage_bytes(db, [record]))[record.id] == int((await cur.fetchone() or [0])[0])

@@ -82,32 +82,29 @@ class _Stalling:
     async def execute(self, query: Any, params: Any = None) -> Any:
         cur = await self.conn.execute(query, params)
         text = query.as_string(self.conn) if isinstance(query, sql.Composable) else str(query)
-        if text.startswith("LOCK TABLE"):
+        if text.startswith("ANALYZE"):
             await asyncio.sleep(self.seconds)
         return cur
 
 
-async def test_a_renormalisation_left_idle_is_ended_and_frees_its_table(
+async def test_an_analyze_left_idle_is_ended_and_frees_its_table(
     db: psycopg.AsyncConnection[Any], fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = await new_store(db)
     await add_rows(db, record, [f"lantern {i} harbour ferry mooring" for i in range(60)])
     record = await stores.get(db, record.id) or record
-    # The reference length far from the store's mean: the next call renormalises.
-    postings_table = sql.Identifier(tables.postings_table(record.table_name))
-    await db.execute(sql.SQL("UPDATE {p} SET impact = 1000 WHERE lexeme = 0 AND id IS NULL").format(p=postings_table))
+    cur = await db.execute("SELECT text_avg_length FROM vector_stores WHERE id = %s", [record.id])
+    before = await cur.fetchone()
     monkeypatch.setattr(statistics, "IDLE_IN_TRANSACTION_TIMEOUT", "300ms")
     stalled = await connect(fresh_dsn)
     try:
         with pytest.raises((psycopg.errors.IdleInTransactionSessionTimeout, psycopg.OperationalError)):
-            await statistics.renormalize_postings(cast(Any, _Stalling(stalled, 2.0)), record)
+            await statistics.keep_current(cast(Any, _Stalling(stalled, 2.0)), record, force=True)
         # The server ended the session and rolled its transaction back: writers of the store get through at once.
         async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as writer:
             await writer.execute("SET lock_timeout = '1s'")
             await writer.execute(sql.SQL("DELETE FROM {t} WHERE id = 'r0'").format(t=sql.Identifier(record.table_name)))
-        cur = await db.execute(
-            sql.SQL("SELECT impact FROM {p} WHERE lexeme = 0 AND id IS NULL").format(p=postings_table)
-        )
-        assert await cur.fetchone() == (1000,)  # nothing half-written
+        cur = await db.execute("SELECT text_avg_length FROM vector_stores WHERE id = %s", [record.id])
+        assert await cur.fetchone() == before  # nothing half-written
     finally:
         await stalled.close()

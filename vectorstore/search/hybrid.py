@@ -71,12 +71,6 @@ def _select_hits(table: sql.Identifier, source: str) -> sql.Composed:
     ).format(t=table, source=sql.Identifier(source))
 
 
-GIN: Literal["gin"] = "gin"
-"""`postings_per_term` for the GIN path (filtered searches, stores whose postings are not ready)."""
-
-PerTerm = int | Literal["gin"]
-
-
 def _keyword_ctes(
     layout: Layout,
     stats: text.TextStats,
@@ -84,12 +78,12 @@ def _keyword_ctes(
     where: sql.Composable,
     where_params: Sequence[Any],
     k: int,
-    postings_per_term: PerTerm,
+    scored: postings.Scored | None,
 ) -> tuple[sql.Composed, list[Any]]:
-    """`terms`, `words` and `kw` (the k best BM25 rows), through the postings or through GIN."""
-    if postings_per_term == GIN:
+    """`terms` and `kw` (the k best BM25 rows): from the postings already scored, or through GIN (`None`)."""
+    if scored is None:
         return postings.gin_leg(stats, layout, query_text, where, where_params, k)
-    return postings.postings_leg(stats, layout, query_text, k, postings_per_term)
+    return postings.keyword_ctes(layout, scored, k)
 
 
 def keyword_statement(
@@ -99,9 +93,9 @@ def keyword_statement(
     where: sql.Composable,
     where_params: Sequence[Any],
     limit: int,
-    postings_per_term: PerTerm = GIN,
+    scored: postings.Scored | None = None,
 ) -> tuple[sql.Composed, list[Any]]:
-    ctes, params = _keyword_ctes(layout, stats, query_text, where, where_params, limit, postings_per_term)
+    ctes, params = _keyword_ctes(layout, stats, query_text, where, where_params, limit, scored)
     statement = sql.SQL(
         "WITH {ctes}, best AS ("
         " SELECT id, score / nullif({max_score}, 0) AS score, NULL::float8 AS distance FROM kw)"
@@ -128,9 +122,9 @@ def hybrid_statement(
     weights: Weights,
     exact: bool,
     ef_search: int = 0,
-    postings_per_term: PerTerm = GIN,
+    scored: postings.Scored | None = None,
 ) -> tuple[sql.Composed, list[Any]]:
-    ctes, ctes_params = _keyword_ctes(layout, stats, query_text, where, where_params, depth, postings_per_term)
+    ctes, ctes_params = _keyword_ctes(layout, stats, query_text, where, where_params, depth, scored)
     top = weights.embedding / (weights.k + 1) + weights.text / (weights.k + 1)
     statement = sql.SQL(
         "WITH {ctes},"
@@ -178,13 +172,19 @@ def _hits(rows: Sequence[Any], distance: str, *, vector_scores: bool) -> list[Hi
 # planning these CTE chains every time (a third of the statement's CPU).
 
 
-async def _per_term(
-    conn: psycopg.AsyncConnection[Any], layout: Layout, stats: text.TextStats, where: sql.Composable, k: int
-) -> PerTerm:
-    """The postings read per term up front (vectorstore/search/postings.py), or the GIN path."""
+async def _scored(
+    conn: psycopg.AsyncConnection[Any],
+    layout: Layout,
+    stats: text.TextStats,
+    query_text: str,
+    where: sql.Composable,
+    k: int,
+) -> postings.Scored | None:
+    """The keyword leg's k best chunks from the postings (vectorstore/search/postings.py), or None for the GIN
+    path (filtered searches, stores whose postings are not ready or never analyzed)."""
     if postings.usable(stats, where, NO_FILTER) and await postings.is_ready(conn, layout.table):
-        return postings.per_term(k)
-    return GIN
+        return await postings.fetch_and_score(conn, layout, stats, query_text, k)
+    return None
 
 
 @metrics.timed_search
@@ -198,8 +198,8 @@ async def run_keyword(
     where: sql.Composable = NO_FILTER,
     where_params: Sequence[Any] = (),
 ) -> Result:
-    per_term = await _per_term(conn, layout, stats, where, limit)
-    statement, params = keyword_statement(layout, stats, query_text, where, where_params, limit, per_term)
+    scored = await _scored(conn, layout, stats, query_text, where, limit)
+    statement, params = keyword_statement(layout, stats, query_text, where, where_params, limit, scored)
     cur = await conn.execute(statement, params)
     rows = await cur.fetchall()
     # The LEFT JOIN gives one row even with no hits: it carries the number of terms (column 0 of `n`).
@@ -235,7 +235,7 @@ async def run_hybrid(
         weights=weights,
         exact=exact,
         ef_search=ef_search,
-        postings_per_term=await _per_term(conn, layout, stats, where, depth),
+        scored=await _scored(conn, layout, stats, query_text, where, depth),
     )
     rows = await execute(conn, statement, params, ef_search=index_ef_search(layout, ef_search, depth))
     terms, keyword_rows = (int(rows[0][7]), int(rows[0][8])) if rows else (0, 0)

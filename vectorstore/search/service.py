@@ -1,7 +1,11 @@
-"""Search's background part: once the database is ready, upgrade the stores that predate keyword search
-(vectorstore/search/text_upgrade.py: `fts` and its GIN index) and then those that predate the postings
-(vectorstore/search/postings_upgrade.py). A store whose table is busy is tried again a little later; the loop
-ends when every store has both (new stores are created with them), and stops with the app.
+"""Search's background part, once the database is ready:
+
+- upgrade the stores that predate keyword search (vectorstore/search/text_upgrade.py: `fts` and its GIN index)
+  and then those that predate the packed postings (vectorstore/search/postings_upgrade.py). A store whose
+  table is busy is tried again a little later; the loop ends when every store has both (new stores are created
+  with them);
+- compact each store's postings when a compaction is due (vectorstore/search/postings_compaction.py), every
+  COMPACTION_CHECK_SECONDS, for as long as the app runs.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import psycopg
 from aiohttp import web
 
 from vectorstore import state
-from vectorstore.search import postings_upgrade, text_upgrade
+from vectorstore.search import postings_compaction, postings_upgrade, text_upgrade
+from vectorstore.storage import stores
 
 log = logging.getLogger("vectorstore")
 
 RETRY_SECONDS = 5.0
+COMPACTION_CHECK_SECONDS = 2.0
 
 
 async def upgrade_all(dsn: str) -> None:
@@ -39,6 +45,35 @@ async def upgrade_all(dsn: str) -> None:
         await asyncio.sleep(RETRY_SECONDS)
 
 
+async def compact_forever(dsn: str, every: float = COMPACTION_CHECK_SECONDS) -> None:
+    """Check every store's postings backlog every `every` seconds and compact what is due."""
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                while True:
+                    for record in await stores.all_stores(conn):
+                        await postings_compaction.compact_if_due(conn, record)
+                    await asyncio.sleep(every)
+        except psycopg.Error as exc:
+            log.warning("postings compaction: %s; retrying in %.0fs", str(exc).strip()[:200], RETRY_SECONDS)
+        await asyncio.sleep(RETRY_SECONDS)
+
+
+async def _compaction_ctx(app: web.Application) -> AsyncIterator[None]:
+    readiness = app[state.READINESS]
+
+    async def run() -> None:
+        await readiness.done.wait()
+        if readiness.ready:
+            await compact_forever(app[state.SETTINGS].dsn)
+
+    task = asyncio.create_task(run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _upgrade_ctx(app: web.Application) -> AsyncIterator[None]:
     readiness = app[state.READINESS]
 
@@ -56,3 +91,4 @@ async def _upgrade_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_upgrade_ctx)
+    app.cleanup_ctx.append(_compaction_ctx)

@@ -20,10 +20,9 @@ import logging
 from typing import Any
 
 import psycopg
-from psycopg import errors as pg_errors
 from psycopg import sql
 
-from vectorstore.storage import stores, tables
+from vectorstore.storage import stores
 
 log = logging.getLogger("vectorstore")
 
@@ -75,8 +74,6 @@ async def keep_current(conn: psycopg.AsyncConnection[Any], record: stores.StoreR
         await conn.execute(sql.SQL("ANALYZE {t}").format(t=sql.Identifier(record.table_name)))
         await refresh_text_stats(conn, record)
     log.info("statistics: analyzed store %s", record.id)
-    # After the ANALYZE has committed, so waiting for the table's writers never holds up its statistics.
-    await renormalize_postings(conn, record)
     return True
 
 
@@ -133,22 +130,13 @@ async def refresh_text_stats(conn: psycopg.AsyncConnection[Any], record: stores.
     )
 
 
-# Keyword postings (vectorstore/search/postings.py) hold BM25 weights at a reference mean length. Searches stay
-# exact whatever it is, but their bounds loosen by the ratio of the store's mean length to it when the mean is
-# larger, so after an ANALYZE that finds the mean more than POSTINGS_DRIFT away from the reference the weights
-# are recomputed, in the same transaction, while the table has at most RENORMALIZE_MAX_POSTINGS postings (the
-# first loads of a store, where its mean is set; past that size the rewrite would hold up writers too long, and
-# searches stay exact with looser bounds).
-POSTINGS_DRIFT = 0.25
-RENORMALIZE_MAX_POSTINGS = 2_000_000
-RENORMALIZE_LOCK_TIMEOUT = "2s"
-# A safeguard, not a cure. The renormalisation holds its table in SHARE mode (every writer of the store waits) and
-# once sat "idle in transaction" for minutes during a hung test. Nothing between its statements awaits anything
-# but the connection itself, and every caller's connection is closed or returned to the pool on any way out; the
-# likely cause was the test's search load spinning without yielding, which starved the event loop this
-# transaction's next statement was waiting in (fixed in tests/migration). Should anything starve a server's
-# loop again, PostgreSQL ends the session after this long idle inside these transactions, which rolls them back
-# and frees the table for its writers; the caller gets IdleInTransactionSessionTimeout on a closed connection
+# A safeguard, not a cure. A transaction of this module once sat "idle in transaction" for minutes during a hung
+# test (the postings' renormalisation, gone since migration 0420, which held its table in SHARE mode). Nothing
+# between its statements awaits anything but the connection itself, and every caller's connection is closed or
+# returned to the pool on any way out; the likely cause was the test's search load spinning without yielding,
+# which starved the event loop this transaction's next statement was waiting in (fixed in tests/migration).
+# Should anything starve a server's loop again, PostgreSQL ends the session after this long idle inside these
+# transactions, which rolls them back; the caller gets IdleInTransactionSessionTimeout on a closed connection
 # (`after_write` logs it; the worker's next statement finds the connection gone and it reconnects).
 IDLE_IN_TRANSACTION_TIMEOUT = "30s"
 
@@ -158,47 +146,3 @@ async def _bound_idle(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(
         sql.SQL("SET LOCAL idle_in_transaction_session_timeout = {}").format(sql.Literal(IDLE_IN_TRANSACTION_TIMEOUT))
     )
-
-
-async def renormalize_postings(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> bool:
-    """Recompute the store's postings weights at its current mean length if it drifted, in a transaction of its
-    own (`conn` idle, autocommit; after `refresh_text_stats` committed). Returns whether it did."""
-    postings = tables.postings_table(record.table_name)
-    cur = await conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL, analyzed_rows, text_avg_length FROM vector_stores WHERE id = %s",
-        [postings, record.id],
-    )
-    row = await cur.fetchone()
-    # The postings number about rows x mean distinct lexemes a row.
-    if not row or not row[0] or float(row[1]) * float(row[2]) > RENORMALIZE_MAX_POSTINGS:
-        return False
-    mean = float(row[2])
-    p = sql.Identifier(postings)
-    cur = await conn.execute(sql.SQL("SELECT impact FROM {p} WHERE lexeme = 0 AND id IS NULL").format(p=p))
-    ref_row = await cur.fetchone()
-    if mean <= 0 or ref_row is None or abs(mean / float(ref_row[0]) - 1) <= POSTINGS_DRIFT:
-        return False
-    try:
-        async with conn.transaction():
-            # SHARE waits for writers in flight and holds new ones until commit, so no trigger writes weights at
-            # the old reference in between; searches (ACCESS SHARE) go on.
-            await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(RENORMALIZE_LOCK_TIMEOUT)))
-            await _bound_idle(conn)
-            await conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE MODE").format(t=sql.Identifier(record.table_name)))
-            # The impact is part of the index key: the postings are written anew from the rows' fts, sorted.
-            await conn.execute(sql.SQL("DELETE FROM {p} WHERE lexeme <> 0 OR id IS NOT NULL AND id <> ''").format(p=p))
-            await conn.execute(
-                sql.SQL("UPDATE {p} SET impact = %s::real WHERE lexeme = 0 AND id IS NULL").format(p=p), [mean]
-            )
-            await conn.execute(
-                sql.SQL("INSERT INTO {p} (lexeme, impact, id) {rows} ORDER BY 1, 2 DESC, 3").format(
-                    p=p,
-                    rows=tables.postings_select(sql.Identifier(record.table_name), sql.SQL("%s::real")),
-                ),
-                [mean],
-            )
-    except pg_errors.LockNotAvailable:
-        log.info("postings of store %s not renormalised: its table is busy", record.id)
-        return False
-    log.info("postings of store %s renormalised to mean length %.1f", record.id, mean)
-    return True

@@ -292,19 +292,16 @@ async def no_file_counts(conn: psycopg.AsyncConnection[Any], store_ids: Sequence
 
 async def usage_bytes(conn: psycopg.AsyncConnection[Any], records: Sequence[StoreRecord]) -> dict[str, int]:
     """Bytes each store really occupies on disk (rows, TOAST and indexes), read from the catalog: its chunk
-    table and the keyword postings beside it (`<t>_impacts`, and 0400's `<t>_postings` until it is upgraded),
-    which live and die with it. A table from before the postings, not yet upgraded, counts as its table alone."""
+    table and the keyword postings beside it (`<t>_blocks` and `<t>_gone`, and 0400's or 0410's postings until it
+    is upgraded), which live and die with it."""
     if not records:
         return {}
     cur = await conn.execute(
-        "SELECT t, COALESCE(pg_total_relation_size(to_regclass(quote_ident(t))), 0)"
-        " + COALESCE(pg_total_relation_size(to_regclass(quote_ident(p))), 0)"
-        " + COALESCE(pg_total_relation_size(to_regclass(quote_ident(l))), 0)"
-        " FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(t, p, l)",
+        "SELECT t, sum(COALESCE(pg_total_relation_size(to_regclass(quote_ident(r))), 0))"
+        " FROM unnest(%s::text[], %s::text[]) AS u(t, r) GROUP BY t",
         [
-            [record.table_name for record in records],
-            [tables.postings_table(record.table_name) for record in records],
-            [tables.legacy_postings_table(record.table_name) for record in records],
+            [record.table_name for record in records for _ in tables.side_tables(record.table_name)],
+            [name for record in records for name in tables.side_tables(record.table_name)],
         ],
     )
     sizes = {str(row[0]): int(row[1]) for row in await cur.fetchall()}

@@ -12,10 +12,11 @@ created before keyword search existed gets a plain `fts` column, a trigger and a
 HNSW index) under an exclusive lock.
 Ingestion writes rows with `copy_chunks` (binary COPY) inside its own transaction, one per file.
 
-Beside each chunk table `<t>` lives `<t>_impacts`, keyword search's impact-ordered postings (migration 0410,
-vectorstore/search/postings.py), kept in step with `<t>` by statement-level triggers in the writer's own
-transaction, so every write path (COPY, attribute or content updates, deletes) and every table made here has
-them. A table from before them (or with 0400's `<t>_postings`) gets them in the background
+Beside each chunk table `<t>` live keyword search's postings (migration 0420, vectorstore/search/postings.py):
+`<t>_blocks`, a few packed rows a lexeme keyed by each chunk's `ord`, and `<t>_gone`, the chunks deleted since
+the last compaction. Statement-level triggers keep them in step with `<t>` in the writer's own transaction, so
+every write path (COPY, attribute or content updates, deletes) and every table made here has them. A table
+from before them (bare, or with 0400's `<t>_postings` or 0410's `<t>_impacts`) gets them in the background
 (vectorstore/search/postings_upgrade.py).
 """
 
@@ -159,38 +160,58 @@ def drop_index_statement(layout: Layout) -> sql.Composed:
 
 
 def drop_table_statement(table: str) -> sql.Composed:
-    return sql.SQL("DROP TABLE IF EXISTS {t}, {postings}, {legacy}").format(
-        t=sql.Identifier(table),
-        postings=sql.Identifier(postings_table(table)),
-        legacy=sql.Identifier(legacy_postings_table(table)),
+    return sql.SQL("DROP TABLE IF EXISTS {}").format(
+        sql.SQL(", ").join(sql.Identifier(name) for name in side_tables(table))
     )
 
 
-# The reference mean length (distinct lexemes per chunk) postings' impacts are computed with until the store's
-# real one is known; statistics.keep_current re-normalises them to it after the first ANALYZE and whenever the
-# mean drifts by more than POSTINGS_DRIFT. Searches stay exact meanwhile (search/postings.py bounds the drift).
-DEFAULT_POSTINGS_AVGDL = 100.0
+ORD_MAX = 2**32 - 1
+"""A chunk's `ord` is 32 bits of each of its postings (migration 0420)."""
 
 
-def postings_table(table: str) -> str:
-    """Keyword postings in the layout of migration 0410: (lexeme hash, impact, id), one b-tree."""
+def ord_sequence(table: str) -> str:
+    return f"{table}_ord_seq"
+
+
+def blocks_table(table: str) -> str:
+    """Keyword postings in the layout of migration 0420: packed runs of postings, a few rows a lexeme."""
+    return f"{table}_blocks"
+
+
+def gone_table(table: str) -> str:
+    """Chunks deleted since their postings were last compacted (migration 0420)."""
+    return f"{table}_gone"
+
+
+def impacts_table(table: str) -> str:
+    """Keyword postings in the layout of migration 0410 (lexeme hash, impact, id): replaced by `blocks_table` in
+    the background (search/postings_upgrade.py), then dropped."""
     return f"{table}_impacts"
 
 
 def legacy_postings_table(table: str) -> str:
-    """Keyword postings in the layout of migration 0400 (text lexemes, two b-trees): rebuilt as `postings_table`
-    in the background (search/postings_upgrade.py), then dropped."""
+    """Keyword postings in the layout of migration 0400 (text lexemes, two b-trees): replaced like 0410's."""
     return f"{table}_postings"
 
 
+def side_tables(table: str) -> list[str]:
+    """The chunk table and every table that lives and dies with it (what a store's size counts)."""
+    return [table, blocks_table(table), gone_table(table), impacts_table(table), legacy_postings_table(table)]
+
+
 POSTINGS_EVENTS = (
-    ("INSERT", "vectorstore_impacts_insert", "NEW TABLE AS new_rows"),
-    ("UPDATE", "vectorstore_impacts_update", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-    ("DELETE", "vectorstore_impacts_delete", "OLD TABLE AS old_rows"),
+    ("INSERT", "vectorstore_blocks_insert", "NEW TABLE AS new_rows"),
+    ("UPDATE", "vectorstore_blocks_update", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+    ("DELETE", "vectorstore_blocks_delete", "OLD TABLE AS old_rows"),
 )
+_EVENTS = tuple(event for event, _, _ in POSTINGS_EVENTS)
 
 
 def postings_trigger(table: str, event: str) -> str:
+    return f"{table}_blocks_{event.lower()}"
+
+
+def impacts_trigger(table: str, event: str) -> str:
     return f"{table}_impacts_{event.lower()}"
 
 
@@ -198,78 +219,146 @@ def legacy_postings_trigger(table: str, event: str) -> str:
     return f"{table}_postings_{event.lower()}"
 
 
+def ord_index_name(table: str) -> str:
+    return f"{table}_ord"
+
+
+def ord_index_statement(table: str, *, concurrently: bool = False) -> sql.Composed:
+    """The unique index a search finds its hits' rows by (an old table gets it after its ords are filled)."""
+    return sql.SQL("CREATE UNIQUE INDEX {how} IF NOT EXISTS {name} ON {t} (ord)").format(
+        how=sql.SQL("CONCURRENTLY" if concurrently else ""),
+        name=sql.Identifier(ord_index_name(table)),
+        t=sql.Identifier(table),
+    )
+
+
 def postings_ready_statement(table: str) -> sql.Composed:
-    """Mark every chunk of `table` as having its postings (idempotent)."""
-    p = sql.Identifier(postings_table(table))
+    """Mark every chunk of `table` as having its postings (idempotent): the row ('', 0) of its blocks."""
     return sql.SQL(
-        "INSERT INTO {p} (lexeme, impact, id) SELECT 0, 1, ''"
-        " WHERE NOT EXISTS (SELECT 1 FROM {p} WHERE lexeme = 0 AND id = '')"
-    ).format(p=p)
+        "INSERT INTO {b} (lexeme, seg, n, postings) VALUES ('', 0, 0, ''::bytea) ON CONFLICT DO NOTHING"
+    ).format(b=sql.Identifier(blocks_table(table)))
 
 
-def postings_statements(layout: Layout, *, ready: bool, avgdl: float = DEFAULT_POSTINGS_AVGDL) -> list[sql.Composed]:
-    """Create `<t>_impacts`, its index, its reference row and the triggers that keep it current (idempotent).
-    `ready`: the table is new (empty), so every chunk has its postings from the start; an old table is
-    backfilled first and marked ready after. `avgdl`: the reference mean length (see search/postings.py)."""
-    p = sql.Identifier(postings_table(layout.table))
-    arg = sql.Literal(postings_table(layout.table))
+def postings_statements(layout: Layout, *, ready: bool) -> list[sql.Composed]:
+    """Give `<t>` its `ord` (an old table's rows keep NULL until the upgrade fills them), `<t>_blocks`, `<t>_gone`
+    and the triggers that keep them current (idempotent). `ready`: the table is new (empty), so every chunk has
+    its postings from the start; an old table is backfilled first and marked ready after."""
+    t = layout.ident
+    seq = sql.Identifier(ord_sequence(layout.table))
+    b = sql.Identifier(blocks_table(layout.table))
     statements = [
-        # id is NULL or '' only in the state rows (see migration 0410); "C" compares ids as bytes.
-        sql.SQL(
-            'CREATE TABLE IF NOT EXISTS {p} (lexeme bigint NOT NULL, impact real NOT NULL, id text COLLATE "C")'
-        ).format(p=p),
-        # The one index: a search reads each term's postings best first, a delete probes a posting's whole key.
-        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {p} (lexeme, impact DESC, id)").format(
-            name=sql.Identifier(f"{layout.table}_impacts_key"), p=p
+        sql.SQL("CREATE SEQUENCE IF NOT EXISTS {seq} AS bigint MINVALUE 1 MAXVALUE {max}").format(
+            seq=seq, max=sql.Literal(ORD_MAX)
         ),
+        # No default while adding the column: a volatile default would rewrite an old table under its lock.
+        sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS ord bigint").format(t=t),
+        sql.SQL("ALTER TABLE {t} ALTER COLUMN ord SET DEFAULT nextval({seq})").format(
+            t=t, seq=sql.Literal(ord_sequence(layout.table))
+        ),
+        sql.SQL("ALTER SEQUENCE {seq} OWNED BY {t}.ord").format(seq=seq, t=t),
+        # "C": lexemes compare as bytes, which is all a lookup needs. STORAGE EXTERNAL: a search reads whole
+        # runs, and uncompressed TOAST is read without decompressing.
         sql.SQL(
-            "INSERT INTO {p} (lexeme, impact, id) SELECT 0, {avgdl}, NULL"
-            " WHERE NOT EXISTS (SELECT 1 FROM {p} WHERE lexeme = 0 AND id IS NULL)"
-        ).format(p=p, avgdl=sql.Literal(avgdl)),
+            'CREATE TABLE IF NOT EXISTS {b} (lexeme text COLLATE "C" NOT NULL, seg bigint NOT NULL,'
+            " n integer NOT NULL, postings bytea NOT NULL, PRIMARY KEY (lexeme, seg))"
+        ).format(b=b),
+        sql.SQL("ALTER TABLE {b} ALTER COLUMN postings SET STORAGE EXTERNAL").format(b=b),
+        # What compaction looks for: the rows written since it last ran (seg >= 2).
+        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {b} (seg) WHERE seg >= 2").format(
+            name=sql.Identifier(f"{layout.table}_blocks_recent"), b=b
+        ),
+        sql.SQL("CREATE TABLE IF NOT EXISTS {g} (ord bigint NOT NULL, lexemes text[] NOT NULL)").format(
+            g=sql.Identifier(gone_table(layout.table))
+        ),
     ]
     if ready:
+        statements.append(ord_index_statement(layout.table))
         statements.append(postings_ready_statement(layout.table))
+    args = sql.SQL(", ").join(
+        sql.Literal(name) for name in (blocks_table(layout.table), gone_table(layout.table), ord_sequence(layout.table))
+    )
     for event, function, transitions in POSTINGS_EVENTS:
         statements.append(
             sql.SQL(
                 "CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {t} REFERENCING {transitions}"
-                " FOR EACH STATEMENT EXECUTE FUNCTION {function}({arg})"
+                " FOR EACH STATEMENT EXECUTE FUNCTION {function}({args})"
             ).format(
                 name=sql.Identifier(postings_trigger(layout.table, event)),
                 event=sql.SQL(event),
-                t=layout.ident,
+                t=t,
                 transitions=sql.SQL(transitions),
                 function=sql.Identifier(function),
-                arg=arg,
+                args=args,
             )
         )
     return statements
 
 
-def postings_select(source: sql.Composable, reference: sql.Composable) -> sql.Composed:
-    """`(lexeme, impact, id)` of the rows `source` (with `id` and `fts`), impacts at `reference` (an expression)."""
-    return sql.SQL(
-        "SELECT vectorstore_lexeme_key(u.lexeme) AS lexeme, vectorstore_bm25_impact(u.tf, b.dl, {reference}) AS impact,"
-        " b.id FROM (SELECT id, fts, length(fts) AS dl FROM {source} WHERE fts IS NOT NULL) AS b,"
-        " LATERAL (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf FROM unnest(b.fts)) AS u"
-    ).format(source=source, reference=reference)
-
-
-def drop_legacy_postings_statements(table: str) -> list[sql.Composed]:
-    """Drop a table's 0400 postings and their triggers (after its 0410 postings are complete)."""
+def _drop_triggers(table: str, name: Any) -> list[sql.Composed]:
     t = sql.Identifier(table)
     return [
-        *(
-            sql.SQL("DROP TRIGGER IF EXISTS {name} ON {t}").format(
-                name=sql.Identifier(legacy_postings_trigger(table, event)), t=t
-            )
-            for event, _, _ in POSTINGS_EVENTS
-        ),
-        sql.SQL("DROP TABLE IF EXISTS {p}").format(p=sql.Identifier(legacy_postings_table(table))),
+        sql.SQL("DROP TRIGGER IF EXISTS {name} ON {t}").format(name=sql.Identifier(name(table, event)), t=t)
+        for event in _EVENTS
     ]
 
 
-def legacy_postings_statements(layout: Layout, avgdl: float = DEFAULT_POSTINGS_AVGDL) -> list[sql.Composed]:
+def drop_older_postings_statements(table: str) -> list[sql.Composed]:
+    """Drop a table's 0400 and 0410 postings and their triggers (after its 0420 postings are complete)."""
+    return [
+        *_drop_triggers(table, legacy_postings_trigger),
+        *_drop_triggers(table, impacts_trigger),
+        sql.SQL("DROP TABLE IF EXISTS {p}, {i}").format(
+            p=sql.Identifier(legacy_postings_table(table)), i=sql.Identifier(impacts_table(table))
+        ),
+    ]
+
+
+def drop_postings_statements(table: str) -> list[sql.Composed]:
+    """Drop a table's postings (0420's) and their triggers, and its ords: the table as before any postings."""
+    t = sql.Identifier(table)
+    return [
+        *_drop_triggers(table, postings_trigger),
+        sql.SQL("DROP TABLE IF EXISTS {b}, {g}").format(
+            b=sql.Identifier(blocks_table(table)), g=sql.Identifier(gone_table(table))
+        ),
+        sql.SQL("ALTER TABLE {t} DROP COLUMN IF EXISTS ord").format(t=t),
+        sql.SQL("DROP SEQUENCE IF EXISTS {seq}").format(seq=sql.Identifier(ord_sequence(table))),
+    ]
+
+
+def impacts_statements(layout: Layout, avgdl: float = 100.0) -> list[sql.Composed]:
+    """A table's postings as migration 0410 made them (lexeme hash, impact, id; one b-tree), with their triggers:
+    what a store made before 0420 has. Only tests and benches make them now, to upgrade or compare."""
+    p = sql.Identifier(impacts_table(layout.table))
+    statements = [
+        sql.SQL('CREATE TABLE {p} (lexeme bigint NOT NULL, impact real NOT NULL, id text COLLATE "C")').format(p=p),
+        sql.SQL("CREATE INDEX ON {p} (lexeme, impact DESC, id)").format(p=p),
+        sql.SQL("INSERT INTO {p} (lexeme, impact, id) VALUES (0, {avgdl}, NULL), (0, 1, '')").format(
+            p=p, avgdl=sql.Literal(avgdl)
+        ),
+    ]
+    for event, transitions in (
+        ("INSERT", "NEW TABLE AS new_rows"),
+        ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+        ("DELETE", "OLD TABLE AS old_rows"),
+    ):
+        statements.append(
+            sql.SQL(
+                "CREATE TRIGGER {name} AFTER {event} ON {t} REFERENCING {transitions}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION {function}({arg})"
+            ).format(
+                name=sql.Identifier(impacts_trigger(layout.table, event)),
+                event=sql.SQL(event),
+                t=layout.ident,
+                transitions=sql.SQL(transitions),
+                function=sql.Identifier(f"vectorstore_impacts_{event.lower()}"),
+                arg=sql.Literal(impacts_table(layout.table)),
+            )
+        )
+    return statements
+
+
+def legacy_postings_statements(layout: Layout, avgdl: float = 100.0) -> list[sql.Composed]:
     """A table's postings as migration 0400 made them (text lexemes, tf, dl, two b-trees), with their triggers:
     what a store made before 0410 has. Only tests and benches make them now, to upgrade or compare."""
     p = sql.Identifier(legacy_postings_table(layout.table))
@@ -303,20 +392,6 @@ def legacy_postings_statements(layout: Layout, avgdl: float = DEFAULT_POSTINGS_A
             )
         )
     return statements
-
-
-def drop_postings_statements(table: str) -> list[sql.Composed]:
-    """Drop a table's postings (0410's) and their triggers: the table as it was before any postings."""
-    t = sql.Identifier(table)
-    return [
-        *(
-            sql.SQL("DROP TRIGGER IF EXISTS {name} ON {t}").format(
-                name=sql.Identifier(postings_trigger(table, event)), t=t
-            )
-            for event, _, _ in POSTINGS_EVENTS
-        ),
-        sql.SQL("DROP TABLE IF EXISTS {p}").format(p=sql.Identifier(postings_table(table))),
-    ]
 
 
 @dataclass(frozen=True)
