@@ -1,9 +1,9 @@
 """Ingestion throughput against a raw binary COPY of the same rows, and server memory on a 50 MB file.
 
     python bench/ingest_bench.py [--chunks 100000] [--dims 768] [--files 100] [--tokens 100] [--memory-mb 50]
-                                 [--vocabulary 20000] [--postings 0410 0400 none ...]
+                                 [--vocabulary 20000] [--postings 0420 0410 0400 none ...]
 
-`--postings`: the store's keyword postings as made now (0410), as migration 0400 made them, or none (the
+`--postings`: the store's keyword postings as made now (0420), as migration 0410 or 0400 made them, or none (the
 table before any); several values run the throughput part once each, in turn, on the same server.
 
 Throughput: `--files` text files whose chunks add up to `--chunks` (static chunking, `--tokens` per chunk, no
@@ -95,7 +95,7 @@ def unit_vector(rng: random.Random, dims: int) -> list[float]:
 
 
 async def new_store(
-    conn: psycopg.AsyncConnection[Any], store_id: str, dims: int, index: bool, postings: str = "0410"
+    conn: psycopg.AsyncConnection[Any], store_id: str, dims: int, index: bool, postings: str = "0420"
 ) -> stores.StoreRecord:
     async with conn.transaction():
         record = await stores.insert(
@@ -107,11 +107,12 @@ async def new_store(
         )  # fmt: skip
         if not index:
             await conn.execute(tables.drop_index_statement(record.layout))
-        if postings != "0410":  # the table as it was before keyword postings, or with 0400's
+        if postings != "0420":  # the table as it was before keyword postings, or with 0400's or 0410's
             for statement in tables.drop_postings_statements(record.table_name):
                 await conn.execute(statement)
-        if postings == "0400":
-            for statement in tables.legacy_postings_statements(record.layout):
+        if postings in ("0400", "0410"):
+            older = tables.legacy_postings_statements if postings == "0400" else tables.impacts_statements
+            for statement in older(record.layout):
                 await conn.execute(statement)
     return record
 
@@ -299,10 +300,10 @@ async def main() -> None:
     parser.add_argument("--vocabulary", type=int, default=0, help="pseudo-words with a Zipf law instead of WORDS")
     parser.add_argument(
         "--postings",
-        choices=["0410", "0400", "none"],
+        choices=["0420", "0410", "0400", "none"],
         nargs="+",
-        default=["0410"],
-        help="keyword postings as made now (0410), as migration 0400 made them, or none (the table before 0400);"
+        default=["0420"],
+        help="keyword postings as made now (0420), as migrations 0410 or 0400 made them, or none (before 0400);"
         " several: one throughput run each, in turn, in the same server",
     )
     parser.add_argument("--memory-mb", type=int, default=50)

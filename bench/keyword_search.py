@@ -159,7 +159,7 @@ async def postings_read(dsn: str, record: stores.StoreRecord, queries: list[str]
             cur = await conn.execute(
                 postings.fetch_statement(current.layout), [current.layout.language, query], binary=True
             )
-            for lexeme, packed, _ in await cur.fetchall():
+            for lexeme, packed, _, _ in await cur.fetchall():
                 if lexeme is not None and packed:
                     read += len(packed) // 8
                     size += len(packed)

@@ -66,6 +66,15 @@ async def assert_postings_match_fts(conn: psycopg.AsyncConnection[Any], record: 
     )
     rows, distinct, with_ord = await cur.fetchone() or (0, 0, 0)
     assert rows == distinct == with_ord
+    # The totals a search takes N and the mean length from: exactly the live rows'.
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM {t} WHERE fts IS NOT NULL), (SELECT coalesce(sum(length(fts)), 0) FROM {t}),"
+            " (SELECT coalesce(sum(chunks), 0) FROM {s}), (SELECT coalesce(sum(lengths), 0) FROM {s})"
+        ).format(t=sql.Identifier(record.table_name), s=sql.Identifier(tables.totals_table(record.table_name)))
+    )
+    live_rows, live_lengths, total_rows, total_lengths = await cur.fetchone() or (0, 0, 0, 0)
+    assert (total_rows, total_lengths) == (live_rows, live_lengths)
     return len(expected)
 
 
@@ -97,7 +106,7 @@ def corpus(rows: int, seed: int = 5) -> list[str]:
 
 async def exact_bm25(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord, query: str) -> dict[str, float]:
     """BM25 of every matching row, computed here from the rows' lexemes (the same definition as text.py, with
-    the statistics the search uses: row count and mean length from ANALYZE, df counted exactly)."""
+    exact row count, mean length and document frequencies)."""
     cur = await conn.execute(
         sql.SQL(
             "SELECT c.id, u.lexeme, coalesce(array_length(u.positions, 1), 1) FROM {t} AS c, unnest(c.fts) AS u"
@@ -108,7 +117,7 @@ async def exact_bm25(conn: psycopg.AsyncConnection[Any], record: stores.StoreRec
         docs.setdefault(row_id, {})[lexeme] = tf
     cur = await conn.execute("SELECT lexeme FROM unnest(to_tsvector(%s::regconfig, %s))", [record.language, query])
     terms = [row[0] for row in await cur.fetchall()]
-    n, avgdl = record.analyzed_rows, record.text_avg_length
+    n, avgdl = len(docs), sum(len(d) for d in docs.values()) / max(1, len(docs))
     idfs = {}
     for term in terms:
         df = sum(1 for d in docs.values() if term in d)
@@ -374,17 +383,16 @@ async def test_usage_bytes_counts_the_postings(db: psycopg.AsyncConnection[Any])
     await add_rows(db, record, [f"turbine blade report number {i} with several distinct words" for i in range(300)])
     record = await current(db, record.id)
     await db.execute(sql.SQL("DELETE FROM {t} WHERE id = 'r0'").format(t=record.layout.ident))
-    names = [record.table_name, tables.blocks_table(record.table_name), tables.gone_table(record.table_name)]
-    cur = await db.execute(
-        "SELECT pg_total_relation_size(to_regclass(%s)), pg_total_relation_size(to_regclass(%s)),"
-        " pg_total_relation_size(to_regclass(%s))",
-        names,
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    table_bytes, blocks_bytes, gone_bytes = (int(v) for v in row)
-    assert blocks_bytes > 0 and gone_bytes > 0
-    assert (await stores.usage_bytes(db, [record]))[record.id] == table_bytes + blocks_bytes + gone_bytes
+    names = [
+        record.table_name,
+        tables.blocks_table(record.table_name),
+        tables.gone_table(record.table_name),
+        tables.totals_table(record.table_name),
+    ]
+    cur = await db.execute("SELECT pg_total_relation_size(to_regclass(n)) FROM unnest(%s::text[]) AS n", [names])
+    sizes = [int(row[0]) for row in await cur.fetchall()]
+    assert all(size > 0 for size in sizes)
+    assert (await stores.usage_bytes(db, [record]))[record.id] == sum(sizes)
     await drop_postings(db, record)
     cur = await db.execute("SELECT pg_total_relation_size(to_regclass(%s))", [record.table_name])
     assert (await stores.usage_bytes(db, [record]))[record.id] == int((await cur.fetchone() or [0])[0])

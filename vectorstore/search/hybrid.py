@@ -1,8 +1,10 @@
-"""Keyword and hybrid search statements: one statement, one round trip, whatever the mode.
+"""Keyword and hybrid search statements: one statement whatever the mode (after one read of the postings).
 
-Hybrid takes the `depth` nearest rows through HNSW and the `depth` best BM25 rows through GIN (vectorstore/
-search/text.py), each leg with the same filters, and fuses the two rankings with weighted reciprocal rank
-fusion (Cormack et al., 2009):
+Hybrid takes the `depth` nearest rows through HNSW and the `depth` best BM25 rows, each leg with the same
+filters, and fuses the two rankings with weighted reciprocal rank fusion (Cormack et al., 2009). Unfiltered,
+the BM25 rows are computed in the server from the store's packed postings just before (vectorstore/search/
+postings.py), and the statement receives them as arrays; filtered, the statement finds them through GIN
+(vectorstore/search/text.py):
 
     fused(d) = sum over legs L where d appears of  w_L / (k + rank_L(d))
 
@@ -181,8 +183,8 @@ async def _scored(
     k: int,
 ) -> postings.Scored | None:
     """The keyword leg's k best chunks from the postings (vectorstore/search/postings.py), or None for the GIN
-    path (filtered searches, stores whose postings are not ready or never analyzed)."""
-    if postings.usable(stats, where, NO_FILTER) and await postings.is_ready(conn, layout.table):
+    path (filtered searches, stores whose postings are not ready)."""
+    if postings.usable(where, NO_FILTER) and await postings.is_ready(conn, layout.table):
         return await postings.fetch_and_score(conn, layout, stats, query_text, k)
     return None
 

@@ -7,9 +7,10 @@ lexeme a few rows, each a run of 8-byte postings `ord << 32 | tf << 16 | dl`. A 
    text.MAX_TERMS, the rarest), every row of theirs, and the ords deleted since the last compaction
    (`<t>_gone`). PostgreSQL only reads: an index probe a row and uncompressed TOAST (STORAGE EXTERNAL).
 2. `score` (here, numpy): each term's postings minus the deleted ones give its exact document frequency and,
-   with the store's row count and mean length, each chunk's BM25, the same formula as text.bm25_expression;
-   the k best ords (with every tie at the k-th score) go back to PostgreSQL as arrays, where `kw_cte` finds
-   their rows through the unique index on `ord` and orders them by score, then id, as the GIN path does.
+   with the store's live row count and mean length (`<t>_totals`), each chunk's BM25, the same formula as
+   text.bm25_expression; the k best ords (with every tie at the k-th score) go back to PostgreSQL as arrays,
+   where `keyword_ctes` finds their rows through the unique index on `ord` and orders them by score, then id,
+   as the GIN path does.
 
 Why not SQL: scoring costs SQL about a microsecond a posting and numpy about a nanosecond, so reading every
 posting of every query term and summing them all is exact and cheaper than any threshold algorithm in SQL was
@@ -19,8 +20,9 @@ each query's bookkeeping: docs/benchmarks.md). The cost grows with the query ter
 
 Filtered keyword legs keep the GIN path (text.py): a filter is evaluated on the row, and the GIN path with the
 filter in the same scan is what keeps "`limit` rows whenever that many match". So do stores whose postings are
-not complete yet (an old store being upgraded, search/postings_upgrade.py) and stores never analyzed (no mean
-length yet).
+not complete yet (an old store being upgraded, search/postings_upgrade.py). The row count and mean length are
+exact too: `<t>_totals` holds each writing statement's chunk count and summed lengths (deletes subtract), so
+unlike the GIN path the ranking doesn't wait for an ANALYZE.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from vectorstore.search import text
-from vectorstore.storage.tables import Layout, blocks_table, gone_table
+from vectorstore.storage.tables import Layout, blocks_table, gone_table, totals_table
 
 NOT_READY_RECHECK_SECONDS = 10.0
 MAX_TIES = 1000
@@ -79,26 +81,31 @@ def forget(table: str) -> None:
     _not_ready_checked.pop(table, None)
 
 
-def usable(stats: text.TextStats, where: sql.Composable, no_filter: sql.Composable) -> bool:
-    """The postings path needs the store's row count and mean length (from its first ANALYZE) and no filter."""
-    return stats.avg_length > 0 and stats.rows > 0 and where is no_filter
+def usable(where: sql.Composable, no_filter: sql.Composable) -> bool:
+    """The postings path serves searches without a filter (a filter is evaluated on the row: the GIN path)."""
+    return where is no_filter
 
 
 def fetch_statement(layout: Layout) -> sql.Composed:
-    """Rows `(lexeme, postings, gone)`: every block row of the query's (at most MAX_TERMS rarest) lexemes, a
-    lexeme with none as one row with NULL postings, and last a row with NULL lexeme whose `gone` is the packed
-    ords deleted since the last compaction. Parameters: the configuration, the query text."""
+    """Rows `(lexeme, postings, extra, kind)`: (kind 0) every block row of the query's lexemes (at most MAX_TERMS,
+    the rarest), a lexeme with none as one row with NULL postings; then in `extra` (kind 1) the packed ords
+    deleted since the last compaction and (kind 2) the store's live chunk count and summed lengths (two int8s).
+    Parameters: the configuration, the query text."""
     return sql.SQL(
         "WITH q AS MATERIALIZED ("
         ' SELECT l.lexeme, (SELECT coalesce(sum(b.n), 0) FROM {b} AS b WHERE b.lexeme = l.lexeme COLLATE "C") AS n'
         " FROM unnest(to_tsvector(%s::regconfig, %s)) AS l),"
         " chosen AS MATERIALIZED (SELECT lexeme FROM q ORDER BY n, lexeme LIMIT {max_terms})"
-        " SELECT c.lexeme, b.postings, NULL::bytea AS gone FROM chosen AS c"
+        " SELECT c.lexeme, b.postings, NULL::bytea AS extra, 0 AS kind FROM chosen AS c"
         ' LEFT JOIN {b} AS b ON b.lexeme = c.lexeme COLLATE "C"'
-        " UNION ALL SELECT NULL, NULL, (SELECT string_agg(int8send(ord), ''::bytea) FROM {g})"
+        " UNION ALL SELECT NULL, NULL, (SELECT string_agg(int8send(ord), ''::bytea) FROM {g}), 1"
+        # The store's live chunks and their summed lengths, packed as two int8s after the gone ords' row.
+        " UNION ALL SELECT NULL, NULL, (SELECT int8send(coalesce(sum(chunks), 0)::bigint)"
+        " || int8send(coalesce(sum(lengths), 0)::bigint) FROM {s}), 2"
     ).format(
         b=sql.Identifier(blocks_table(layout.table)),
         g=sql.Identifier(gone_table(layout.table)),
+        s=sql.Identifier(totals_table(layout.table)),
         max_terms=sql.Literal(text.MAX_TERMS),
     )
 
@@ -121,10 +128,14 @@ def score(rows: Sequence[Any], stats: text.TextStats, k: int) -> Scored:
     """BM25 of every chunk holding a query term, from the rows of `fetch_statement`; the k best (and ties)."""
     runs: dict[str, list[bytes]] = {}
     gone = np.empty(0, dtype=np.uint64)
-    for lexeme, postings, deleted in rows:
-        if lexeme is None:
-            if deleted:
-                gone = np.frombuffer(deleted, dtype=_POSTING).astype(np.uint64)
+    live: tuple[int, int] = (0, 0)
+    for lexeme, postings, extra, kind in rows:
+        if kind == 2:
+            live = (int.from_bytes(extra[:8], "big", signed=True), int.from_bytes(extra[8:], "big", signed=True))
+            continue
+        if kind == 1:
+            if extra:
+                gone = np.frombuffer(extra, dtype=_POSTING).astype(np.uint64)
             continue
         runs.setdefault(lexeme, [])
         if postings:
@@ -133,14 +144,17 @@ def score(rows: Sequence[Any], stats: text.TextStats, k: int) -> Scored:
     idfs: list[float] = []
     ords_parts: list[Any] = []
     weight_parts: list[Any] = []
-    k1, b, avgdl = text.K1, text.B, stats.avg_length
+    # Exact N and mean length from the totals the triggers keep; ANALYZE's (`stats`) only if they are empty.
+    n_rows, avgdl = (float(live[0]), live[1] / live[0]) if live[0] > 0 else (stats.rows, stats.avg_length)
+    avgdl = avgdl if avgdl > 0 else 1.0  # every chunk empty of lexemes: dl is 0 for all, the ratio moot
+    k1, b = text.K1, text.B
     for word in words:
         packed = np.frombuffer(b"".join(runs[word]), dtype=_POSTING)
         ords = packed >> np.uint64(32)
         if gone.size:
             keep = ~np.isin(ords, gone)
             packed, ords = packed[keep], ords[keep]
-        term_idf = idf(stats.rows, int(packed.size))
+        term_idf = idf(n_rows, int(packed.size))
         idfs.append(term_idf)
         if not packed.size:
             continue

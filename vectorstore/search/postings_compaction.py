@@ -152,6 +152,14 @@ async def compact(conn: psycopg.AsyncConnection[Any], table: str, store_id: str,
                 if packed.size:
                     await copy.write_row((lexeme, target, int(packed.size), packed.tobytes()))
                     written += 1
+        # The totals' rows become one (their sum), so a search adds up a few.
+        totals = sql.Identifier(tables.totals_table(table))
+        await conn.execute(
+            sql.SQL(
+                "WITH d AS (DELETE FROM {s} RETURNING chunks, lengths)"
+                " INSERT INTO {s} (chunks, lengths) SELECT sum(chunks), sum(lengths) FROM d HAVING count(*) > 0"
+            ).format(s=totals)
+        )
         if kind == "major" and gone_rows:
             await conn.execute(
                 sql.SQL("DELETE FROM {g} WHERE ord = ANY(%s)").format(g=g), [[int(r[0]) for r in gone_rows]]

@@ -1,8 +1,8 @@
 """Keyword search: BM25 over each store's `fts` tsvector, in SQL, through its GIN index.
 
 This is the GIN path: what filtered keyword legs and stores whose postings are not complete use. Unfiltered
-searches find the same BM25 top k through impact-ordered postings (vectorstore/search/postings.py), which
-also scores its candidates with `bm25_expression` here, and has no candidate budget.
+searches compute the same BM25 (exact document frequencies, no candidate budget) in the server from packed
+postings (vectorstore/search/postings.py).
 
 PostgreSQL's own `ts_rank` has no inverse document frequency, and on the Cranfield collection it ranks well below
 BM25 (nDCG@10 0.285 against 0.371, docs/benchmarks.md), so the score is BM25, computed in the statement:

@@ -183,6 +183,11 @@ def gone_table(table: str) -> str:
     return f"{table}_gone"
 
 
+def totals_table(table: str) -> str:
+    """Live chunks with postings and their summed lengths, as rows to add up (migration 0420)."""
+    return f"{table}_totals"
+
+
 def impacts_table(table: str) -> str:
     """Keyword postings in the layout of migration 0410 (lexeme hash, impact, id): replaced by `blocks_table` in
     the background (search/postings_upgrade.py), then dropped."""
@@ -196,7 +201,14 @@ def legacy_postings_table(table: str) -> str:
 
 def side_tables(table: str) -> list[str]:
     """The chunk table and every table that lives and dies with it (what a store's size counts)."""
-    return [table, blocks_table(table), gone_table(table), impacts_table(table), legacy_postings_table(table)]
+    return [
+        table,
+        blocks_table(table),
+        gone_table(table),
+        totals_table(table),
+        impacts_table(table),
+        legacy_postings_table(table),
+    ]
 
 
 POSTINGS_EVENTS = (
@@ -270,12 +282,21 @@ def postings_statements(layout: Layout, *, ready: bool) -> list[sql.Composed]:
         sql.SQL("CREATE TABLE IF NOT EXISTS {g} (ord bigint NOT NULL, lexemes text[] NOT NULL)").format(
             g=sql.Identifier(gone_table(layout.table))
         ),
+        sql.SQL("CREATE TABLE IF NOT EXISTS {s} (chunks bigint NOT NULL, lengths bigint NOT NULL)").format(
+            s=sql.Identifier(totals_table(layout.table))
+        ),
     ]
     if ready:
         statements.append(ord_index_statement(layout.table))
         statements.append(postings_ready_statement(layout.table))
     args = sql.SQL(", ").join(
-        sql.Literal(name) for name in (blocks_table(layout.table), gone_table(layout.table), ord_sequence(layout.table))
+        sql.Literal(name)
+        for name in (
+            blocks_table(layout.table),
+            gone_table(layout.table),
+            ord_sequence(layout.table),
+            totals_table(layout.table),
+        )
     )
     for event, function, transitions in POSTINGS_EVENTS:
         statements.append(
@@ -318,8 +339,10 @@ def drop_postings_statements(table: str) -> list[sql.Composed]:
     t = sql.Identifier(table)
     return [
         *_drop_triggers(table, postings_trigger),
-        sql.SQL("DROP TABLE IF EXISTS {b}, {g}").format(
-            b=sql.Identifier(blocks_table(table)), g=sql.Identifier(gone_table(table))
+        sql.SQL("DROP TABLE IF EXISTS {b}, {g}, {s}").format(
+            b=sql.Identifier(blocks_table(table)),
+            g=sql.Identifier(gone_table(table)),
+            s=sql.Identifier(totals_table(table)),
         ),
         sql.SQL("ALTER TABLE {t} DROP COLUMN IF EXISTS ord").format(t=t),
         sql.SQL("DROP SEQUENCE IF EXISTS {seq}").format(seq=sql.Identifier(ord_sequence(table))),

@@ -13,6 +13,8 @@
 --   so a lexeme has a few rows, which a search reads through the primary key.
 -- * a delete leaves the postings and records the chunk in `<t>_gone (ord, lexemes)`; searches drop those ords,
 --   and compaction rewrites the lexemes' rows without them, then forgets the chunk.
+-- * `<t>_totals (chunks, lengths)`: each writing statement adds its chunks' count and summed lengths (a delete
+--   subtracts them), so a search's N and mean length are exact, not ANALYZE's; compaction sums the rows up.
 -- * the row ('', 0) marks the table's postings complete (an old table being backfilled lacks it).
 
 CREATE FUNCTION vectorstore_posting(ord bigint, tf integer, dl integer) RETURNS bytea
@@ -22,7 +24,7 @@ AS $$ SELECT int8send((ord << 32) | (least(tf, 65535)::bigint << 16) | least(dl,
 -- The statement that writes `<t>_blocks` rows for the chunks `source` (a relation with ord and fts), one per
 -- lexeme, as one statement's segment. The triggers EXECUTE it themselves: transition tables are visible only
 -- in the trigger's own function. Arguments of the triggers below: the blocks table, the gone table, the ord
--- sequence.
+-- sequence, the totals table.
 CREATE FUNCTION vectorstore_blocks_write_statement(blocks text, source text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     RETURN format(
@@ -36,10 +38,21 @@ BEGIN
 END
 $$;
 
+-- The statement that adds (or with sign -1 subtracts) the chunks `source` to `<t>_totals`.
+CREATE FUNCTION vectorstore_totals_statement(totals text, source text, sign integer) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN format(
+        'INSERT INTO %I (chunks, lengths) SELECT %s * count(*), %s * sum(length(fts)) FROM %s'
+        ' WHERE fts IS NOT NULL AND ord IS NOT NULL HAVING count(*) > 0', totals, sign, sign, source);
+END
+$$;
+
 -- AFTER INSERT ... FOR EACH STATEMENT, REFERENCING NEW TABLE AS new_rows.
 CREATE FUNCTION vectorstore_blocks_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE vectorstore_blocks_write_statement(TG_ARGV[0], 'new_rows');
+    EXECUTE vectorstore_totals_statement(TG_ARGV[3], 'new_rows', 1);
     RETURN NULL;
 END
 $$;
@@ -50,6 +63,7 @@ BEGIN
     EXECUTE format(
         'INSERT INTO %I (ord, lexemes) SELECT ord, tsvector_to_array(fts) FROM old_rows'
         ' WHERE ord IS NOT NULL AND fts IS NOT NULL', TG_ARGV[1]);
+    EXECUTE vectorstore_totals_statement(TG_ARGV[3], 'old_rows', -1);
     RETURN NULL;
 END
 $$;
@@ -75,10 +89,18 @@ BEGIN
             'UPDATE %I SET ord = nextval(%L) WHERE id IN (SELECT n.id FROM old_rows AS o JOIN new_rows AS n'
             ' ON n.id = o.id WHERE o.ord = n.ord AND o.fts <> n.fts)', TG_TABLE_NAME, TG_ARGV[2]);
     END IF;
+    EXECUTE vectorstore_totals_statement(TG_ARGV[3],
+        '(SELECT o.ord, o.fts FROM old_rows AS o JOIN new_rows AS n ON n.id = o.id'
+        ' WHERE o.ord IS DISTINCT FROM n.ord OR o.fts IS DISTINCT FROM n.fts) AS lost', -1);
     EXECUTE vectorstore_blocks_write_statement(TG_ARGV[0],
         '(SELECT n.ord, n.fts FROM old_rows AS o JOIN new_rows AS n ON n.id = o.id'
         ' WHERE o.ord IS DISTINCT FROM n.ord OR o.fts IS NULL AND n.fts IS NOT NULL)'
         ' AS changed');
+    -- Every changed row counts at its new length here, a re-keyed one too (its nested update adds and
+    -- subtracts it at that length), so the totals move by exactly the rows' change.
+    EXECUTE vectorstore_totals_statement(TG_ARGV[3],
+        '(SELECT n.ord, n.fts FROM old_rows AS o JOIN new_rows AS n ON n.id = o.id'
+        ' WHERE o.ord IS DISTINCT FROM n.ord OR o.fts IS DISTINCT FROM n.fts) AS changed', 1);
     RETURN NULL;
 END
 $$;
