@@ -49,7 +49,7 @@ def _store_state(dsn: str) -> tuple[list[str], set[str], set[str]]:
                 # Store tables are `vs_<hash>` (storage.table_name); each has its keyword postings beside it,
                 # `vs_<hash>_blocks` and `vs_<hash>_gone` (or 0400's and 0410's until upgraded).
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'vs\\_%'"
-                " AND tablename !~ '_(blocks|gone|impacts|postings)$'"
+                " AND tablename !~ '_(blocks|gone|totals|impacts|postings)$'"
             )
         }
     referenced = {str(r[1]) for r in rows}
