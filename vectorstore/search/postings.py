@@ -46,6 +46,8 @@ MAX_TIES = 1000
 """Chunks tied with the k-th score sent back beyond k: ties are ordered by id in SQL, as on the GIN path."""
 
 _POSTING = np.dtype(">u8")
+_FIELDS = np.dtype([("ord", ">u4"), ("tf", ">u2"), ("dl", ">u2")])
+"""A posting's 8 bytes as migration 0420 packs them (ord << 32 | tf << 16 | dl, big-endian)."""
 _ready: set[str] = set()
 _not_ready_checked: dict[str, float] = {}
 
@@ -127,7 +129,7 @@ def idf(rows: float, df: int) -> float:
 def score(rows: Sequence[Any], stats: text.TextStats, k: int) -> Scored:
     """BM25 of every chunk holding a query term, from the rows of `fetch_statement`; the k best (and ties)."""
     runs: dict[str, list[bytes]] = {}
-    gone = np.empty(0, dtype=np.uint64)
+    gone = np.empty(0, dtype=np.uint32)
     live: tuple[int, int] = (0, 0)
     for lexeme, postings, extra, kind in rows:
         if kind == 2:
@@ -135,7 +137,7 @@ def score(rows: Sequence[Any], stats: text.TextStats, k: int) -> Scored:
             continue
         if kind == 1:
             if extra:
-                gone = np.frombuffer(extra, dtype=_POSTING).astype(np.uint64)
+                gone = np.frombuffer(extra, dtype=_POSTING).astype(np.uint32)
             continue
         runs.setdefault(lexeme, [])
         if postings:
@@ -148,20 +150,21 @@ def score(rows: Sequence[Any], stats: text.TextStats, k: int) -> Scored:
     n_rows, avgdl = (float(live[0]), live[1] / live[0]) if live[0] > 0 else (stats.rows, stats.avg_length)
     avgdl = avgdl if avgdl > 0 else 1.0  # every chunk empty of lexemes: dl is 0 for all, the ratio moot
     k1, b = text.K1, text.B
+    zero_weight = False
+    length_part = k1 * b / avgdl
     for word in words:
-        packed = np.frombuffer(b"".join(runs[word]), dtype=_POSTING)
-        ords = packed >> np.uint64(32)
+        postings = np.frombuffer(b"".join(runs[word]), dtype=_FIELDS)
         if gone.size:
-            keep = ~np.isin(ords, gone)
-            packed, ords = packed[keep], ords[keep]
-        term_idf = idf(n_rows, int(packed.size))
+            postings = postings[~np.isin(postings["ord"], gone)]
+        term_idf = idf(n_rows, int(postings.size))
         idfs.append(term_idf)
-        if not packed.size:
+        if not postings.size:
             continue
-        tf = ((packed >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.float64)
-        dl = (packed & np.uint64(0xFFFF)).astype(np.float64)
-        ords_parts.append(ords.astype(np.int64))
-        weight_parts.append(term_idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl)))
+        zero_weight = zero_weight or term_idf <= 0
+        tf = postings["tf"].astype(np.float64)
+        ords_parts.append(postings["ord"].astype(np.int64))
+        # idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl)), with the constants folded.
+        weight_parts.append((term_idf * (k1 + 1)) * tf / (tf + k1 * (1 - b) + length_part * postings["dl"]))
     if not ords_parts:
         return Scored(words, idfs, [], [])
     ords_all = np.concatenate(ords_parts)
@@ -170,7 +173,8 @@ def score(rows: Sequence[Any], stats: text.TextStats, k: int) -> Scored:
     if top < 8 * ords_all.size + 65536:
         # Dense: one slot per ord up to the largest (cheap while ords are not much sparser than the postings).
         sums = np.bincount(ords_all, weights=weights, minlength=top + 1)
-        present = np.bincount(ords_all, minlength=top + 1) > 0
+        # Every weight is positive unless a term's idf is 0 (it is in every chunk): then count matches apart.
+        present = (np.bincount(ords_all, minlength=top + 1) > 0) if zero_weight else sums > 0
         candidates = np.flatnonzero(present)
         totals = sums[candidates]
     else:

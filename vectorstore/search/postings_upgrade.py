@@ -97,13 +97,11 @@ async def backfill_batch(conn: psycopg.AsyncConnection[Any], record: stores.Stor
 
 async def build_index(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> None:
     """Step 3, outside any transaction (CREATE INDEX CONCURRENTLY can't run in one)."""
-    name = tables.ord_index_name(record.table_name)
-    cur = await conn.execute("SELECT i.indisvalid FROM pg_index AS i WHERE i.indexrelid = to_regclass(%s)", [name])
-    row = await cur.fetchone()
-    if row is not None and not row[0]:
-        # Left invalid by an interrupted CONCURRENTLY build: it is maintained but never used; start over.
-        await conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
-    await conn.execute(tables.ord_index_statement(record.table_name, concurrently=True))
+    await tables.build_index_concurrently(
+        conn,
+        tables.ord_index_name(record.table_name),
+        tables.ord_index_statement(record.table_name, concurrently=True),
+    )
 
 
 async def mark_ready(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import psycopg
 from aiohttp import web
@@ -59,36 +59,26 @@ async def compact_forever(dsn: str, every: float = COMPACTION_CHECK_SECONDS) -> 
         await asyncio.sleep(RETRY_SECONDS)
 
 
-async def _compaction_ctx(app: web.Application) -> AsyncIterator[None]:
-    readiness = app[state.READINESS]
+def _background(work: Callable[[str], Awaitable[None]]) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context that runs `work(dsn)` once the database is ready, and cancels it when the app stops."""
 
-    async def run() -> None:
-        await readiness.done.wait()
-        if readiness.ready:
-            await compact_forever(app[state.SETTINGS].dsn)
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        readiness = app[state.READINESS]
 
-    task = asyncio.create_task(run())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+        async def run() -> None:
+            await readiness.done.wait()
+            if readiness.ready:
+                await work(app[state.SETTINGS].dsn)
 
+        task = asyncio.create_task(run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
-async def _upgrade_ctx(app: web.Application) -> AsyncIterator[None]:
-    readiness = app[state.READINESS]
-
-    async def run() -> None:
-        await readiness.done.wait()
-        if readiness.ready:
-            await upgrade_all(app[state.SETTINGS].dsn)
-
-    task = asyncio.create_task(run())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    return ctx
 
 
 def setup(app: web.Application) -> None:
-    app.cleanup_ctx.append(_upgrade_ctx)
-    app.cleanup_ctx.append(_compaction_ctx)
+    app.cleanup_ctx.append(_background(upgrade_all))
+    app.cleanup_ctx.append(_background(compact_forever))

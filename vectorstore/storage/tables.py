@@ -360,25 +360,7 @@ def impacts_statements(layout: Layout, avgdl: float = 100.0) -> list[sql.Compose
             p=p, avgdl=sql.Literal(avgdl)
         ),
     ]
-    for event, transitions in (
-        ("INSERT", "NEW TABLE AS new_rows"),
-        ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-        ("DELETE", "OLD TABLE AS old_rows"),
-    ):
-        statements.append(
-            sql.SQL(
-                "CREATE TRIGGER {name} AFTER {event} ON {t} REFERENCING {transitions}"
-                " FOR EACH STATEMENT EXECUTE FUNCTION {function}({arg})"
-            ).format(
-                name=sql.Identifier(impacts_trigger(layout.table, event)),
-                event=sql.SQL(event),
-                t=layout.ident,
-                transitions=sql.SQL(transitions),
-                function=sql.Identifier(f"vectorstore_impacts_{event.lower()}"),
-                arg=sql.Literal(impacts_table(layout.table)),
-            )
-        )
-    return statements
+    return statements + _older_triggers(layout, impacts_trigger, "vectorstore_impacts", impacts_table(layout.table))
 
 
 def legacy_postings_statements(layout: Layout, avgdl: float = 100.0) -> list[sql.Composed]:
@@ -396,25 +378,28 @@ def legacy_postings_statements(layout: Layout, avgdl: float = 100.0) -> list[sql
             p=p, avgdl=sql.Literal(avgdl)
         ),
     ]
-    for event, transitions in (
-        ("INSERT", "NEW TABLE AS new_rows"),
-        ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-        ("DELETE", "OLD TABLE AS old_rows"),
-    ):
-        statements.append(
-            sql.SQL(
-                "CREATE TRIGGER {name} AFTER {event} ON {t} REFERENCING {transitions}"
-                " FOR EACH STATEMENT EXECUTE FUNCTION {function}({arg})"
-            ).format(
-                name=sql.Identifier(legacy_postings_trigger(layout.table, event)),
-                event=sql.SQL(event),
-                t=layout.ident,
-                transitions=sql.SQL(transitions),
-                function=sql.Identifier(f"vectorstore_postings_{event.lower()}"),
-                arg=sql.Literal(legacy_postings_table(layout.table)),
-            )
+    return statements + _older_triggers(
+        layout, legacy_postings_trigger, "vectorstore_postings", legacy_postings_table(layout.table)
+    )
+
+
+def _older_triggers(layout: Layout, name: Any, function_prefix: str, postings: str) -> list[sql.Composed]:
+    """The statement triggers of an older postings layout (0400, 0410): one function per event, the postings
+    table as argument."""
+    return [
+        sql.SQL(
+            "CREATE TRIGGER {name} AFTER {event} ON {t} REFERENCING {transitions}"
+            " FOR EACH STATEMENT EXECUTE FUNCTION {function}({arg})"
+        ).format(
+            name=sql.Identifier(name(layout.table, event)),
+            event=sql.SQL(event),
+            t=layout.ident,
+            transitions=sql.SQL(transitions),
+            function=sql.Identifier(f"{function_prefix}_{event.lower()}"),
+            arg=sql.Literal(postings),
         )
-    return statements
+        for event, _, transitions in POSTINGS_EVENTS
+    ]
 
 
 @dataclass(frozen=True)
@@ -426,6 +411,17 @@ class ChunkRow:
     chunk_index: int = 0
     filename: str | None = None
     attributes: Mapping[str, Any] | None = None
+
+
+async def build_index_concurrently(conn: psycopg.AsyncConnection[Any], name: str, statement: sql.Composed) -> None:
+    """`statement` (a CREATE INDEX CONCURRENTLY IF NOT EXISTS of index `name`) on `conn`, outside any transaction.
+    A leftover invalid index of that name, from an interrupted concurrent build, is maintained but never used, and
+    IF NOT EXISTS would keep it: it is dropped first."""
+    cur = await conn.execute("SELECT i.indisvalid FROM pg_index AS i WHERE i.indexrelid = to_regclass(%s)", [name])
+    row = await cur.fetchone()
+    if row is not None and not row[0]:
+        await conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    await conn.execute(statement)
 
 
 async def copy_chunks(conn: psycopg.AsyncConnection[Any], layout: Layout, rows: Iterable[ChunkRow]) -> int:
