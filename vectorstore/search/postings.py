@@ -98,8 +98,9 @@ def fetch_statement(layout: Layout) -> sql.Composed:
         ' SELECT l.lexeme, (SELECT coalesce(sum(b.n), 0) FROM {b} AS b WHERE b.lexeme = l.lexeme COLLATE "C") AS n'
         " FROM unnest(to_tsvector(%s::regconfig, %s)) AS l),"
         " chosen AS MATERIALIZED (SELECT lexeme FROM q ORDER BY n, lexeme LIMIT {max_terms})"
+        # LATERAL: one index probe a lexeme, whatever the planner believes of the table's size.
         " SELECT c.lexeme, b.postings, NULL::bytea AS extra, 0 AS kind FROM chosen AS c"
-        ' LEFT JOIN {b} AS b ON b.lexeme = c.lexeme COLLATE "C"'
+        ' LEFT JOIN LATERAL (SELECT postings FROM {b} WHERE lexeme = c.lexeme COLLATE "C") AS b ON true'
         " UNION ALL SELECT NULL, NULL, (SELECT string_agg(int8send(ord), ''::bytea) FROM {g}), 1"
         # The store's live chunks and their summed lengths, packed as two int8s after the gone ords' row.
         " UNION ALL SELECT NULL, NULL, (SELECT int8send(coalesce(sum(chunks), 0)::bigint)"
