@@ -396,3 +396,56 @@ async def test_usage_bytes_counts_the_postings(db: psycopg.AsyncConnection[Any])
     await drop_postings(db, record)
     cur = await db.execute("SELECT pg_total_relation_size(to_regclass(%s))", [record.table_name])
     assert (await stores.usage_bytes(db, [record]))[record.id] == int((await cur.fetchone() or [0])[0])
+
+
+def _packed(postings: list[tuple[int, int, int]]) -> bytes:
+    return b"".join(struct.pack(">IHH", ord_, tf, dl) for ord_, tf, dl in postings)
+
+
+def _bm25(n: float, avgdl: float, by_term: dict[str, list[tuple[int, int, int]]], gone: set[int]) -> dict[int, float]:
+    scores: dict[int, float] = {}
+    for postings_of_term in by_term.values():
+        live = [p for p in postings_of_term if p[0] not in gone]
+        idf = math.log(1 + max(n - len(live) + 0.5, 0) / (len(live) + 0.5))
+        for ord_, tf, dl in live:
+            weight = tf * (text.K1 + 1) / (tf + text.K1 * (1 - text.B + text.B * dl / avgdl))
+            scores[ord_] = scores.get(ord_, 0.0) + idf * weight
+    return scores
+
+
+@pytest.mark.parametrize("spread", [1, 10**9 // 400], ids=["dense-ords", "sparse-ords"])
+def test_score_is_bm25_over_the_packed_runs(spread: int) -> None:
+    """`postings.score` on rows as the fetch returns them: several runs a term, gone chunks, the totals; ords
+    close together (counted in a dense array) and far apart (an ord near 2^32, counted by np.unique)."""
+    rng = random.Random(4)
+    by_term = {
+        term: [(1 + spread * i, rng.randint(1, 4), rng.randint(5, 60)) for i in rng.sample(range(400), size)]
+        for term, size in (("common", 300), ("middle", 60), ("rare", 5))
+    }
+    gone = {ord_ for ord_, _, _ in by_term["common"][:20]}
+    rows: list[tuple[Any, ...]] = []
+    for term, postings_of_term in by_term.items():
+        half = len(postings_of_term) // 2  # two runs, as a lexeme has before compaction
+        rows += [(term, _packed(postings_of_term[:half]), None, 0), (term, _packed(postings_of_term[half:]), None, 0)]
+    rows.append(("absent", None, None, 0))
+    rows.append((None, None, b"".join(struct.pack(">Q", ord_) for ord_ in sorted(gone)), 1))
+    rows.append((None, None, struct.pack(">qq", 380, 380 * 30), 2))
+    truth = _bm25(380, 30.0, by_term, gone)
+    for k in (1, 10, 40, 1000):
+        scored = postings.score(rows, text.TextStats("s", 0, 0, 0), k)
+        assert scored.words == ["absent", "common", "middle", "rare"]
+        got = dict(zip(scored.ords, scored.scores, strict=True))
+        assert not set(got) & gone
+        assert len(got) == min(k, len(truth))  # random weights: no ties at the k-th score
+        best = sorted(truth.values(), reverse=True)[: len(got)]
+        assert sorted(got.values(), reverse=True) == pytest.approx(best, rel=1e-12)
+        assert all(got[ord_] == pytest.approx(truth[ord_], rel=1e-12) for ord_ in got)
+
+
+def test_score_keeps_every_tie_at_the_kth_score() -> None:
+    """Chunks tied at the k-th score all go back (SQL orders ties by id), up to k + MAX_TIES."""
+    rows: list[tuple[Any, ...]] = [("word", _packed([(ord_, 1, 10) for ord_ in range(1, 51)]), None, 0)]
+    rows.append((None, None, None, 1))
+    rows.append((None, None, struct.pack(">qq", 100, 1000), 2))
+    scored = postings.score(rows, text.TextStats("s", 0, 0, 0), 10)
+    assert sorted(scored.ords) == list(range(1, 51)) and len(set(scored.scores)) == 1
