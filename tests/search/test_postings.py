@@ -285,6 +285,32 @@ async def test_compaction_is_due_by_backlog_and_runs_in_the_background(
     await assert_postings_match_fts(db, record)
 
 
+async def test_one_store_failing_its_compaction_leaves_the_others_compacted(
+    db: psycopg.AsyncConnection[Any], fresh_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = await new_store(db, "vs_broken01")
+    healthy = await new_store(db, "vs_healthy01")
+    for record in (broken, healthy):
+        for start in range(3):
+            await add_rows(db, record, corpus(4, seed=start), prefix=f"b{start}-")
+    # A defect's stand-in: the broken store's gone table is missing, so reading its backlog fails.
+    await db.execute(sql.SQL("DROP TABLE {g}").format(g=sql.Identifier(tables.gone_table(broken.table_name))))
+    monkeypatch.setattr(postings_compaction, "MINOR_SEGMENTS", 3)
+    task = asyncio.create_task(service.compact_forever(fresh_dsn, every=0.05))
+    try:
+        for _ in range(200):
+            if 2 not in await blocks_rows(db, healthy):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert 2 not in await blocks_rows(db, healthy)  # the rows as written were merged
+    await assert_postings_match_fts(db, healthy)
+    assert any("postings compaction of store vs_broken01" in r.getMessage() for r in caplog.records)
+
+
 async def test_filtered_keyword_and_hybrid_still_fill_the_page(db: psycopg.AsyncConnection[Any]) -> None:
     texts = corpus(200)
     record = await new_store(db)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import psycopg
 from aiohttp import web
@@ -45,6 +46,19 @@ async def upgrade_all(dsn: str) -> None:
         await asyncio.sleep(RETRY_SECONDS)
 
 
+async def _compact_one(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord) -> None:
+    """One store's compaction if due. A failure that is not the connection's (a store dropped meanwhile, a
+    defect) is logged and skips that store this round: the others are still compacted."""
+    try:
+        await postings_compaction.compact_if_due(conn, record)
+    except psycopg.OperationalError:
+        raise  # the connection is gone: the caller reconnects
+    except Exception as exc:  # any store's failure must not stop every store's compaction
+        log.warning("postings compaction of store %s: %s", record.id, str(exc).strip()[:200])
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.rollback()
+
+
 async def compact_forever(dsn: str, every: float = COMPACTION_CHECK_SECONDS) -> None:
     """Check every store's postings backlog every `every` seconds and compact what is due."""
     while True:
@@ -52,7 +66,7 @@ async def compact_forever(dsn: str, every: float = COMPACTION_CHECK_SECONDS) -> 
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
                 while True:
                     for record in await stores.all_stores(conn):
-                        await postings_compaction.compact_if_due(conn, record)
+                        await _compact_one(conn, record)
                     await asyncio.sleep(every)
         except psycopg.Error as exc:
             log.warning("postings compaction: %s; retrying in %.0fs", str(exc).strip()[:200], RETRY_SECONDS)
