@@ -212,11 +212,12 @@ def side_tables(table: str) -> list[str]:
 
 
 POSTINGS_EVENTS = (
-    ("INSERT", "vectorstore_blocks_insert", "NEW TABLE AS new_rows"),
-    ("UPDATE", "vectorstore_blocks_update", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-    ("DELETE", "vectorstore_blocks_delete", "OLD TABLE AS old_rows"),
+    ("INSERT", "NEW TABLE AS new_rows"),
+    ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+    ("DELETE", "OLD TABLE AS old_rows"),
 )
-_EVENTS = tuple(event for event, _, _ in POSTINGS_EVENTS)
+"""The statement triggers of every postings layout: one function per event, `<prefix>_<event>`."""
+_EVENTS = tuple(event for event, _ in POSTINGS_EVENTS)
 
 
 def postings_trigger(table: str, event: str) -> str:
@@ -298,21 +299,7 @@ def postings_statements(layout: Layout, *, ready: bool) -> list[sql.Composed]:
             totals_table(layout.table),
         )
     )
-    for event, function, transitions in POSTINGS_EVENTS:
-        statements.append(
-            sql.SQL(
-                "CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {t} REFERENCING {transitions}"
-                " FOR EACH STATEMENT EXECUTE FUNCTION {function}({args})"
-            ).format(
-                name=sql.Identifier(postings_trigger(layout.table, event)),
-                event=sql.SQL(event),
-                t=t,
-                transitions=sql.SQL(transitions),
-                function=sql.Identifier(function),
-                args=args,
-            )
-        )
-    return statements
+    return statements + _statement_triggers(layout, postings_trigger, "vectorstore_blocks", args)
 
 
 def _drop_triggers(table: str, name: Any) -> list[sql.Composed]:
@@ -360,7 +347,9 @@ def impacts_statements(layout: Layout, avgdl: float = 100.0) -> list[sql.Compose
             p=p, avgdl=sql.Literal(avgdl)
         ),
     ]
-    return statements + _older_triggers(layout, impacts_trigger, "vectorstore_impacts", impacts_table(layout.table))
+    return statements + _statement_triggers(
+        layout, impacts_trigger, "vectorstore_impacts", sql.Literal(impacts_table(layout.table))
+    )
 
 
 def legacy_postings_statements(layout: Layout, avgdl: float = 100.0) -> list[sql.Composed]:
@@ -378,27 +367,27 @@ def legacy_postings_statements(layout: Layout, avgdl: float = 100.0) -> list[sql
             p=p, avgdl=sql.Literal(avgdl)
         ),
     ]
-    return statements + _older_triggers(
-        layout, legacy_postings_trigger, "vectorstore_postings", legacy_postings_table(layout.table)
+    return statements + _statement_triggers(
+        layout, legacy_postings_trigger, "vectorstore_postings", sql.Literal(legacy_postings_table(layout.table))
     )
 
 
-def _older_triggers(layout: Layout, name: Any, function_prefix: str, postings: str) -> list[sql.Composed]:
-    """The statement triggers of an older postings layout (0400, 0410): one function per event, the postings
-    table as argument."""
+def _statement_triggers(layout: Layout, name: Any, function_prefix: str, args: sql.Composable) -> list[sql.Composed]:
+    """A postings layout's statement triggers on the chunk table: `<function_prefix>_<event>(args)` after each
+    event, with its transition tables."""
     return [
         sql.SQL(
-            "CREATE TRIGGER {name} AFTER {event} ON {t} REFERENCING {transitions}"
-            " FOR EACH STATEMENT EXECUTE FUNCTION {function}({arg})"
+            "CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {t} REFERENCING {transitions}"
+            " FOR EACH STATEMENT EXECUTE FUNCTION {function}({args})"
         ).format(
             name=sql.Identifier(name(layout.table, event)),
             event=sql.SQL(event),
             t=layout.ident,
             transitions=sql.SQL(transitions),
             function=sql.Identifier(f"{function_prefix}_{event.lower()}"),
-            arg=sql.Literal(postings),
+            args=args,
         )
-        for event, _, transitions in POSTINGS_EVENTS
+        for event, transitions in POSTINGS_EVENTS
     ]
 
 

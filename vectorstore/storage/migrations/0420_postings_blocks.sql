@@ -27,14 +27,15 @@ AS $$ SELECT int8send((ord << 32) | (least(tf, 65535)::bigint << 16) | least(dl,
 -- sequence, the totals table.
 CREATE FUNCTION vectorstore_blocks_write_statement(blocks text, source text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
+    -- `source` is read once (MATERIALIZED): for the update trigger it is a join of the transition tables.
     RETURN format(
-        'INSERT INTO %I (lexeme, seg, n, postings)'
+        'WITH c AS MATERIALIZED (SELECT ord, fts, length(fts) AS dl FROM %s WHERE fts IS NOT NULL AND ord IS NOT NULL)'
+        ' INSERT INTO %I (lexeme, seg, n, postings)'
         ' SELECT u.lexeme, s.seg, count(*), string_agg(vectorstore_posting(c.ord, u.tf, c.dl), ''''::bytea)'
-        ' FROM (SELECT ord, fts, length(fts) AS dl FROM %s WHERE fts IS NOT NULL AND ord IS NOT NULL) AS c'
-        ' CROSS JOIN (SELECT min(ord) + 2 AS seg FROM %s WHERE fts IS NOT NULL AND ord IS NOT NULL) AS s,'
+        ' FROM c CROSS JOIN (SELECT min(ord) + 2 AS seg FROM c) AS s,'
         ' LATERAL (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf FROM unnest(c.fts)) AS u'
         ' GROUP BY u.lexeme, s.seg ORDER BY 1',
-        blocks, source, source);
+        source, blocks);
 END
 $$;
 
