@@ -4,10 +4,10 @@ apart, and a whole keyword search through the postings against the GIN path (the
     python bench/postings_cranfield.py [--json report.json]
 
 The 1,400 abstracts go into one store's table with `tables.copy_chunks`, one statement each (as one file
-each would), with fake 64-dimension vectors (keyword search never reads them); then an ANALYZE and a full
-compaction, as the server's background does within seconds. For the 225 judged queries: mean wall time of the
-fetch statement (`postings.fetch_statement`, prepared) and of `postings.score`, postings and terms a query, and
-p50 of `hybrid.run_keyword` (10 results) on the postings path and of the GIN path's statement.
+each would), with fake 64-dimension vectors and no HNSW index (keyword search never reads them); then an
+ANALYZE and a full compaction, as the server's background does within seconds. For the 225 judged queries:
+mean wall time of the fetch statement (`postings.fetch_statement`, prepared) and of `postings.score`, postings
+and terms a query, and p50 of `hybrid.run_keyword` (10 results) on the postings path and of the GIN path's statement.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import cranfield
-from _db import bench_server, finish_report, fresh_database
+from _db import bench_server, finish_report, fresh_database, new_unindexed_store
 
 from vectorstore.search import hybrid, postings, postings_compaction, text
 from vectorstore.search import statistics as search_statistics
@@ -46,14 +46,8 @@ async def bench(dsn: str) -> dict[str, Any]:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await migrate(conn)
         await register_vector_async(conn)
-        async with conn.transaction():
-            record = await stores.insert(
-                conn,
-                stores.NewStore(
-                    id="cranfield", name="cranfield", description=None, metadata={}, declared=False, model="fake",
-                    dimensions=DIMS, distance="cosine", hnsw_m=16, hnsw_ef_construction=64, ef_search=40,
-                ),
-            )  # fmt: skip
+        # No HNSW index: keyword search never reads the vectors.
+        record = await new_unindexed_store(conn, "cranfield", "none", DIMS, name="cranfield", model="fake")
         for index, document in enumerate(collection.documents):
             row = tables.ChunkRow(f"d{index}", document.text or "-", fake_vector(str(index), DIMS))
             async with conn.transaction():

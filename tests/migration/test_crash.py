@@ -24,10 +24,9 @@ from migration.conftest import (
     STORE_ID,
     add_rows,
     migration_spec,
-    openai_client,
     wait_phase,
 )
-from migration.test_rechunk import NEW, NEW_CHUNKING, OLD, cut, document
+from migration.test_rechunk import NEW, NEW_CHUNKING, OLD, attach_documents, cut, document
 from vectorstore.migration import records
 
 ROWS = 400
@@ -39,6 +38,15 @@ def _spec(embed_url: str, *, new: bool) -> dict[str, Any]:
     data["embedding"]["batch_size"] = 8
     data["migration"] = {"concurrency": 1}
     return data
+
+
+async def _resume(server: ServerProcess, dsn: str, fake_embedder: FakeEmbedder) -> None:
+    """Restart the killed server with an upstream that no longer drags, and wait for the migration to finish."""
+    fake_embedder.delay_seconds = 0
+    server.start()
+    await server.wait_ready()
+    done = await wait_phase(dsn, "done", "paused", seconds=60)
+    assert done.phase == "done", done.last_error
 
 
 async def _kill_mid_build(
@@ -83,11 +91,7 @@ async def test_kill_9_mid_migration_resumes_without_embedding_again(
         assert 80 <= len(committed) < ROWS
         before_restart = len(fake_embedder.calls)
 
-        fake_embedder.delay_seconds = 0
-        server.start()
-        await server.wait_ready()
-        done = await wait_phase(fresh_dsn, "done", "paused", seconds=60)
-        assert done.phase == "done", done.last_error
+        await _resume(server, fresh_dsn, fake_embedder)
         after = [
             text for call in fake_embedder.calls[before_restart:] if call.model == NEW_MODEL for text in call.inputs
         ]
@@ -113,16 +117,7 @@ async def test_kill_9_mid_rechunk_resumes_without_cutting_or_embedding_a_file_ag
     try:
         server.start()
         await server.wait_ready()
-        client = openai_client(server.base_url)
-        ids = [
-            (await client.files.create(file=(f"d{i}.txt", document(10 + i).encode()), purpose="assistants")).id
-            for i in range(count)
-        ]
-        batch = await client.vector_stores.file_batches.create_and_poll(
-            vector_store_id=STORE_ID, file_ids=ids, poll_interval_ms=100
-        )
-        assert batch.file_counts.completed == count
-        await client.close()
+        ids = await attach_documents(server.base_url, count)
         server.kill(signal.SIGTERM)
 
         # Requests of 2 texts, one at a time: about one file a committed batch.
@@ -141,11 +136,7 @@ async def test_kill_9_mid_rechunk_resumes_without_cutting_or_embedding_a_file_ag
         assert 3 <= len(committed) < count
         before_restart = len(fake_embedder.calls)
 
-        fake_embedder.delay_seconds = 0
-        server.start()
-        await server.wait_ready()
-        done = await wait_phase(fresh_dsn, "done", "paused", seconds=60)
-        assert done.phase == "done", done.last_error
+        await _resume(server, fresh_dsn, fake_embedder)
         after = [text for call in fake_embedder.calls[before_restart:] for text in call.inputs]
 
         def changed(n: int) -> list[str]:

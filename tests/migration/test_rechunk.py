@@ -226,10 +226,11 @@ async def test_chunking_and_model_in_one_edit_is_one_migration_and_a_refused_chu
     assert await _chunks(fresh_dsn, default) == cut(document(1), NEW)
 
 
-async def _many(serve: Serve, count: int) -> list[str]:
-    """`count` files the store's default chunks, attached in one batch."""
-    async with serve() as server:
-        client = openai_client(server.base_url)
+async def attach_documents(base_url: str, count: int) -> list[str]:
+    """`count` files (`document(10)` on) that the store's default chunks, attached in one batch through the server
+    at `base_url`."""
+    client = openai_client(base_url)
+    try:
         ids = [
             (await client.files.create(file=(f"d{i}.txt", document(10 + i).encode()), purpose="assistants")).id
             for i in range(count)
@@ -238,8 +239,14 @@ async def _many(serve: Serve, count: int) -> list[str]:
             vector_store_id=STORE_ID, file_ids=ids, poll_interval_ms=100
         )
         assert batch.file_counts.completed == count
+    finally:
         await client.close()
     return ids
+
+
+async def _many(serve: Serve, count: int) -> list[str]:
+    async with serve() as server:
+        return await attach_documents(server.base_url, count)
 
 
 async def _marks(dsn: str) -> int:

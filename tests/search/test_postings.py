@@ -8,6 +8,7 @@ import asyncio
 import math
 import random
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -257,6 +258,20 @@ async def test_compaction_keeps_what_is_written_meanwhile(db: psycopg.AsyncConne
     assert await gone_count(db, record) == 0
 
 
+async def compact_in_background_until(dsn: str, done: Callable[[], Awaitable[bool]]) -> None:
+    """Run the server's compaction loop (checking every 50 ms) until `done()`, at most 10 s, then stop it."""
+    task = asyncio.create_task(service.compact_forever(dsn, every=0.05))
+    try:
+        for _ in range(200):
+            if await done():
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 async def test_compaction_is_due_by_backlog_and_runs_in_the_background(
     db: psycopg.AsyncConnection[Any], fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -271,16 +286,11 @@ async def test_compaction_is_due_by_backlog_and_runs_in_the_background(
     await db.execute(sql.SQL("DELETE FROM {t} WHERE id = 'b0-0'").format(t=record.layout.ident))
     waiting = await postings_compaction.backlog(db, record.table_name)
     assert waiting is not None and postings_compaction.due(waiting) == "minor"  # writes first, gone when quiet
-    task = asyncio.create_task(service.compact_forever(fresh_dsn, every=0.05))
-    try:
-        for _ in range(200):
-            if await gone_count(db, record) == 0 and set(await blocks_rows(db, record)) == {0}:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+
+    async def compacted() -> bool:
+        return await gone_count(db, record) == 0 and set(await blocks_rows(db, record)) == {0}
+
+    await compact_in_background_until(fresh_dsn, compacted)
     assert set(await blocks_rows(db, record)) == {0} and await gone_count(db, record) == 0
     await assert_postings_match_fts(db, record)
 
@@ -296,16 +306,11 @@ async def test_one_store_failing_its_compaction_leaves_the_others_compacted(
     # A defect's stand-in: the broken store's gone table is missing, so reading its backlog fails.
     await db.execute(sql.SQL("DROP TABLE {g}").format(g=sql.Identifier(tables.gone_table(broken.table_name))))
     monkeypatch.setattr(postings_compaction, "MINOR_SEGMENTS", 3)
-    task = asyncio.create_task(service.compact_forever(fresh_dsn, every=0.05))
-    try:
-        for _ in range(200):
-            if 2 not in await blocks_rows(db, healthy):
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+
+    async def merged() -> bool:
+        return 2 not in await blocks_rows(db, healthy)
+
+    await compact_in_background_until(fresh_dsn, merged)
     assert 2 not in await blocks_rows(db, healthy)  # the rows as written were merged
     await assert_postings_match_fts(db, healthy)
     assert any("postings compaction of store vs_broken01" in r.getMessage() for r in caplog.records)
