@@ -16,7 +16,7 @@ import numpy as np
 import psycopg
 
 from search.conftest import new_store
-from vectorstore.search import statistics, vector
+from vectorstore.search import hybrid, statistics, text, vector
 from vectorstore.search.filters import compile_filters
 from vectorstore.storage import stores, tables
 
@@ -72,5 +72,31 @@ async def test_approximate_searches_use_the_index_where_the_planner_would_scan(
     assert "Seq Scan" in exact and index not in exact, exact
 
     # The guard is local to the search's own transaction: the pooled connection keeps the default.
+    cur = await db.execute("SHOW enable_seqscan")
+    assert await cur.fetchone() == ("on",)
+
+
+async def test_the_hybrid_vector_leg_uses_the_index_where_the_planner_would_scan(
+    db: psycopg.AsyncConnection[Any],
+) -> None:
+    """Hybrid, the default mode, runs the same guard: its vector leg (40 rows deep) was planned as a scan and sort
+    of the whole table on small stores, where vector mode walked the index."""
+    record, data = await small_store(db)
+    query = data[7].tolist()
+    stats = text.TextStats(record.id, record.analyzed_rows, record.text_avg_length, record.text_min_freq)
+    index = f"{record.table_name}_hnsw"
+    table_scan = f"Seq Scan on {record.table_name} "
+    shape = {"limit": 10, "depth": hybrid.depth_for(10), "ef_search": 100}
+    unguarded = await hybrid.explain_hybrid(db, record.layout, stats, "row 7", query, **shape, no_table_scan=False)
+    assert table_scan in unguarded and index not in unguarded, unguarded
+    plan = await hybrid.explain_hybrid(db, record.layout, stats, "row 7", query, **shape)
+    assert f"Index Scan using {index}" in plan and table_scan not in plan, plan
+
+    result = await hybrid.run_hybrid(db, record.layout, stats, "row 7", query, **shape)
+    assert result.hits[0].id == "r7" and len(result.hits) == 10 and result.keyword_rows > 0
+
+    # An exact hybrid search keeps the planner's choice, and the guard stays inside the search's transaction.
+    exact = await hybrid.explain_hybrid(db, record.layout, stats, "row 7", query, **shape, exact=True)
+    assert index not in exact, exact
     cur = await db.execute("SHOW enable_seqscan")
     assert await cur.fetchone() == ("on",)
