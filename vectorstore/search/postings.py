@@ -216,7 +216,18 @@ def keyword_ctes(layout: Layout, scored: Scored, k: int) -> tuple[sql.Composed, 
         " FROM unnest(%s::bigint[], %s::float8[]) AS s(ord, score) JOIN {t} AS c ON c.ord = s.ord"
         " ORDER BY s.score DESC, c.id LIMIT {k})"
     ).format(t=layout.ident, k=sql.Literal(k))
-    return statement, [scored.words, scored.idfs, scored.ords, scored.scores]
+    return statement, [
+        scored.words,
+        array_literal(scored.idfs),
+        array_literal(scored.ords),
+        array_literal(scored.scores),
+    ]
+
+
+def array_literal(numbers: Sequence[int] | Sequence[float]) -> str:
+    """`{1,2.5}`: numbers sent as one array literal, which the statement casts. psycopg dumps a list element by
+    element in Python (about 0.1 ms for a hybrid search's three arrays); `repr` of a float reads back exactly."""
+    return "{" + ",".join(map(repr, numbers)) + "}"
 
 
 def gin_leg(

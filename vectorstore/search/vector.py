@@ -15,14 +15,16 @@ connection already has (remembered per connection), so a typical search is one s
 autocommit: measured in bench/search_http.py, a transaction with SET LOCAL cost 3-4 round trips per search.
 The hnsw.* settings only affect HNSW scans, so other users of the connection are unaffected.
 
-An approximate search also runs with `enable_seqscan` off, in its own transaction sent as one pipeline (one
-round trip): the planner would otherwise scan the whole table at some sizes and `ef_search` values. Its cost
-of a sequential scan leaves out reading the vectors from TOAST (a 768-d vector is 3 KB, out of line; the heap
-row is ~100 bytes), and pgvector's HNSW estimate only corrects for that once the pages the walk reads
-outnumber the heap's. In between the table scan looks cheaper: at 40,000 x 768, `ef_search` 100 and 128 were
-planned as a scan and sort (cost 2,384 against the index's ~2,400-2,700; 600-800 ms a search, where 64 and 200
-took a few ms on the index). The setting is local to that transaction, so it never reaches another user of
-the pooled connection. Exact searches (`exact`, the `+ 0` form) keep the planner's choice.
+An approximate search also runs with `enable_seqscan` off, set local to the implicit transaction of one
+pipeline (one round trip; the statements sent before a Sync form one transaction, so it needs no BEGIN or
+COMMIT, whose handling in psycopg cost the server 0.16 ms of CPU a search). The planner would otherwise scan
+the whole table at some sizes and `ef_search` values. Its cost of a sequential scan leaves out reading the
+vectors from TOAST (a 768-d vector is 3 KB, out of line; the heap row is ~100 bytes), and pgvector's HNSW
+estimate only corrects for that once the pages the walk reads outnumber the heap's. In between the table scan
+looks cheaper: at 40,000 x 768, `ef_search` 100 and 128 were planned as a scan and sort (cost 2,384 against the
+index's ~2,400-2,700; 600-800 ms a search, where 64 and 200 took a few ms on the index). The setting ends with
+that transaction, so it never reaches another user of the pooled connection. Exact searches (`exact`, the
+`+ 0` form) keep the planner's choice.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ _applied: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], tuple[str, str
 
 NO_FILTER = sql.SQL("TRUE")
 
-NO_TABLE_SCAN = "SET LOCAL enable_seqscan = off"
+NO_TABLE_SCAN = "SELECT set_config('enable_seqscan', 'off', true)"
+"""Local to the transaction: sent in a pipeline of the autocommit connection, that is the pipeline's own."""
 
 
 @dataclass(frozen=True)
@@ -329,8 +332,8 @@ async def execute(
         if not no_table_scan:
             cur: psycopg.AsyncCursor[TupleRow] = await conn.execute(statement, params)
             return await cur.fetchall()
-        # BEGIN, the local setting, the search and COMMIT go out together and come back together.
-        async with conn.pipeline(), conn.transaction():
+        # The local setting and the search go out together and come back together, one implicit transaction.
+        async with conn.pipeline():
             await conn.execute(NO_TABLE_SCAN)
             cur = await conn.execute(statement, params)
         return await cur.fetchall()
