@@ -86,17 +86,23 @@ async def test_the_hybrid_vector_leg_uses_the_index_where_the_planner_would_scan
     stats = text.TextStats(record.id, record.analyzed_rows, record.text_avg_length, record.text_min_freq)
     index = f"{record.table_name}_hnsw"
     table_scan = f"Seq Scan on {record.table_name} "
-    shape = {"limit": 10, "depth": hybrid.depth_for(10), "ef_search": 100}
-    unguarded = await hybrid.explain_hybrid(db, record.layout, stats, "row 7", query, **shape, no_table_scan=False)
+    depth = hybrid.depth_for(10)
+
+    async def explain(**guard: bool) -> str:
+        return await hybrid.explain_hybrid(
+            db, record.layout, stats, "row 7", query, limit=10, depth=depth, ef_search=100, **guard
+        )
+
+    unguarded = await explain(no_table_scan=False)
     assert table_scan in unguarded and index not in unguarded, unguarded
-    plan = await hybrid.explain_hybrid(db, record.layout, stats, "row 7", query, **shape)
+    plan = await explain()
     assert f"Index Scan using {index}" in plan and table_scan not in plan, plan
 
-    result = await hybrid.run_hybrid(db, record.layout, stats, "row 7", query, **shape)
+    result = await hybrid.run_hybrid(db, record.layout, stats, "row 7", query, limit=10, depth=depth, ef_search=100)
     assert result.hits[0].id == "r7" and len(result.hits) == 10 and result.keyword_rows > 0
 
     # An exact hybrid search keeps the planner's choice, and the guard stays inside the search's transaction.
-    exact = await hybrid.explain_hybrid(db, record.layout, stats, "row 7", query, **shape, exact=True)
+    exact = await explain(exact=True)
     assert index not in exact, exact
     cur = await db.execute("SHOW enable_seqscan")
     assert await cur.fetchone() == ("on",)
