@@ -19,7 +19,6 @@ from psycopg import sql
 from search.conftest import DIMS, add_rows, connect, drop_postings, new_store
 from vectorstore.search import hybrid, postings, postings_compaction, postings_upgrade, service, text
 from vectorstore.search.filters import compile_filters
-from vectorstore.search.vector import NO_FILTER
 from vectorstore.storage import stores, tables
 
 
@@ -341,40 +340,6 @@ async def test_filtered_keyword_and_hybrid_still_fill_the_page(db: psycopg.Async
     )
     assert keyword.hits and all(hit.attributes["n"] == 3 for hit in keyword.hits)
     assert len(fused.hits) == 15 and all(hit.attributes["n"] == 3 for hit in fused.hits)
-
-
-async def test_a_query_over_the_postings_budget_takes_the_gin_path(
-    db: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past MAX_POSTINGS nothing is read from the postings: the keyword leg is the GIN path's, bounded by its
-    candidate budget, and hybrid still fuses it."""
-    texts = corpus(200)
-    record = await current(db, (await new_store(db)).id)
-    await add_rows(db, record, texts)
-    record = await current(db, record.id)
-    query = " ".join(texts[7].split()[:6])
-    cur = await db.execute(
-        sql.SQL(
-            "SELECT sum(n) FROM {b} WHERE lexeme IN (SELECT unnest(tsvector_to_array(to_tsvector(%s::regconfig, %s))))"
-        ).format(b=sql.Identifier(tables.blocks_table(record.table_name))),
-        [record.language, query],
-    )
-    held = int((await cur.fetchone() or (0,))[0])
-    assert held > 100
-
-    monkeypatch.setattr(postings, "MAX_POSTINGS", held)  # at the budget: still read
-    assert await postings.fetch_and_score(db, record.layout, stats_of(record), query, 10) is not None
-
-    monkeypatch.setattr(postings, "MAX_POSTINGS", held - 1)
-    assert await postings.fetch_and_score(db, record.layout, stats_of(record), query, 10) is None
-    result = await hybrid.run_keyword(db, record.layout, stats_of(record), query, limit=10)
-    statement, params = hybrid.keyword_statement(record.layout, stats_of(record), query, NO_FILTER, [], 10)
-    gin = await (await db.execute(statement, params)).fetchall()
-    assert [hit.id for hit in result.hits] == [row[1] for row in gin] and len(result.hits) == 10
-    fused = await hybrid.run_hybrid(
-        db, record.layout, stats_of(record), query, fake_vector(query, DIMS), limit=10, depth=40, ef_search=40
-    )
-    assert len(fused.hits) == 10 and fused.keyword_rows > 0
 
 
 @pytest.mark.parametrize("older", ["none", "0400", "0410"])

@@ -183,7 +183,7 @@ async def _scored(
     k: int,
 ) -> postings.Scored | None:
     """The keyword leg's k best chunks from the postings (vectorstore/search/postings.py), or None for the GIN
-    path (filtered searches, stores whose postings are not ready, queries over the postings budget)."""
+    path (filtered searches, stores whose postings are not ready)."""
     if postings.usable(where, NO_FILTER) and await postings.is_ready(conn, layout.table):
         return await postings.fetch_and_score(conn, layout, stats, query_text, k)
     return None

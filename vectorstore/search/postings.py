@@ -20,11 +20,9 @@ each query's bookkeeping: docs/benchmarks.md). The cost grows with the query ter
 
 Filtered keyword legs keep the GIN path (text.py): a filter is evaluated on the row, and the GIN path with the
 filter in the same scan is what keeps "`limit` rows whenever that many match". So do stores whose postings are
-not complete yet (an old store being upgraded, search/postings_upgrade.py), and a query whose terms hold more
-than MAX_POSTINGS postings (counted from the block rows' `n` before any is read), which bounds a search's memory
-and time on very large stores. The row count and mean length are exact too: `<t>_totals` holds each writing
-statement's chunk count and summed lengths (deletes subtract), so unlike the GIN path the ranking doesn't wait
-for an ANALYZE.
+not complete yet (an old store being upgraded, search/postings_upgrade.py). The row count and mean length are
+exact too: `<t>_totals` holds each writing statement's chunk count and summed lengths (deletes subtract), so
+unlike the GIN path the ranking doesn't wait for an ANALYZE.
 """
 
 from __future__ import annotations
@@ -46,10 +44,6 @@ from vectorstore.storage.tables import Layout, blocks_table, gone_table, totals_
 NOT_READY_RECHECK_SECONDS = 10.0
 MAX_TIES = 1000
 """Chunks tied with the k-th score sent back beyond k: ties are ordered by id in SQL, as on the GIN path."""
-MAX_POSTINGS = 2_000_000
-"""The most postings a search reads (16 MB): past it the keyword leg takes the GIN path, whose candidate budget
-bounds its cost (text.py). This bounds a search's memory and time on very large stores, where a query made only
-of words found in most chunks would otherwise read them all (docs/benchmarks.md, 500,000 chunks)."""
 
 _POSTING = np.dtype(">u8")
 _FIELDS = np.dtype([("ord", ">u4"), ("tf", ">u2"), ("dl", ">u2")])
@@ -98,30 +92,24 @@ def fetch_statement(layout: Layout) -> sql.Composed:
     """Rows `(lexeme, postings, extra, kind)`: (kind 0) every block row of the query's lexemes (at most MAX_TERMS,
     the rarest), a lexeme with none as one row with NULL postings; then in `extra` (kind 1) the packed ords
     deleted since the last compaction and (kind 2) the store's live chunk count and summed lengths (two int8s).
-    When the chosen lexemes hold more than MAX_POSTINGS postings, no postings are read: the kind 0 rows carry
-    NULL and a row of kind 3 says so. Parameters: the configuration, the query text."""
+    Parameters: the configuration, the query text."""
     return sql.SQL(
         "WITH q AS MATERIALIZED ("
         ' SELECT l.lexeme, (SELECT coalesce(sum(b.n), 0) FROM {b} AS b WHERE b.lexeme = l.lexeme COLLATE "C") AS n'
         " FROM unnest(to_tsvector(%s::regconfig, %s)) AS l),"
-        " chosen AS MATERIALIZED (SELECT lexeme, n FROM q ORDER BY n, lexeme LIMIT {max_terms}),"
-        # Counted before anything is read: a query over the budget costs only these index probes.
-        " budget AS MATERIALIZED (SELECT coalesce(sum(n), 0) <= {max_postings} AS within FROM chosen)"
+        " chosen AS MATERIALIZED (SELECT lexeme FROM q ORDER BY n, lexeme LIMIT {max_terms})"
         # LATERAL: one index probe a lexeme, whatever the planner believes of the table's size.
         " SELECT c.lexeme, b.postings, NULL::bytea AS extra, 0 AS kind FROM chosen AS c"
-        " LEFT JOIN LATERAL (SELECT postings FROM {b}"
-        ' WHERE lexeme = c.lexeme COLLATE "C" AND (SELECT within FROM budget)) AS b ON true'
+        ' LEFT JOIN LATERAL (SELECT postings FROM {b} WHERE lexeme = c.lexeme COLLATE "C") AS b ON true'
         " UNION ALL SELECT NULL, NULL, (SELECT string_agg(int8send(ord), ''::bytea) FROM {g}), 1"
         # The store's live chunks and their summed lengths, packed as two int8s after the gone ords' row.
         " UNION ALL SELECT NULL, NULL, (SELECT int8send(coalesce(sum(chunks), 0)::bigint)"
         " || int8send(coalesce(sum(lengths), 0)::bigint) FROM {s}), 2"
-        " UNION ALL SELECT NULL, NULL, NULL, 3 FROM budget WHERE NOT within"
     ).format(
         b=sql.Identifier(blocks_table(layout.table)),
         g=sql.Identifier(gone_table(layout.table)),
         s=sql.Identifier(totals_table(layout.table)),
         max_terms=sql.Literal(text.MAX_TERMS),
-        max_postings=sql.Literal(MAX_POSTINGS),
     )
 
 
@@ -204,9 +192,7 @@ def score(rows: Sequence[Any], stats: text.TextStats, k: int) -> Scored:
 
 async def fetch_and_score(
     conn: psycopg.AsyncConnection[Any], layout: Layout, stats: text.TextStats, query_text: str, k: int
-) -> Scored | None:
-    """The k best chunks by BM25 from the postings, or None when the query's terms hold more than MAX_POSTINGS
-    (the caller takes the GIN path)."""
+) -> Scored:
     # In autocommit, as vector.execute runs the search after it: a pool connection would otherwise be left in a
     # transaction, where the search's settings can't be sent the way that function sends them.
     autocommit = conn.autocommit
@@ -218,8 +204,6 @@ async def fetch_and_score(
     finally:
         if not autocommit:
             await conn.set_autocommit(False)
-    if any(row[3] == 3 for row in rows):
-        return None
     return score(rows, stats, k)
 
 
