@@ -288,7 +288,7 @@ async def _run_fused(
         statement = sql.Composed([prefix, statement])
     # The vector leg is guarded against a table scan as a vector search is (search/vector.py says why): on a
     # small store of large vectors the planner scanned and sorted the whole table for it (1,400 rows of 1,536
-    # dimensions: 8.8 ms where the index takes under 1 ms), so the default mode ran 4x slower than vector mode.
+    # dimensions: 8.2-8.8 ms where the index takes 1.1 ms), so the default mode ran 4x slower than vector mode.
     return await execute(
         conn,
         statement,
