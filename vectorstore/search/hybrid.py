@@ -23,6 +23,7 @@ knows. Filters keep their guarantee: the vector leg scans iteratively until `dep
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -73,21 +74,6 @@ def _select_hits(table: sql.Identifier, source: str) -> sql.Composed:
     ).format(t=table, source=sql.Identifier(source))
 
 
-def _keyword_ctes(
-    layout: Layout,
-    stats: text.TextStats,
-    query_text: str,
-    where: sql.Composable,
-    where_params: Sequence[Any],
-    k: int,
-    scored: postings.Scored | None,
-) -> tuple[sql.Composed, list[Any]]:
-    """`terms` and `kw` (the k best BM25 rows): from the postings already scored, or through GIN (`None`)."""
-    if scored is None:
-        return postings.gin_leg(stats, layout, query_text, where, where_params, k)
-    return postings.keyword_ctes(layout, scored, k)
-
-
 def keyword_statement(
     layout: Layout,
     stats: text.TextStats,
@@ -97,18 +83,11 @@ def keyword_statement(
     limit: int,
     scored: postings.Scored | None = None,
 ) -> tuple[sql.Composed, list[Any]]:
-    ctes, params = _keyword_ctes(layout, stats, query_text, where, where_params, limit, scored)
-    statement = sql.SQL(
-        "WITH {ctes}, best AS ("
-        " SELECT id, score / nullif({max_score}, 0) AS score, NULL::float8 AS distance FROM kw)"
-        " SELECT * FROM (SELECT count(*) AS terms FROM terms) AS n"
-        " LEFT JOIN ({hits}) AS h ON true"
-    ).format(
-        ctes=ctes,
-        max_score=text.max_score_expression(),
-        hits=_select_hits(layout.ident, "best"),
-    )
-    return statement, params
+    """The keyword search: from the postings already scored (`scored`, unfiltered), or through GIN (`None`)."""
+    if scored is not None:
+        return _postings_keyword_statement(layout, limit), postings.keyword_params(scored)
+    ctes, params = postings.gin_leg(stats, layout, query_text, where, where_params, limit)
+    return _keyword_statement(layout, ctes), params
 
 
 def hybrid_statement(
@@ -126,9 +105,57 @@ def hybrid_statement(
     ef_search: int = 0,
     scored: postings.Scored | None = None,
 ) -> tuple[sql.Composed, list[Any]]:
-    ctes, ctes_params = _keyword_ctes(layout, stats, query_text, where, where_params, depth, scored)
+    """The fused search; its keyword leg from the postings already scored (`scored`, unfiltered) or through GIN."""
+    if scored is not None and where is NO_FILTER:
+        statement = _postings_hybrid_statement(layout, limit, depth, exact, ef_search)
+        ctes_params = postings.keyword_params(scored)
+    else:
+        if scored is None:
+            ctes, ctes_params = postings.gin_leg(stats, layout, query_text, where, where_params, depth)
+        else:
+            ctes, ctes_params = postings.keyword_ctes(layout, depth), postings.keyword_params(scored)
+        statement = _hybrid_statement(layout, ctes, where, limit, depth, exact, ef_search)
     top = weights.embedding / (weights.k + 1) + weights.text / (weights.k + 1)
-    statement = sql.SQL(
+    params: list[Any] = [
+        *ctes_params,
+        *nearest_params(layout, embedding, where_params, depth, exact=exact, ef_search=ef_search, literal_limit=True),
+        weights.k,
+        top if top > 0 else 1.0,
+        weights.embedding,
+        weights.text,
+    ]
+    return statement, params
+
+
+# The postings path's statements are the same text for every query of a store and page (only their parameters
+# differ), so they are composed once: composing them cost more than a tenth of the server's CPU for a search.
+@functools.lru_cache(maxsize=256)
+def _postings_keyword_statement(layout: Layout, limit: int) -> sql.Composed:
+    return _keyword_statement(layout, postings.keyword_ctes(layout, limit))
+
+
+@functools.lru_cache(maxsize=256)
+def _postings_hybrid_statement(layout: Layout, limit: int, depth: int, exact: bool, ef_search: int) -> sql.Composed:
+    return _hybrid_statement(layout, postings.keyword_ctes(layout, depth), NO_FILTER, limit, depth, exact, ef_search)
+
+
+def _keyword_statement(layout: Layout, ctes: sql.Composable) -> sql.Composed:
+    return sql.SQL(
+        "WITH {ctes}, best AS ("
+        " SELECT id, score / nullif({max_score}, 0) AS score, NULL::float8 AS distance FROM kw)"
+        " SELECT * FROM (SELECT count(*) AS terms FROM terms) AS n"
+        " LEFT JOIN ({hits}) AS h ON true"
+    ).format(
+        ctes=ctes,
+        max_score=text.max_score_expression(),
+        hits=_select_hits(layout.ident, "best"),
+    )
+
+
+def _hybrid_statement(
+    layout: Layout, ctes: sql.Composable, where: sql.Composable, limit: int, depth: int, exact: bool, ef_search: int
+) -> sql.Composed:
+    return sql.SQL(
         "WITH {ctes},"
         " vec AS ("
         " SELECT id, distance, row_number() OVER (ORDER BY distance, id) AS rank FROM ({nearest}) AS v),"
@@ -144,15 +171,6 @@ def hybrid_statement(
         limit=sql.Literal(limit),
         hits=_select_hits(layout.ident, "fused"),
     )
-    params: list[Any] = [
-        *ctes_params,
-        *nearest_params(layout, embedding, where_params, depth, exact=exact, ef_search=ef_search, literal_limit=True),
-        weights.k,
-        top if top > 0 else 1.0,
-        weights.embedding,
-        weights.text,
-    ]
-    return statement, params
 
 
 def _hits(rows: Sequence[Any], distance: str, *, vector_scores: bool) -> list[Hit]:

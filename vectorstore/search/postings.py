@@ -27,6 +27,7 @@ unlike the GIN path the ranking doesn't wait for an ANALYZE.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -88,6 +89,7 @@ def usable(where: sql.Composable, no_filter: sql.Composable) -> bool:
     return where is no_filter
 
 
+@functools.lru_cache(maxsize=256)
 def fetch_statement(layout: Layout) -> sql.Composed:
     """Rows `(lexeme, postings, extra, kind)`: (kind 0) every block row of the query's lexemes (at most MAX_TERMS,
     the rarest), a lexeme with none as one row with NULL postings; then in `extra` (kind 1) the packed ords
@@ -207,21 +209,23 @@ async def fetch_and_score(
     return score(rows, stats, k)
 
 
-def keyword_ctes(layout: Layout, scored: Scored, k: int) -> tuple[sql.Composed, list[Any]]:
-    """`terms(word, idf)` and `kw(id, score, rank)`, the k best rows, from what `score` found."""
-    statement = sql.SQL(
+@functools.lru_cache(maxsize=256)
+def keyword_ctes(layout: Layout, k: int) -> sql.Composed:
+    """`terms(word, idf)` and `kw(id, score, rank)`, the k best rows, from what `score` found (`keyword_params`).
+    The same text for every query of a store and k, so it is composed once (composing cost more than a tenth of
+    the server's CPU for a keyword search)."""
+    return sql.SQL(
         "terms AS (SELECT * FROM unnest(%s::text[], %s::float8[]) AS u(word, idf)),"
         " kw AS ("
         " SELECT c.id, s.score, row_number() OVER (ORDER BY s.score DESC, c.id) AS rank"
         " FROM unnest(%s::bigint[], %s::float8[]) AS s(ord, score) JOIN {t} AS c ON c.ord = s.ord"
         " ORDER BY s.score DESC, c.id LIMIT {k})"
     ).format(t=layout.ident, k=sql.Literal(k))
-    return statement, [
-        scored.words,
-        array_literal(scored.idfs),
-        array_literal(scored.ords),
-        array_literal(scored.scores),
-    ]
+
+
+def keyword_params(scored: Scored) -> list[Any]:
+    """The parameters of `keyword_ctes`."""
+    return [scored.words, array_literal(scored.idfs), array_literal(scored.ords), array_literal(scored.scores)]
 
 
 def array_literal(numbers: Sequence[int] | Sequence[float]) -> str:
