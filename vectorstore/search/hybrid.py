@@ -128,7 +128,7 @@ def hybrid_statement(
 
 
 # The postings path's statements are the same text for every query of a store and page (only their parameters
-# differ), so they are composed once: composing them cost more than a tenth of the server's CPU for a search.
+# differ), so they are composed once: composing them took 0.05-0.08 ms, about 5% of the server's CPU a search.
 @functools.lru_cache(maxsize=256)
 def _postings_keyword_statement(layout: Layout, limit: int) -> sql.Composed:
     return _keyword_statement(layout, postings.keyword_ctes(layout, limit))

@@ -212,8 +212,7 @@ async def fetch_and_score(
 @functools.lru_cache(maxsize=256)
 def keyword_ctes(layout: Layout, k: int) -> sql.Composed:
     """`terms(word, idf)` and `kw(id, score, rank)`, the k best rows, from what `score` found (`keyword_params`).
-    The same text for every query of a store and k, so it is composed once (composing cost more than a tenth of
-    the server's CPU for a keyword search)."""
+    The same text for every query of a store and k, so it is composed once (hybrid.py says why)."""
     return sql.SQL(
         "terms AS (SELECT * FROM unnest(%s::text[], %s::float8[]) AS u(word, idf)),"
         " kw AS ("
