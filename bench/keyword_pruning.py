@@ -15,6 +15,11 @@ are the least each could read; a real run starts lower and reads more:
   whose bounds sum below the k-th score is non-essential, only probed for candidates; the essential terms are
   read whole (their share of postings), and the candidates are the chunks of the essential lists whose partial
   score plus the non-essential bounds reaches the k-th score (each needs a lookup in every non-essential term).
+
+Then, with each query's lists decoded and sorted in memory (what a cache of them kept between searches would
+hold), the time a query takes to sum every posting, and to run MaxScore for real: terms read whole from the
+largest bound down until the bounds left sum below the k-th partial score, then the chunks that can still
+reach it looked up in the other terms by binary search. Both are checked equal to the exact top k.
 """
 
 from __future__ import annotations
@@ -109,6 +114,60 @@ def max_score(lists: list[tuple[float, Any, Any, Any]], avgdl: float, kth: float
     return share, non_essential, int((partial + below >= kth).sum())
 
 
+def exact_in_memory(lists: list[tuple[float, Any, Any, Any]], avgdl: float, k: int) -> tuple[Any, Any]:
+    """Every posting summed, from lists already decoded (what a cache of them would save of `postings.score`)."""
+    ords = np.concatenate([o for _, o, _, _ in lists])
+    sums = np.bincount(ords, weights=np.concatenate([idf * weights(tf, dl, avgdl) for idf, _, tf, dl in lists]))
+    present = np.flatnonzero(sums > 0)
+    return top_k(present, sums[present], k)
+
+
+def top_k(ords: Any, scores: Any, k: int) -> tuple[Any, Any]:
+    """The k best (ords, scores), every tie at the k-th score kept, as `postings.score` keeps them."""
+    if ords.size > k:
+        kth = np.partition(scores, ords.size - k)[ords.size - k]
+        chosen = scores >= kth
+        ords, scores = ords[chosen], scores[chosen]
+    return ords, scores
+
+
+def max_score_in_memory(
+    lists: list[tuple[float, Any, Any, Any]], bounds: list[float], avgdl: float, k: int
+) -> tuple[Any, Any, int]:
+    """Exact top k by MaxScore with a real threshold, the lists decoded in memory and sorted by ord: terms are
+    read whole from the largest bound down until the bounds left sum below the k-th partial score (a lower bound
+    of the k-th score); the chunks that can still reach it are then looked up in the terms left by binary search.
+    Returns (ords, scores, candidates looked up)."""
+    order = sorted(range(len(lists)), key=lambda i: -bounds[i])
+    left = sum(bounds)
+    read_ords: list[Any] = []
+    read_weights: list[Any] = []
+    candidates: Any = np.empty(0, dtype=np.int64)
+    partial: Any = np.empty(0)
+    threshold = 0.0
+    taken = 0
+    for i in order:
+        idf, ords, tf, dl = lists[i]
+        read_ords.append(ords)
+        read_weights.append(idf * weights(tf, dl, avgdl))
+        left -= bounds[i]
+        taken += 1
+        candidates, inverse = np.unique(np.concatenate(read_ords), return_inverse=True)
+        partial = np.bincount(inverse, weights=np.concatenate(read_weights))
+        threshold = float(np.partition(partial, partial.size - k)[partial.size - k]) if partial.size >= k else 0.0
+        if left < threshold:
+            break
+    reach = partial + left >= threshold
+    candidates, partial = candidates[reach], partial[reach]
+    for i in order[taken:]:
+        idf, ords, tf, dl = lists[i]
+        at = np.minimum(np.searchsorted(ords, candidates), ords.size - 1)
+        found = ords[at] == candidates
+        partial[found] += idf * weights(tf[at[found]], dl[at[found]], avgdl)
+    chosen, scores = top_k(candidates, partial, k)
+    return chosen, scores, int(candidates.size)
+
+
 async def the_store(dsn: str) -> stores.StoreRecord:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         records = await stores.all_stores(conn)
@@ -131,6 +190,8 @@ def measure(dsn: str, docs: int, count: int) -> dict[str, Any]:
     essential: dict[int, list[float]] = {k: [] for k in KS}
     candidates: dict[int, list[int]] = {k: [] for k in KS}
     probed: dict[int, list[int]] = {k: [] for k in KS}
+    in_memory: dict[str, list[float]] = {}
+    looked_up: dict[int, list[int]] = {k: [] for k in KS}
     read: list[int] = []
     fetch_seconds = score_seconds = 0.0
     layout = asyncio.run(the_store(dsn)).layout
@@ -146,6 +207,19 @@ def measure(dsn: str, docs: int, count: int) -> dict[str, Any]:
             fetch_seconds += fetched - started
             lists, avgdl, total = term_lists(rows)
             read.append(total)
+            # What a cache of decoded lists would keep beside each: its largest tf and smallest length.
+            bounds = [idf * float(weights(tf.max(), dl.min(), avgdl)) for idf, _, tf, dl in lists]
+            for k in KS:
+                started = time.perf_counter()
+                want_ords, want_scores = exact_in_memory(lists, avgdl, k)
+                summed = time.perf_counter()
+                got_ords, got_scores, lookups = max_score_in_memory(lists, bounds, avgdl, k)
+                pruned = time.perf_counter()
+                in_memory.setdefault(f"every posting k={k}", []).append(summed - started)
+                in_memory.setdefault(f"max_score k={k}", []).append(pruned - summed)
+                looked_up[k].append(lookups)
+                assert set(got_ords.tolist()) == set(want_ords.tolist()), (query, k)
+                assert np.allclose(np.sort(got_scores), np.sort(want_scores), rtol=1e-9, atol=0), (query, k)
             for k in KS:
                 if not exact[k].scores:
                     continue
@@ -169,6 +243,9 @@ def measure(dsn: str, docs: int, count: int) -> dict[str, Any]:
         "max_score_essential_share": {k: round(statistics.mean(v), 3) for k, v in essential.items()},
         "max_score_candidates": {k: round(statistics.mean(v)) for k, v in candidates.items()},
         "max_score_non_essential_terms": {k: round(statistics.mean(v), 2) for k, v in probed.items()},
+        "in_memory_ms": {name: round(statistics.mean(v) * 1000, 2) for name, v in in_memory.items()},
+        "in_memory_ms_max": {name: round(max(v) * 1000, 2) for name, v in in_memory.items()},
+        "max_score_lookups": {k: round(statistics.mean(v)) for k, v in looked_up.items()},
     }
 
 
