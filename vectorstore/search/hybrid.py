@@ -106,15 +106,16 @@ def hybrid_statement(
     scored: postings.Scored | None = None,
 ) -> tuple[sql.Composed, list[Any]]:
     """The fused search; its keyword leg from the postings already scored (`scored`, unfiltered) or through GIN."""
-    if scored is not None and where is NO_FILTER:
-        statement = _postings_hybrid_statement(layout, limit, depth, exact, ef_search)
-        ctes_params = postings.keyword_params(scored)
-    else:
-        if scored is None:
-            ctes, ctes_params = postings.gin_leg(stats, layout, query_text, where, where_params, depth)
-        else:
-            ctes, ctes_params = postings.keyword_ctes(layout, depth), postings.keyword_params(scored)
+    if scored is None:
+        ctes, ctes_params = postings.gin_leg(stats, layout, query_text, where, where_params, depth)
         statement = _hybrid_statement(layout, ctes, where, limit, depth, exact, ef_search)
+    else:
+        ctes_params = postings.keyword_params(scored)
+        if where is NO_FILTER:  # the postings path as searches take it (`_scored`): composed once
+            statement = _postings_hybrid_statement(layout, limit, depth, exact, ef_search)
+        else:
+            ctes = postings.keyword_ctes(layout, depth)
+            statement = _hybrid_statement(layout, ctes, where, limit, depth, exact, ef_search)
     top = weights.embedding / (weights.k + 1) + weights.text / (weights.k + 1)
     params: list[Any] = [
         *ctes_params,
@@ -302,8 +303,6 @@ async def _run_fused(
         ef_search=ef_search,
         scored=await _scored(conn, layout, stats, query_text, where, depth),
     )
-    if prefix is not None:
-        statement = sql.Composed([prefix, statement])
     # The vector leg is guarded against a table scan as a vector search is (search/vector.py says why): on a
     # small store of large vectors the planner scanned and sorted the whole table for it (1,400 rows of 1,536
     # dimensions: 8.2-8.8 ms where the index takes 1.1 ms), so the default mode ran 4x slower than vector mode.
@@ -313,4 +312,5 @@ async def _run_fused(
         params,
         ef_search=index_ef_search(layout, ef_search, depth),
         no_table_scan=not exact if no_table_scan is None else no_table_scan,
+        prefix=prefix,
     )

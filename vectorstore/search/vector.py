@@ -288,13 +288,11 @@ async def _run_nearest(
     params = nearest_params(
         layout, query, where_params, limit, exact=exact, ef_search=ef_search, binary_depth=binary_depth
     )
-    statement = search_statement(layout, where, exact=exact)
-    if prefix is not None:
-        statement = sql.Composed([prefix, statement])
     return await execute(
         conn,
-        statement,
+        search_statement(layout, where, exact=exact),
         params,
+        prefix=prefix,
         ef_search=index_ef_search(layout, ef_search, limit, binary_depth),
         iterative=iterative,
         max_scan_tuples=max_scan_tuples,
@@ -314,9 +312,13 @@ async def execute(
     iterative: str = "relaxed_order",
     max_scan_tuples: int = MAX_SCAN_TUPLES,
     no_table_scan: bool = False,
+    prefix: sql.Composable | None = None,
 ) -> list[TupleRow]:
     """Run one search statement in autocommit with the HNSW settings it needs, sent only when they change.
-    `no_table_scan`: plan it with `enable_seqscan` off, local to its own transaction (the module says why)."""
+    `no_table_scan`: plan it with `enable_seqscan` off, local to its own transaction (the module says why).
+    `prefix` (`EXPLAIN `): run it in front of the statement, to see the plan of exactly what a search runs."""
+    if prefix is not None:
+        statement = sql.Composed([prefix, statement])
     wanted = (str(ef_search), iterative, str(max_scan_tuples))
     autocommit = conn.autocommit
     if not autocommit:
