@@ -34,6 +34,7 @@ from psycopg import sql
 from vectorstore.observability import metrics
 from vectorstore.search import postings, text
 from vectorstore.search.vector import NO_FILTER, Hit, execute, index_ef_search, nearest, nearest_params, score_of
+from vectorstore.search.vector import one_pass as vector_one_pass
 from vectorstore.storage.tables import Layout
 
 RRF_K = 60
@@ -66,12 +67,12 @@ class Result:
     """Rows the keyword ranking contributed (hybrid); 0 means the page is the vector ranking alone."""
 
 
-def _select_hits(table: sql.Identifier, source: str) -> sql.Composed:
+def _select_hits(table: sql.Identifier, source: str, extra: sql.Composable | None = None) -> sql.Composed:
     return sql.SQL(
         "SELECT c.id, c.file_id, c.filename, c.content, c.attributes, f.score, f.distance,"
-        " (SELECT count(*) FROM terms) AS terms, (SELECT count(*) FROM kw) AS keyword_rows"
+        " (SELECT count(*) FROM terms) AS terms, (SELECT count(*) FROM kw) AS keyword_rows{extra}"
         " FROM {source} AS f JOIN {t} AS c ON c.id = f.id ORDER BY f.score DESC, c.id"
-    ).format(t=table, source=sql.Identifier(source))
+    ).format(t=table, source=sql.Identifier(source), extra=extra or sql.SQL(""))
 
 
 def keyword_statement(
@@ -170,8 +171,12 @@ def _hybrid_statement(
         ctes=ctes,
         nearest=nearest(layout, where, sql.SQL("id"), exact=exact, limit=depth, ef_search=ef_search),
         limit=sql.Literal(limit),
-        hits=_select_hits(layout.ident, "fused"),
+        hits=_select_hits(layout.ident, "fused", sql.SQL(", (SELECT count(*) FROM vec) AS vector_rows")),
     )
+
+
+_VECTOR_ROWS = 9
+"""The fused statement's column counting its vector leg's rows (after the hit, `terms` and `keyword_rows`)."""
 
 
 def _hits(rows: Sequence[Any], distance: str, *, vector_scores: bool) -> list[Hit]:
@@ -289,6 +294,7 @@ async def _run_fused(
     exact: bool,
     no_table_scan: bool | None = None,
 ) -> list[Any]:
+    single = vector_one_pass(layout, where, exact=exact)
     statement, params = hybrid_statement(
         layout,
         stats,
@@ -303,14 +309,24 @@ async def _run_fused(
         ef_search=ef_search,
         scored=await _scored(conn, layout, stats, query_text, where, depth),
     )
+
     # The vector leg is guarded against a table scan as a vector search is (search/vector.py says why): on a
     # small store of large vectors the planner scanned and sorted the whole table for it (1,400 rows of 1,536
     # dimensions: 8.2-8.8 ms where the index takes 1.1 ms), so the default mode ran 4x slower than vector mode.
-    return await execute(
-        conn,
-        statement,
-        params,
-        ef_search=index_ef_search(layout, ef_search, depth),
-        no_table_scan=not exact if no_table_scan is None else no_table_scan,
-        prefix=prefix,
-    )
+    # Unfiltered, it walks the index in one pass, and again iteratively if that leg came back short (as a
+    # vector search does: search/vector.py).
+    async def run(single: bool) -> list[Any]:
+        return await execute(
+            conn,
+            statement,
+            params,
+            ef_search=index_ef_search(layout, ef_search, depth),
+            no_table_scan=not exact if no_table_scan is None else no_table_scan,
+            prefix=prefix,
+            one_pass=single,
+        )
+
+    rows = await run(single)
+    if single and prefix is None and (not rows or int(rows[0][_VECTOR_ROWS]) < depth):
+        rows = await run(False)
+    return rows
