@@ -2,7 +2,7 @@
 
     python bench/keyword_search.py [--docs 2000] [--dims 384] [--seconds 4] [--concurrency 1 16]
                                    [--queries 500] [--recall-queries 100] [--explain plans.txt]
-                                   [--keep DATA_DIR]
+                                   [--keep DATA_DIR] [--workers 1]
 
 The corpus: `--docs` documents of 300-600 words drawn from a lexicon of pseudo-words with a Zipf law (so a
 query holds common words as real text does), cut into chunks of 120-220 words (2,000 documents give about
@@ -13,7 +13,9 @@ random documents.
 For each mode (the request's `search_mode`, `ranker: none`, 10 results): requests per second and p50 / p99 at
 each concurrency, and CPU per search split between the server's processes and the PostgreSQL backends serving
 the bench database (from /proc, bench/_proc.py). Vector mode is the floor: the ratios are against it, in the
-same run. Query embeddings come from the server's cache (warmed first), as in bench/search_http.py.
+same run. Query embeddings come from the server's cache (warmed in every worker first, as in
+bench/search_http.py; the run stops if a timed search reached the upstream). `--workers N` runs the server as
+`serve --workers N`, N Python processes: the documented setting is one per CPU the pod has.
 
 Keyword recall@100: for `--recall-queries` queries, the API's keyword search with the prototype's `limit: 100`
 against exact BM25 computed here in Python (exact document frequencies and mean length over every row, the
@@ -50,7 +52,7 @@ import psycopg
 from _db import bench_server, finish_report, fresh_database, wait_ready
 from _proc import tree_cpu_seconds
 from pgvector.psycopg import register_vector_async
-from search_http import KEY, STORE, BackendCpu, fake_vector, free_port, start_server
+from search_http import KEY, STORE, BackendCpu, fake_vector, free_port, start_server, warm
 
 from config import load_spec
 from vectorstore.search import hybrid, postings, postings_compaction, text
@@ -290,8 +292,14 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     spec = load_spec(spec_path)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start_server(spec_path, port, dsn, 1, workdir / "server.log")
-    report: dict[str, Any] = {"docs": args.docs, "chunks": len(chunks), "dims": args.dims, "queries": len(queries)}
+    server = start_server(spec_path, port, dsn, args.workers, workdir / "server.log")
+    report: dict[str, Any] = {
+        "docs": args.docs,
+        "chunks": len(chunks),
+        "dims": args.dims,
+        "queries": len(queries),
+        "workers": args.workers,
+    }
     backends = BackendCpu.local(dsn)
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
@@ -324,9 +332,8 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
                 ).encode()
 
             bodies = {mode: [body(q, mode) for q in queries] for mode in MODES}
-            for b in bodies["vector"]:  # warm the query-embedding cache
-                async with http.post(url, data=b, headers=headers) as r:
-                    assert r.status == 200, await r.text()
+            await warm(url, upstream, bodies["vector"], headers, args.workers)  # every worker's query cache
+            calls_before = len(upstream.calls)
             meters: dict[str, Any] = {"server": lambda: tree_cpu_seconds(server.pid)}
             if backends is not None:
                 meters["postgres"] = backends
@@ -342,6 +349,8 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
 
                     results[mode][concurrency] = await drive(concurrency, args.seconds, one, meters)
             report["runs"] = results
+            if len(upstream.calls) != calls_before:
+                raise SystemExit("a timed search reached the embedding upstream: the query cache was not warm")
             report["ratios_vs_vector"] = {
                 mode: {c: round(results[mode][c]["qps"] / results["vector"][c]["qps"], 2) for c in args.concurrency}
                 for mode in MODES
@@ -385,6 +394,9 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=384)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes (`serve --workers`); one uses about one CPU"
+    )
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--recall-queries", type=int, default=100)
     parser.add_argument("--explain", default="")
