@@ -55,7 +55,7 @@ def term_lists(rows: list[Any]) -> tuple[list[tuple[float, Any, Any, Any]], floa
     n = int.from_bytes(live[:8], "big")
     avgdl = int.from_bytes(live[8:], "big") / n
     by_term: dict[str, list[bytes]] = {}
-    for lexeme, packed, _, kind in rows:
+    for lexeme, packed, _, kind, *_ in rows:
         if kind == 0 and packed:
             by_term.setdefault(lexeme, []).append(packed)
     lists = []
@@ -199,7 +199,7 @@ def measure(dsn: str, docs: int, count: int) -> dict[str, Any]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for query in queries:
             started = time.perf_counter()
-            rows = conn.execute(statement, [layout.language, query], binary=True).fetchall()
+            rows = conn.execute(statement, [layout.language, query, "{}", None], binary=True).fetchall()
             fetched = time.perf_counter()
             stats = text.TextStats("", 0.0, 0.0, 0.0)  # unused: the totals row gives N and the mean length
             exact = {k: postings.score(rows, stats, k) for k in KS}

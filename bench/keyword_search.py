@@ -166,9 +166,9 @@ async def postings_read(dsn: str, record: stores.StoreRecord, queries: list[str]
         read = size = rows = 0
         for query in queries:
             cur = await conn.execute(
-                postings.fetch_statement(current.layout), [current.layout.language, query], binary=True
+                postings.fetch_statement(current.layout), [current.layout.language, query, "{}", None], binary=True
             )
-            for lexeme, packed, _, _ in await cur.fetchall():
+            for lexeme, packed, *_ in await cur.fetchall():
                 if lexeme is not None and packed:
                     read += len(packed) // 8
                     size += len(packed)
@@ -188,7 +188,7 @@ async def explain(dsn: str, record: stores.StoreRecord, query: str, dims: int, p
         await conn.execute("SET hnsw.ef_search = 100")
         await conn.execute("SET hnsw.iterative_scan = relaxed_order")
         cur = await conn.execute(
-            sql_explain(postings.fetch_statement(current.layout)), [current.layout.language, query]
+            sql_explain(postings.fetch_statement(current.layout)), [current.layout.language, query, "{}", None]
         )
         out.append("== postings fetch (both modes)\n" + "\n".join(r[0] for r in await cur.fetchall()) + "\n")
         by_depth = {k: await postings.fetch_and_score(conn, current.layout, stats, query, k) for k in (10, depth)}

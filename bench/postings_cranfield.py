@@ -59,11 +59,11 @@ async def bench(dsn: str) -> dict[str, Any]:
         stats = text.TextStats(current.id, current.analyzed_rows, current.text_avg_length, current.text_min_freq)
         fetch = postings.fetch_statement(current.layout)
         for query in queries[:10]:  # past psycopg's prepare threshold
-            await conn.execute(fetch, [current.layout.language, query], binary=True)
+            await conn.execute(fetch, [current.layout.language, query, "{}", None], binary=True)
         started = time.perf_counter()
         fetched = []
         for query in queries:
-            cur = await conn.execute(fetch, [current.layout.language, query], binary=True)
+            cur = await conn.execute(fetch, [current.layout.language, query, "{}", None], binary=True)
             fetched.append(await cur.fetchall())
         fetch_ms = (time.perf_counter() - started) * 1000 / len(queries)
         started = time.perf_counter()

@@ -234,6 +234,8 @@ class Server:
     resources: Resources
     max_upload_bytes: int
     ingest_concurrency: int
+    postings_cache_bytes: int
+    """Decoded keyword postings each server process keeps between searches (vectorstore/search/postings_cache.py)."""
     unattached_file_ttl_hours: int
     """Never-attached uploads are deleted this long after upload; 0: never."""
     pod_monitor: bool
@@ -671,6 +673,7 @@ def build_spec(data: dict[str, Any], source_text: str, *, explicit_ef_search: Co
             resources=_resources(server["resources"]),
             max_upload_bytes=server["max_upload_bytes"],
             ingest_concurrency=server["ingest_concurrency"],
+            postings_cache_bytes=server["postings_cache_bytes"],
             unattached_file_ttl_hours=server["unattached_file_ttl_hours"],
             pod_monitor=server["pod_monitor"],
             prometheus_rule=server["prometheus_rule"],

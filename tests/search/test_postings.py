@@ -19,6 +19,7 @@ from psycopg import sql
 from search.conftest import DIMS, add_rows, connect, drop_postings, new_store
 from vectorstore.search import hybrid, postings, postings_compaction, postings_upgrade, service, text
 from vectorstore.search.filters import compile_filters
+from vectorstore.search.postings_cache import PostingsCache
 from vectorstore.storage import stores, tables
 
 
@@ -134,13 +135,19 @@ async def exact_bm25(conn: psycopg.AsyncConnection[Any], record: stores.StoreRec
     return {row_id: score / top for row_id, score in scores.items()}
 
 
-async def assert_exact(conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord, queries: list[str]) -> None:
+async def assert_exact(
+    conn: psycopg.AsyncConnection[Any],
+    record: stores.StoreRecord,
+    queries: list[str],
+    cache: PostingsCache | None = None,
+) -> None:
+    """Each query's keyword search (through `cache` if given) is the exact BM25 top k, for k = 10 and 40."""
     assert await postings.is_ready(conn, record.table_name)
     for query in queries:
         truth = await exact_bm25(conn, record, query)
         ranked = sorted(truth.values(), reverse=True)
         for k in (10, 40):
-            hits = (await hybrid.run_keyword(conn, record.layout, stats_of(record), query, limit=k)).hits
+            hits = (await hybrid.run_keyword(conn, record.layout, stats_of(record), query, limit=k, cache=cache)).hits
             assert len(hits) == min(k, len(truth)), query
             for hit in hits:
                 assert hit.score == pytest.approx(truth[hit.id], rel=1e-9), (query, hit.id)
@@ -480,3 +487,30 @@ def test_score_keeps_every_tie_at_the_kth_score() -> None:
     rows.append((None, None, struct.pack(">qq", 100, 1000), 2))
     scored = postings.score(rows, text.TextStats("s", 0, 0, 0), 10)
     assert sorted(scored.ords) == list(range(1, 51)) and len(set(scored.scores)) == 1
+
+
+def test_score_of_a_large_store_bounds_the_kth_from_a_sample_and_stays_exact() -> None:
+    """Past postings.SAMPLED_FROM chunks, the k best are picked among those at or above the k-th best of a
+    sample: the same chunks and scores as BM25 over everything, ties at the k-th score included."""
+    rng = random.Random(8)
+    chunks = 200_000
+    assert chunks >= postings.SAMPLED_FROM
+    by_term = {
+        term: [(ord_, rng.randint(1, 4), rng.randint(5, 60)) for ord_ in sorted(rng.sample(range(1, chunks), size))]
+        for term, size in (("common", 120_000), ("middle", 30_000), ("rare", 2_000))
+    }
+    rows: list[tuple[Any, ...]] = [(term, _packed(p), None, 0) for term, p in by_term.items()]
+    rows.append((None, None, None, 1))
+    rows.append((None, None, struct.pack(">qq", chunks, chunks * 30), 2))
+    truth = _bm25(chunks, 30.0, by_term, set())
+    ranked = sorted(truth.values(), reverse=True)
+    for k in (1, 10, 40, 100):
+        scored = postings.score(rows, text.TextStats("s", 0, 0, 0), k)
+        got = dict(zip(scored.ords, scored.scores, strict=True))
+        # Every chunk scoring at least the k-th best is there (random tf and lengths tie often here).
+        assert set(got) == {ord_ for ord_, value in truth.items() if value >= ranked[k - 1] - 1e-12}, k
+        assert all(got[ord_] == pytest.approx(truth[ord_], rel=1e-12) for ord_ in got)
+    # One term, every chunk the same score: all tied at the k-th, so up to k + MAX_TIES come back.
+    flat = [("flat", _packed([(ord_, 1, 10) for ord_ in range(1, chunks)]), None, 0), rows[-2], rows[-1]]
+    scored = postings.score(flat, text.TextStats("s", 0, 0, 0), 10)
+    assert len(scored.ords) == 10 + postings.MAX_TIES and len(set(scored.scores)) == 1

@@ -30,6 +30,7 @@ from vectorstore.errors import BadRequest, ServiceUnavailable, UpstreamError, st
 from vectorstore.migration import records as migrations
 from vectorstore.observability import metrics
 from vectorstore.search import hybrid, text
+from vectorstore.search import service as search_service
 from vectorstore.search.filters import compile_filters
 from vectorstore.search.rerank import Reranker
 from vectorstore.search.vector import NO_FILTER, Hit, exact_is_cheap, run_search
@@ -374,10 +375,11 @@ async def ranked_hits(
     exact = exact_is_cheap(record.analyzed_rows)
     stats = text.TextStats(record.id, record.analyzed_rows, record.text_avg_length, record.text_min_freq)
     reads = state.reads(request)
+    cache = request.app.get(search_service.POSTINGS_CACHE)
     if mode == "keyword":
         result = await reads.run(
             lambda conn: hybrid.run_keyword(
-                conn, record.layout, stats, query_text, limit=limit, where=where, where_params=params
+                conn, record.layout, stats, query_text, limit=limit, where=where, where_params=params, cache=cache
             )
         )
         if result.terms > 0:
@@ -403,7 +405,7 @@ async def ranked_hits(
             )
             result = await reads.run(
                 lambda conn: hybrid.run_keyword(
-                    conn, record.layout, stats, query_text, limit=limit, where=where, where_params=params
+                    conn, record.layout, stats, query_text, limit=limit, where=where, where_params=params, cache=cache
                 )
             )
             metrics.count_search("keyword", "old_model_unavailable")
@@ -436,6 +438,7 @@ async def ranked_hits(
                 where=where,
                 where_params=params,
                 exact=exact,
+                cache=cache,
             )
         )
         metrics.count_search("hybrid", "none" if result.terms else "no_terms")

@@ -33,6 +33,7 @@ from psycopg import sql
 
 from vectorstore.observability import metrics
 from vectorstore.search import postings, text
+from vectorstore.search.postings_cache import PostingsCache
 from vectorstore.search.vector import NO_FILTER, Hit, execute, index_ef_search, nearest, nearest_params, score_of
 from vectorstore.search.vector import one_pass as vector_one_pass
 from vectorstore.storage.tables import Layout
@@ -205,11 +206,12 @@ async def _scored(
     query_text: str,
     where: sql.Composable,
     k: int,
+    cache: PostingsCache | None,
 ) -> postings.Scored | None:
     """The keyword leg's k best chunks from the postings (vectorstore/search/postings.py), or None for the GIN
     path (filtered searches, stores whose postings are not ready)."""
     if postings.usable(where, NO_FILTER) and await postings.is_ready(conn, layout.table):
-        return await postings.fetch_and_score(conn, layout, stats, query_text, k)
+        return await postings.fetch_and_score(conn, layout, stats, query_text, k, cache)
     return None
 
 
@@ -223,8 +225,10 @@ async def run_keyword(
     limit: int,
     where: sql.Composable = NO_FILTER,
     where_params: Sequence[Any] = (),
+    cache: PostingsCache | None = None,
 ) -> Result:
-    scored = await _scored(conn, layout, stats, query_text, where, limit)
+    """`cache`: the process's decoded postings of common terms (search/postings_cache.py), if it keeps them."""
+    scored = await _scored(conn, layout, stats, query_text, where, limit, cache)
     statement, params = keyword_statement(layout, stats, query_text, where, where_params, limit, scored)
     cur = await conn.execute(statement, params)
     rows = await cur.fetchall()
@@ -248,10 +252,13 @@ async def run_hybrid(
     where: sql.Composable = NO_FILTER,
     where_params: Sequence[Any] = (),
     exact: bool = False,
+    cache: PostingsCache | None = None,
 ) -> Result:
+    """`cache`: as for `run_keyword`."""
     rows = await _run_fused(
-        conn, layout, stats, query_text, embedding, None, limit, depth, ef_search, weights, where, where_params, exact
-    )
+        conn, layout, stats, query_text, embedding, None, limit, depth, ef_search, weights, where, where_params,
+        exact, cache=cache,
+    )  # fmt: skip
     terms, keyword_rows = (int(rows[0][7]), int(rows[0][8])) if rows else (0, 0)
     return Result(_hits(rows, layout.distance, vector_scores=keyword_rows == 0), terms, keyword_rows)
 
@@ -293,6 +300,7 @@ async def _run_fused(
     where_params: Sequence[Any],
     exact: bool,
     no_table_scan: bool | None = None,
+    cache: PostingsCache | None = None,
 ) -> list[Any]:
     single = vector_one_pass(layout, where, exact=exact)
     statement, params = hybrid_statement(
@@ -307,7 +315,7 @@ async def _run_fused(
         weights=weights,
         exact=exact,
         ef_search=ef_search,
-        scored=await _scored(conn, layout, stats, query_text, where, depth),
+        scored=await _scored(conn, layout, stats, query_text, where, depth, cache),
     )
 
     # The vector leg is guarded against a table scan as a vector search is (search/vector.py says why): on a

@@ -6,6 +6,9 @@
   with them);
 - compact each store's postings when a compaction is due (vectorstore/search/postings_compaction.py), every
   COMPACTION_CHECK_SECONDS, for as long as the app runs.
+
+It also gives the app its process's cache of decoded postings (POSTINGS_CACHE, search/postings_cache.py),
+`server.postings_cache_bytes` in size, which keyword and hybrid searches read through.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from aiohttp import web
 
 from vectorstore import state
 from vectorstore.search import postings_compaction, postings_upgrade, text_upgrade
+from vectorstore.search.postings_cache import PostingsCache
 from vectorstore.storage import stores
 
 log = logging.getLogger("vectorstore")
 
 RETRY_SECONDS = 5.0
 COMPACTION_CHECK_SECONDS = 2.0
+
+POSTINGS_CACHE = web.AppKey("postings_cache", PostingsCache)
 
 
 async def upgrade_all(dsn: str) -> None:
@@ -94,5 +100,6 @@ def _background(work: Callable[[str], Awaitable[None]]) -> Callable[[web.Applica
 
 
 def setup(app: web.Application) -> None:
+    app[POSTINGS_CACHE] = PostingsCache(app[state.SPEC].server.postings_cache_bytes)
     app.cleanup_ctx.append(_background(upgrade_all))
     app.cleanup_ctx.append(_background(compact_forever))

@@ -1,0 +1,160 @@
+"""The process's cache of decoded postings (search/postings_cache.py): a search through it is the exact BM25 top
+k in every state of the blocks (written, merged, compacted, with chunks deleted), the rows it holds are really
+left out of the fetch, a row held under a key that names another row is read again, and the cache keeps to its
+budget, least recently used first out.
+
+The stores here are small, so the cache is told to keep rows of 8 postings and more (the server's is 4,096)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from search.conftest import add_rows, new_store
+from search.test_postings import assert_exact, blocks_rows, corpus, current, gone_count, stats_of
+from vectorstore.search import postings, postings_compaction
+from vectorstore.search.postings_cache import ENTRY_OVERHEAD, DecodedRow, PostingsCache
+from vectorstore.storage import stores
+
+SMALL_ROWS = 8
+
+
+def queries_of(texts: list[str], seed: int = 9) -> list[str]:
+    rng = random.Random(seed)
+    queries = []
+    for _ in range(10):
+        words = rng.choice(texts).split()
+        start = rng.randrange(0, max(1, len(words) - 6))
+        queries.append(" ".join(words[start : start + rng.randint(2, 6)]))
+    return [*queries, "wabx wacx waax", "nothing here matches"]
+
+
+async def fetched(
+    conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord, query: str, cache: PostingsCache
+) -> list[Any]:
+    """The fetch statement's rows for `query`, told what `cache` holds, as a search through it sends them."""
+    cur = await conn.execute(
+        postings.fetch_statement(record.layout),
+        [record.language, query, cache.keys_literal(record.table_name), cache.min_postings],
+        binary=True,
+    )
+    return await cur.fetchall()
+
+
+async def assert_held_rows_are_left_out(
+    conn: psycopg.AsyncConnection[Any], record: stores.StoreRecord, queries: list[str], cache: PostingsCache
+) -> None:
+    """Each query's rows: those with a key the cache holds come without postings, every other row with them; and
+    some are held, so the searches before really went through the cache."""
+    held = cache.rows(record.table_name)
+    left_out = 0
+    for query in queries:
+        for lexeme, packed, _, kind, seg, xmin, key in await fetched(conn, record, query, cache):
+            if kind != 0 or seg is None:
+                continue
+            if key in held:
+                assert packed is None and (held[key].lexeme, held[key].seg, held[key].xmin) == (lexeme, seg, xmin)
+                left_out += 1
+            else:
+                assert packed is not None, (query, lexeme)
+    assert left_out > 0
+
+
+async def test_searches_through_the_cache_are_exact_in_every_state_of_the_blocks(
+    db: psycopg.AsyncConnection[Any],
+) -> None:
+    texts = corpus(400)
+    record = await new_store(db)
+    for start in range(0, 400, 40):  # ten statements, as ten files would be written
+        await add_rows(db, record, texts[start : start + 40], prefix=f"s{start}-")
+    record = await current(db, record.id)
+    queries = queries_of(texts)
+    cache = PostingsCache(64 << 20, min_postings=SMALL_ROWS)
+
+    async def check() -> None:
+        # Twice: the first search reads and keeps the large rows, the second takes them from the cache.
+        for _ in range(2):
+            await assert_exact(db, record, queries, cache)
+        await assert_held_rows_are_left_out(db, record, queries, cache)
+
+    assert set(await blocks_rows(db, record)) == {2}
+    await check()
+    await postings_compaction.compact(db, record.table_name, record.id, "minor")
+    await check()
+    await postings_compaction.compact(db, record.table_name, record.id, "major")
+    assert set(await blocks_rows(db, record)) == {0}
+    await check()
+    # Deleted chunks: the held rows still hold their postings, and the search drops them by the gone ords.
+    await db.execute(sql.SQL("DELETE FROM {t} WHERE id LIKE 's40-%'").format(t=record.layout.ident))
+    await add_rows(db, record, texts[:5], prefix="again-")
+    record = await current(db, record.id)
+    assert await gone_count(db, record) == 40
+    await check()
+    # Compaction replaces the rows (new xmin, new keys): the old entries are no longer used, only aged out.
+    before = set(cache.rows(record.table_name))
+    await postings_compaction.compact_fully(db, record.table_name, record.id)
+    await check()
+    assert set(cache.rows(record.table_name)) - before
+
+
+async def test_a_held_row_that_names_another_row_is_read_again(db: psycopg.AsyncConnection[Any]) -> None:
+    """A 64-bit key could in principle name two rows. The fetch returns each row's lexeme, seg and xmin: when the
+    entry held under its key is another row, the search reads the rows again without the cache, and the entry is
+    replaced by the row read."""
+    texts = corpus(300)
+    record = await new_store(db)
+    await add_rows(db, record, texts)
+    record = await current(db, record.id)
+    queries = queries_of(texts, seed=3)
+    cache = PostingsCache(64 << 20, min_postings=SMALL_ROWS)
+    truth = [await postings.fetch_and_score(db, record.layout, stats_of(record), q, 10) for q in queries]
+    for query in queries:
+        await postings.fetch_and_score(db, record.layout, stats_of(record), query, 10, cache)
+    held = cache.rows(record.table_name)
+    assert held
+    # Every entry now claims to be an older version of its row (another xmin), with other postings.
+    for key, row in held.items():
+        other = DecodedRow(row.lexeme, row.seg, row.xmin - 1, row.ords[:1], row.tf[:1] * 9, row.dl[:1])
+        cache.put(record.table_name, key, other)
+    for query, expected in zip(queries, truth, strict=True):
+        assert await postings.fetch_and_score(db, record.layout, stats_of(record), query, 10, cache) == expected
+    assert all(cache.rows(record.table_name)[key].xmin == row.xmin for key, row in held.items())
+    # Without the cache, and with a cache of no bytes (`server.postings_cache_bytes: 0`), the same results.
+    off = PostingsCache(0, min_postings=SMALL_ROWS)
+    for query, expected in zip(queries, truth, strict=True):
+        assert await postings.fetch_and_score(db, record.layout, stats_of(record), query, 10, off) == expected
+    assert len(off) == 0 and off.keys_literal(record.table_name) == "{}"
+
+
+def _row(lexeme: str, postings_count: int) -> DecodedRow:
+    ords = np.arange(postings_count, dtype=np.int64)
+    return DecodedRow(lexeme, 0, 100, ords, np.ones(postings_count, np.float32), np.ones(postings_count, np.float32))
+
+
+def test_the_cache_keeps_to_its_budget_least_recently_used_first() -> None:
+    one = _row("a", 1000).nbytes
+    assert one == 1000 * 16 + ENTRY_OVERHEAD
+    cache = PostingsCache(3 * one)
+    for key, lexeme in enumerate("abc"):
+        cache.put("t1", key, _row(lexeme, 1000))
+    assert len(cache) == 3 and cache.bytes == 3 * one
+    assert cache.keys_literal("t1") == "{0,1,2}" and cache.keys_literal("t2") == "{}"
+    snapshot = cache.rows("t1")
+    cache.touch("t1", 0)  # "a" used again: "b" is now the least recently used
+    cache.put("t2", 7, _row("d", 1000))
+    assert set(cache.rows("t1")) == {0, 2} and set(cache.rows("t2")) == {7} and cache.bytes == 3 * one
+    assert cache.keys_literal("t1") == "{0,2}" and cache.keys_literal("t2") == "{7}"
+    # What a search took before the eviction stays usable by it.
+    assert snapshot[1].lexeme == "b" and snapshot[1].ords.size == 1000
+    # A row larger than the whole budget is not kept, and evicts nothing.
+    cache.put("t1", 9, _row("huge", 4000))
+    assert 9 not in cache.rows("t1") and len(cache) == 3
+    cache.forget("t1")
+    assert cache.rows("t1") == {} and cache.keys_literal("t1") == "{}" and cache.bytes == one
+    disabled = PostingsCache(0)
+    disabled.put("t1", 1, _row("a", 10))
+    assert not disabled.enabled and len(disabled) == 0
