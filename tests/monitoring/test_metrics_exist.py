@@ -120,6 +120,22 @@ def test_dashboard_json_is_complete(live: tuple[RunningServer, set[str]]) -> Non
         assert topic in titles, topic
 
 
+async def test_the_postings_cache_is_shown(live: tuple[RunningServer, set[str]]) -> None:
+    """Its gauges are there from the start (docs/operations.md lists them), sized as the spec says."""
+    server, exported = live
+    names = {f"vectorstore_postings_cache_{name}" for name in ("bytes", "rows", "max_bytes")}
+    assert names <= exported
+    async with aiohttp.ClientSession() as session, session.get(server.url("/metrics")) as response:
+        text = await response.text()
+    (budget,) = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "vectorstore_postings_cache_max_bytes"
+    ]
+    assert budget == server.spec.server.postings_cache_bytes == 128 << 20
+
+
 async def test_searches_are_counted_by_store_and_mode(live: tuple[RunningServer, set[str]]) -> None:
     """The dashboard's per-store panels and the slow-search alert read this series: a declared store is labelled
     with its name, a store created through the API with `undeclared`."""

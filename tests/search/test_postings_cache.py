@@ -16,11 +16,16 @@ from psycopg import sql
 
 from search.conftest import add_rows, new_store
 from search.test_postings import assert_exact, blocks_rows, corpus, current, gone_count, stats_of
+from vectorstore.observability import metrics
 from vectorstore.search import postings, postings_compaction
 from vectorstore.search.postings_cache import ENTRY_OVERHEAD, DecodedRow, PostingsCache
 from vectorstore.storage import stores
 
 SMALL_ROWS = 8
+
+
+def scored_postings(source: str) -> float:
+    return metrics.REGISTRY.get_sample_value("vectorstore_keyword_postings_total", {"source": source}) or 0.0
 
 
 def queries_of(texts: list[str], seed: int = 9) -> list[str]:
@@ -82,7 +87,10 @@ async def test_searches_through_the_cache_are_exact_in_every_state_of_the_blocks
         await assert_held_rows_are_left_out(db, record, queries, cache)
 
     assert set(await blocks_rows(db, record)) == {2}
+    counted = {source: scored_postings(source) for source in ("cache", "database")}
     await check()
+    # vectorstore_keyword_postings_total counts both sources.
+    assert all(scored_postings(source) > counted[source] for source in counted)
     await postings_compaction.compact(db, record.table_name, record.id, "minor")
     await check()
     await postings_compaction.compact(db, record.table_name, record.id, "major")
@@ -158,3 +166,11 @@ def test_the_cache_keeps_to_its_budget_least_recently_used_first() -> None:
     disabled = PostingsCache(0)
     disabled.put("t1", 1, _row("a", 10))
     assert not disabled.enabled and len(disabled) == 0
+    # What /metrics shows of it (one per process: per worker under `serve --workers N`).
+    gauges = metrics.postings_cache_gauges(lambda: cache.bytes, lambda: len(cache), cache.max_bytes)
+    shown = {family.name: family.samples[0].value for family in gauges()}
+    assert shown == {
+        "vectorstore_postings_cache_bytes": one,
+        "vectorstore_postings_cache_rows": 1,
+        "vectorstore_postings_cache_max_bytes": 3 * one,
+    }

@@ -115,6 +115,14 @@ STORE_SEARCH_LATENCY: Final = Histogram(
     registry=REGISTRY,
 )
 UNDECLARED_STORE: Final = "undeclared"
+KEYWORD_POSTINGS: Final = Counter(
+    "vectorstore_keyword_postings_total",
+    "Postings keyword searches (and hybrid searches' keyword legs) scored, by where they came from: `database` "
+    "(read in the fetch) or `cache` (held decoded by the process: server.postings_cache_bytes). The share from "
+    "`cache` says whether the cache is large enough for the stores' common words.",
+    ["source"],
+    registry=REGISTRY,
+)
 CALIBRATIONS: Final = Counter(
     "vectorstore_calibrations_total",
     "Recall calibrations this process ran (vectorstore/calibration), by outcome: reached (every group met the "
@@ -309,6 +317,27 @@ def queue_gauge(depths: Callable[[], Mapping[str, int]]) -> GaugeSource:
         yield family
 
     return collect
+
+
+def postings_cache_gauges(held_bytes: Callable[[], int], entries: Callable[[], int], max_bytes: int) -> GaugeSource:
+    """The process's cache of decoded keyword postings (search/postings_cache.py): bytes held, rows held, budget."""
+
+    def collect() -> Iterator[Metric]:
+        for name, doc, value in (
+            ("bytes", "Bytes of decoded keyword postings this process holds.", held_bytes()),
+            ("rows", "Block rows of keyword postings this process holds decoded.", entries()),
+            ("max_bytes", "The cache's budget, server.postings_cache_bytes (0: off).", max_bytes),
+        ):
+            yield GaugeMetricFamily(f"vectorstore_postings_cache_{name}", doc, value=value)
+
+    return collect
+
+
+def count_keyword_postings(from_cache: int, from_database: int) -> None:
+    if from_cache:
+        KEYWORD_POSTINGS.labels("cache").inc(from_cache)
+    if from_database:
+        KEYWORD_POSTINGS.labels("database").inc(from_database)
 
 
 def observe_search(seconds: float) -> None:

@@ -12,6 +12,10 @@ lexeme a few rows, each a run of 8-byte postings `ord << 32 | tf << 16 | dl`. A 
    where `keyword_ctes` finds their rows through the unique index on `ord` and orders them by score, then id,
    as the GIN path does.
 
+A store's common words have long lists that nearly every query reads: the process keeps those rows decoded
+(search/postings_cache.py), tells the fetch which ones it holds, and the fetch returns them without their
+postings. The result is the same either way; only where the postings come from changes.
+
 Why not SQL: scoring costs SQL about a microsecond a posting and numpy about a nanosecond, so reading every
 posting of every query term and summing them all is exact and cheaper than any threshold algorithm in SQL was
 (0400 and 0410 read a few hundred postings a term but paid microseconds for each, and several milliseconds for
@@ -39,6 +43,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from vectorstore.observability import metrics
 from vectorstore.search import postings_cache, text
 from vectorstore.storage.tables import Layout, blocks_table, gone_table, totals_table
 
@@ -299,10 +304,16 @@ async def fetch_and_score(
     except HeldRowChanged:
         rows = await _fetch(conn, layout, query_text, "{}", worth)
         scored = score(rows, stats, k, None, keep)
-    if cache is not None:
-        for row in rows:
-            if row[1] is None and len(row) > 6 and row[6] is not None:
-                cache.touch(layout.table, row[6])
+    from_cache = from_database = 0
+    for row in rows:
+        if row[3] != 0:
+            continue
+        if row[1] is not None:
+            from_database += len(row[1]) // _POSTING.itemsize
+        elif cache is not None and row[6] is not None:
+            cache.touch(layout.table, row[6])
+            from_cache += held[row[6]].ords.size
+    metrics.count_keyword_postings(from_cache, from_database)
     return scored
 
 

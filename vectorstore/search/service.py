@@ -23,6 +23,7 @@ import psycopg
 from aiohttp import web
 
 from vectorstore import state
+from vectorstore.observability import metrics
 from vectorstore.search import postings_compaction, postings_upgrade, text_upgrade
 from vectorstore.search.postings_cache import PostingsCache
 from vectorstore.storage import stores
@@ -100,6 +101,11 @@ def _background(work: Callable[[str], Awaitable[None]]) -> Callable[[web.Applica
 
 
 def setup(app: web.Application) -> None:
-    app[POSTINGS_CACHE] = PostingsCache(app[state.SPEC].server.postings_cache_bytes)
+    cache = app[POSTINGS_CACHE] = PostingsCache(app[state.SPEC].server.postings_cache_bytes)
+    metrics.add_gauge_source(
+        "postings_cache",
+        metrics.postings_cache_gauges(lambda: cache.bytes, lambda: len(cache), cache.max_bytes),
+        per_process=True,
+    )
     app.cleanup_ctx.append(_background(upgrade_all))
     app.cleanup_ctx.append(_background(compact_forever))
