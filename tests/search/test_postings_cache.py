@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+import pytest
 from psycopg import sql
 
 from search.conftest import add_rows, new_store
@@ -58,11 +59,11 @@ async def assert_held_rows_are_left_out(
     held = cache.rows(record.table_name)
     left_out = 0
     for query in queries:
-        for lexeme, packed, _, kind, seg, xmin, key in await fetched(conn, record, query, cache):
+        for lexeme, packed, _, kind, seg, xmin, key, n in await fetched(conn, record, query, cache):
             if kind != 0 or seg is None:
                 continue
             if key in held:
-                assert packed is None and (held[key].lexeme, held[key].seg, held[key].xmin) == (lexeme, seg, xmin)
+                assert packed is None and held[key].is_row(lexeme, seg, xmin, n)
                 left_out += 1
             else:
                 assert packed is not None, (query, lexeme)
@@ -110,9 +111,9 @@ async def test_searches_through_the_cache_are_exact_in_every_state_of_the_blocks
 
 
 async def test_a_held_row_that_names_another_row_is_read_again(db: psycopg.AsyncConnection[Any]) -> None:
-    """A 64-bit key could in principle name two rows. The fetch returns each row's lexeme, seg and xmin: when the
-    entry held under its key is another row, the search reads the rows again without the cache, and the entry is
-    replaced by the row read."""
+    """A 64-bit key could in principle name two rows. The fetch returns each row's lexeme, seg, xmin and count of
+    postings: when the entry held under its key is another row (another xmin, or as many postings as another
+    count), the search reads the rows again without the cache, and the entry is replaced by the row read."""
     texts = corpus(300)
     record = await new_store(db)
     await add_rows(db, record, texts)
@@ -124,13 +125,20 @@ async def test_a_held_row_that_names_another_row_is_read_again(db: psycopg.Async
         await postings.fetch_and_score(db, record.layout, stats_of(record), query, 10, cache)
     held = cache.rows(record.table_name)
     assert held
-    # Every entry now claims to be an older version of its row (another xmin), with other postings.
-    for key, row in held.items():
-        other = DecodedRow(row.lexeme, row.seg, row.xmin - 1, row.ords[:1], row.tf[:1] * 9, row.dl[:1])
-        cache.put(record.table_name, key, other)
-    for query, expected in zip(queries, truth, strict=True):
-        assert await postings.fetch_and_score(db, record.layout, stats_of(record), query, 10, cache) == expected
-    assert all(cache.rows(record.table_name)[key].xmin == row.xmin for key, row in held.items())
+
+    def other_xmin(row: DecodedRow) -> DecodedRow:  # another version of the row, with other weights
+        return DecodedRow(row.lexeme, row.seg, row.xmin - 1, row.ords, row.tf * 9, row.dl)
+
+    def other_count(row: DecodedRow) -> DecodedRow:  # the same lexeme, seg and xmin, with fewer postings
+        return DecodedRow(row.lexeme, row.seg, row.xmin, row.ords[:1], row.tf[:1] * 9, row.dl[:1])
+
+    for other in (other_xmin, other_count):
+        for key, row in held.items():
+            cache.put(record.table_name, key, other(row))
+        for query, expected in zip(queries, truth, strict=True):
+            assert await postings.fetch_and_score(db, record.layout, stats_of(record), query, 10, cache) == expected
+        restored = cache.rows(record.table_name)
+        assert all(restored[key].is_row(row.lexeme, row.seg, row.xmin, row.ords.size) for key, row in held.items())
     # Without the cache, and with a cache of no bytes (`server.postings_cache_bytes: 0`), the same results.
     off = PostingsCache(0, min_postings=SMALL_ROWS)
     for query, expected in zip(queries, truth, strict=True):
@@ -138,9 +146,9 @@ async def test_a_held_row_that_names_another_row_is_read_again(db: psycopg.Async
     assert len(off) == 0 and off.keys_literal(record.table_name) == "{}"
 
 
-def _row(lexeme: str, postings_count: int) -> DecodedRow:
+def _row(lexeme: str, postings_count: int, *, seg: int = 0, xmin: int = 100) -> DecodedRow:
     ords = np.arange(postings_count, dtype=np.int64)
-    return DecodedRow(lexeme, 0, 100, ords, np.ones(postings_count, np.float32), np.ones(postings_count, np.float32))
+    return DecodedRow(lexeme, seg, xmin, ords, np.ones(postings_count, np.float32), np.ones(postings_count, np.float32))
 
 
 def test_the_cache_keeps_to_its_budget_least_recently_used_first() -> None:
@@ -163,9 +171,6 @@ def test_the_cache_keeps_to_its_budget_least_recently_used_first() -> None:
     assert 9 not in cache.rows("t1") and len(cache) == 3
     cache.forget("t1")
     assert cache.rows("t1") == {} and cache.keys_literal("t1") == "{}" and cache.bytes == one
-    disabled = PostingsCache(0)
-    disabled.put("t1", 1, _row("a", 10))
-    assert not disabled.enabled and len(disabled) == 0
     # What /metrics shows of it (one per process: per worker under `serve --workers N`).
     gauges = metrics.postings_cache_gauges(lambda: cache.bytes, lambda: len(cache), cache.max_bytes)
     shown = {family.name: family.samples[0].value for family in gauges()}
@@ -174,3 +179,26 @@ def test_the_cache_keeps_to_its_budget_least_recently_used_first() -> None:
         "vectorstore_postings_cache_rows": 1,
         "vectorstore_postings_cache_max_bytes": 3 * one,
     }
+    disabled = PostingsCache(0)
+    disabled.put("t1", 1, _row("a", 10))
+    assert not disabled.enabled and len(disabled) == 0
+    # The arrays are shared by every search holding the row: none may change them.
+    with pytest.raises(ValueError, match="read-only"):
+        snapshot[1].tf[0] = 2.0
+
+
+def test_a_newer_version_of_a_row_replaces_the_older_and_entries_expire() -> None:
+    now = [0.0]
+    cache = PostingsCache(1 << 20, max_age=600.0, clock=lambda: now[0])
+    cache.put("t", 1, _row("a", 10, seg=0, xmin=100))
+    cache.put("t", 2, _row("a", 10, seg=1, xmin=100))
+    cache.put("t", 3, _row("b", 10, seg=0, xmin=100))
+    # Compaction rewrote "a"'s base row: its new version, once read, takes the old one's place.
+    cache.put("t", 4, _row("a", 12, seg=0, xmin=200))
+    assert set(cache.rows("t")) == {2, 3, 4} and cache.bytes == sum(r.nbytes for r in cache.rows("t").values())
+    now[0] = 500.0
+    cache.put("t", 5, _row("c", 10))
+    now[0] = 650.0  # rows 2, 3 and 4 were read 650 s ago: past MAX_AGE_SECONDS, no longer used
+    assert set(cache.rows("t")) == {5} and len(cache) == 1 and cache.keys_literal("t") == "{5}"
+    now[0] = 1200.0
+    assert cache.rows("t") == {} and cache.bytes == 0

@@ -96,7 +96,7 @@ def usable(where: sql.Composable, no_filter: sql.Composable) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def fetch_statement(layout: Layout) -> sql.Composed:
-    """Rows `(lexeme, postings, extra, kind, seg, xmin, key)`: (kind 0) every block row of the query's lexemes (at
+    """Rows `(lexeme, postings, extra, kind, seg, xmin, key, n)`: (kind 0) every block row of the query's lexemes (at
     most MAX_TERMS, the rarest), a lexeme with none as one row with NULL postings; then in `extra` (kind 1) the
     packed ords deleted since the last compaction and (kind 2) the store's live chunk count and summed lengths
     (two int8s). A row of at least the given number of postings has a `key` (NULL for smaller ones, and for all
@@ -110,15 +110,16 @@ def fetch_statement(layout: Layout) -> sql.Composed:
         " chosen AS MATERIALIZED (SELECT lexeme FROM q ORDER BY n, lexeme LIMIT {max_terms})"
         # A held row's postings are never read: the CASE doesn't fetch the TOASTed value when it is NULL.
         " SELECT c.lexeme, CASE WHEN b.key = ANY(%s::int8[]) THEN NULL ELSE b.postings END AS postings,"
-        " NULL::bytea AS extra, 0 AS kind, b.seg, b.row_xmin, b.key FROM chosen AS c"
+        " NULL::bytea AS extra, 0 AS kind, b.seg, b.row_xmin, b.key, b.n FROM chosen AS c"
         # LATERAL: one index probe a lexeme, whatever the planner believes of the table's size.
-        " LEFT JOIN LATERAL (SELECT postings, seg, xmin::text::int8 AS row_xmin,"
-        " CASE WHEN n >= %s::int THEN hashtextextended(lexeme || ':' || seg || ':' || xmin::text, 0) END AS key"
+        " LEFT JOIN LATERAL (SELECT postings, seg, n, xmin::text::int8 AS row_xmin, CASE WHEN n >= %s::int"
+        " THEN hashtextextended(lexeme || ':' || seg || ':' || xmin::text || ':' || ctid::text, 0) END AS key"
         ' FROM {b} WHERE lexeme = c.lexeme COLLATE "C") AS b ON true'
-        " UNION ALL SELECT NULL, NULL, (SELECT string_agg(int8send(ord), ''::bytea) FROM {g}), 1, NULL, NULL, NULL"
+        " UNION ALL SELECT NULL, NULL, (SELECT string_agg(int8send(ord), ''::bytea) FROM {g}), 1,"
+        " NULL, NULL, NULL, NULL"
         # The store's live chunks and their summed lengths, packed as two int8s after the gone ords' row.
         " UNION ALL SELECT NULL, NULL, (SELECT int8send(coalesce(sum(chunks), 0)::bigint)"
-        " || int8send(coalesce(sum(lengths), 0)::bigint) FROM {s}), 2, NULL, NULL, NULL"
+        " || int8send(coalesce(sum(lengths), 0)::bigint) FROM {s}), 2, NULL, NULL, NULL, NULL"
     ).format(
         b=sql.Identifier(blocks_table(layout.table)),
         g=sql.Identifier(gone_table(layout.table)),
@@ -147,6 +148,7 @@ def idf(rows: float, df: int) -> float:
 
 
 def decode(lexeme: str, seg: int, xmin: int, packed: bytes) -> postings_cache.DecodedRow:
+    """A block row's packed postings as the cache keeps them."""
     fields = np.frombuffer(packed, dtype=_FIELDS)
     tf, dl = fields["tf"].astype(np.float32), fields["dl"].astype(np.float32)
     return postings_cache.DecodedRow(lexeme, seg, xmin, fields["ord"].astype(np.int64), tf, dl)
@@ -183,7 +185,7 @@ def score(
             continue
         if postings is None:
             decoded = (held or {}).get(key)
-            if decoded is None or (decoded.lexeme, decoded.seg, decoded.xmin) != (lexeme, row[4], row[5]):
+            if decoded is None or not decoded.is_row(lexeme, row[4], row[5], row[7]):
                 raise HeldRowChanged(lexeme)
         else:
             decoded = decode(lexeme, row[4], row[5], postings)

@@ -11,17 +11,25 @@ bounded by `server.postings_cache_bytes` (per process). A search sends the keys 
 (`keys_literal`), and the fetch statement (search/postings.py) leaves the postings of those rows out, so the
 database neither reads nor sends them.
 
-A key is a 64-bit hash the database computes of `lexeme:seg:xmin`. A block row is never changed in place: a
-write adds rows, compaction deletes rows and inserts new ones, and any new row version has a new `xmin`. So a
-key names one immutable row, and a cached row can't be stale: once compaction replaces it, the statement no
-longer returns its key, and it ages out of the cache unused. The fetch also returns each row's lexeme, seg and
-xmin, which the search checks against the cached entry, so a hash collision can't give a wrong answer either
-(postings.py then reads the rows again without the cache).
+A key is a 64-bit hash the database computes of `lexeme:seg:xmin:ctid`. A block row is never changed in place:
+a write adds rows, compaction deletes rows and inserts new ones, and any new row version has a new `xmin`. So a
+key names one immutable row version: once compaction replaces a row, the statement no longer returns its key,
+and the entry is dropped when the row that replaces it is kept (same lexeme and seg), or ages out. The fetch
+also returns each row's lexeme, seg, xmin and count of postings, which the search checks against the entry, so
+a hash collision can't give a wrong answer either (postings.py then reads the rows again without the cache).
+
+The one way a transaction id names two versions is a database that hands out ids again: a failover to a
+replica that had not received the last transactions, or a restore to an earlier point, while the server keeps
+running. A row rewritten then with the same lexeme, seg, xmin, position and count of postings, yet other
+postings, would be served from the cache. Entries are therefore used for at most MAX_AGE_SECONDS after they
+were read, which bounds that window; common words' rows are read again that often at no real cost.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +39,7 @@ MIN_POSTINGS = 4096
 """Rows smaller than this (32 KB packed) are read every time: cheap to read, and not worth a key a search."""
 ENTRY_OVERHEAD = 400
 """Bytes an entry costs beyond its arrays (the objects and dictionary slots), counted against the budget."""
+MAX_AGE_SECONDS = 600.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,18 +59,36 @@ class DecodedRow:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nbytes", self.ords.nbytes + self.tf.nbytes + self.dl.nbytes + ENTRY_OVERHEAD)
+        for array in (self.ords, self.tf, self.dl):
+            array.setflags(write=False)  # shared by every search that holds the row: never changed in place
+
+    def is_row(self, lexeme: str, seg: int, xmin: int, postings: int) -> bool:
+        """Whether this is the block row the fetch describes (the key is a hash: it could name another)."""
+        return (self.lexeme, self.seg, self.xmin, self.ords.size) == (lexeme, seg, xmin, postings)
 
 
 class PostingsCache:
     """Decoded block rows by (table, key), least recently used first out, within `max_bytes` in all."""
 
-    def __init__(self, max_bytes: int, min_postings: int = MIN_POSTINGS) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        min_postings: int = MIN_POSTINGS,
+        *,
+        max_age: float = MAX_AGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_bytes = max_bytes
         self.min_postings = min_postings
         """Rows of fewer postings are read every time (tests lower it to cache the rows of a small store)."""
+        self.max_age = max_age
+        self.clock = clock
         self.bytes = 0
         self._lru: OrderedDict[tuple[str, int], DecodedRow] = OrderedDict()
         self._by_table: dict[str, dict[int, DecodedRow]] = {}
+        self._kept_at: dict[tuple[str, int], float] = {}
+        self._slots: dict[tuple[str, str, int], int] = {}
+        """The key held for each (table, lexeme, seg): a newer version of the row replaces the older one."""
         self._literals: dict[str, str] = {}
         """Each table's keys as one int8[] literal, rebuilt only after that table's entries change."""
 
@@ -73,7 +100,12 @@ class PostingsCache:
         return len(self._lru)
 
     def rows(self, table: str) -> dict[int, DecodedRow]:
-        """The table's entries now: a copy, so entries evicted while a search runs stay usable by it."""
+        """The table's entries now, without those read more than `max_age` ago (dropped): a copy, so entries
+        evicted while a search runs stay usable by it."""
+        entries = self._by_table.get(table, {})
+        oldest = self.clock() - self.max_age
+        for key in [key for key in entries if self._kept_at[(table, key)] < oldest]:
+            self._remove(table, key)
         return dict(self._by_table.get(table, {}))
 
     def keys_literal(self, table: str) -> str:
@@ -91,25 +123,33 @@ class PostingsCache:
         """Keep `row` under `key`, in place of any entry the key had (one read again after a hash collision)."""
         if not self.enabled or row.nbytes > self.max_bytes:
             return
-        previous = self._lru.pop((table, key), None)
-        if previous is not None:
-            self._drop(table, key, previous)
+        self._remove(table, key)
+        older = self._slots.get((table, row.lexeme, row.seg))
+        if older is not None:
+            self._remove(table, older)  # the version of this row that compaction replaced
         self._lru[(table, key)] = row
         self._by_table.setdefault(table, {})[key] = row
+        self._kept_at[(table, key)] = self.clock()
+        self._slots[(table, row.lexeme, row.seg)] = key
         self._literals.pop(table, None)
         self.bytes += row.nbytes
         while self.bytes > self.max_bytes:
-            (old_table, old_key), old = self._lru.popitem(last=False)
-            self._drop(old_table, old_key, old)
+            (old_table, old_key), _ = next(iter(self._lru.items()))
+            self._remove(old_table, old_key)
 
     def forget(self, table: str) -> None:
         """Drop a table's entries (a store dropped, or tests)."""
-        for key, row in list(self._by_table.get(table, {}).items()):
-            del self._lru[(table, key)]
-            self._drop(table, key, row)
+        for key in list(self._by_table.get(table, {})):
+            self._remove(table, key)
 
-    def _drop(self, table: str, key: int, row: DecodedRow) -> None:
+    def _remove(self, table: str, key: int) -> None:
+        row = self._lru.pop((table, key), None)
+        if row is None:
+            return
         self.bytes -= row.nbytes
+        del self._kept_at[(table, key)]
+        if self._slots.get((table, row.lexeme, row.seg)) == key:
+            del self._slots[(table, row.lexeme, row.seg)]
         entries = self._by_table[table]
         del entries[key]
         if not entries:

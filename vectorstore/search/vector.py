@@ -91,6 +91,8 @@ NO_TABLE_SCAN = "SELECT set_config('enable_seqscan', 'off', true)"
 """Local to the transaction: sent in a pipeline of the autocommit connection, that is the pipeline's own."""
 ONE_WALK = "SELECT set_config('enable_seqscan', 'off', true), set_config('hnsw.iterative_scan', 'off', true)"
 """NO_TABLE_SCAN, and the index walked once, without the iterative scan (the module says when)."""
+ONE_WALK_ONLY = "SELECT set_config('hnsw.iterative_scan', 'off', true)"
+"""The one walk without the guard: what a plan shown unguarded (`no_table_scan=False`) is planned with."""
 
 
 def one_pass(layout: Layout, where: sql.Composable, *, exact: bool) -> bool:
@@ -342,7 +344,7 @@ async def execute(
 ) -> list[TupleRow]:
     """Run one search statement in autocommit with the HNSW settings it needs, sent only when they change.
     `no_table_scan`: plan it with `enable_seqscan` off, local to its own transaction (the module says why);
-    `one_pass` with it: without the iterative scan too, in the same statement (`ONE_WALK`).
+    `one_pass`: walk the index once, without the iterative scan, set the same way (`ONE_WALK`).
     `prefix` (`EXPLAIN `): run it in front of the statement, to see the plan of exactly what a search runs."""
     if prefix is not None:
         statement = sql.Composed([prefix, statement])
@@ -358,12 +360,13 @@ async def execute(
                 list(wanted),
             )
             _applied[conn] = wanted
-        if not no_table_scan:
+        local = (ONE_WALK if one_pass else NO_TABLE_SCAN) if no_table_scan else ONE_WALK_ONLY if one_pass else None
+        if local is None:
             cur: psycopg.AsyncCursor[TupleRow] = await conn.execute(statement, params)
             return await cur.fetchall()
-        # The local setting and the search go out together and come back together, one implicit transaction.
+        # The local settings and the search go out together and come back together, one implicit transaction.
         async with conn.pipeline():
-            await conn.execute(ONE_WALK if one_pass else NO_TABLE_SCAN)
+            await conn.execute(local)
             cur = await conn.execute(statement, params)
         return await cur.fetchall()
     finally:
