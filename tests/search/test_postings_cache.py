@@ -8,17 +8,22 @@ The stores here are small, so the cache is told to keep rows of 8 postings and m
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import psycopg
 import pytest
+from fakeembed import FakeEmbedder
 from psycopg import sql
+from server.conftest import WRITE_KEY, auth, spec_data, start_server, write_spec
 
 from search.conftest import add_rows, new_store
 from search.test_postings import assert_exact, blocks_rows, corpus, current, gone_count, stats_of
 from vectorstore.observability import metrics
 from vectorstore.search import postings, postings_compaction
+from vectorstore.search import service as search_service
 from vectorstore.search.postings_cache import ENTRY_OVERHEAD, DecodedRow, PostingsCache
 from vectorstore.storage import stores
 
@@ -202,3 +207,29 @@ def test_a_newer_version_of_a_row_replaces_the_older_and_entries_expire() -> Non
     assert set(cache.rows("t")) == {5} and len(cache) == 1 and cache.keys_literal("t") == "{5}"
     now[0] = 1200.0
     assert cache.rows("t") == {} and cache.bytes == 0
+
+
+async def test_a_deleted_store_leaves_the_server_cache(
+    fresh_dsn: str, fake_embedder: FakeEmbedder, tmp_path: Path
+) -> None:
+    """The server's cache is sized by `server.postings_cache_bytes`, and deleting a store through the API drops
+    what the process holds of it at once."""
+    data = spec_data(fake_embedder.base_url, stores=[])
+    data["server"] = {"postings_cache_bytes": 1 << 20}
+    server = await start_server(write_spec(tmp_path / "stack.yaml", data), fresh_dsn)
+    try:
+        cache = server.app[search_service.POSTINGS_CACHE]
+        assert cache.max_bytes == 1 << 20
+        async with aiohttp.ClientSession(headers=auth(WRITE_KEY)) as http:
+            async with http.post(server.url("/v1/vector_stores"), json={"name": "gone-soon"}) as response:
+                store_id = (await response.json())["id"]
+            async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
+                record = await stores.get(conn, store_id)
+            assert record is not None
+            cache.put(record.table_name, 1, _row("wing", 10))
+            cache.put("another_table", 2, _row("wing", 10))
+            async with http.delete(server.url(f"/v1/vector_stores/{store_id}")) as response:
+                assert response.status == 200
+        assert cache.rows(record.table_name) == {} and set(cache.rows("another_table")) == {2}
+    finally:
+        await server.stop()

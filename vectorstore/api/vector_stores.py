@@ -11,6 +11,7 @@ from aiohttp import web
 from vectorstore import state
 from vectorstore.api import auth, common, ogx, vector_store_files
 from vectorstore.errors import BadRequest, Conflict
+from vectorstore.search import service as search_service
 from vectorstore.storage import stores
 
 routes = web.RouteTableDef()
@@ -197,4 +198,9 @@ async def delete_store(request: web.Request) -> web.Response:
         if record.declared:
             raise _declared_conflict(record, "deleted")
         await stores.delete(conn, record)
+    # This process's decoded postings of the store go at once; another worker's are never used again and leave
+    # its cache, least recently used, as it needs the room.
+    cache = request.app.get(search_service.POSTINGS_CACHE)
+    if cache is not None:
+        cache.forget(record.table_name)
     return web.json_response({"id": record.id, "object": "vector_store.deleted", "deleted": True})
