@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from _db import bench_server, finish_report, fresh_database
-from keyword_search import corpus
+from keyword_search import corpus, cut_queries
 
 from vectorstore.search import postings, text
 from vectorstore.storage import stores
@@ -179,12 +179,7 @@ async def the_store(dsn: str) -> stores.StoreRecord:
 def measure(dsn: str, docs: int, count: int) -> dict[str, Any]:
     rng = random.Random(7)  # bench/keyword_search.py's seed and draws: the same corpus, then the same queries
     _, documents = corpus(docs, rng)
-    queries = []
-    for _ in range(count):
-        doc = rng.choice(documents)
-        size = rng.randint(5, 9)
-        start = rng.randrange(0, len(doc) - size)
-        queries.append(" ".join(doc[start : start + size]))
+    queries = cut_queries(documents, count, rng)
     del documents
     shares: dict[str, list[float]] = {}
     essential: dict[int, list[float]] = {k: [] for k in KS}

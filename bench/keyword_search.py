@@ -92,6 +92,17 @@ def corpus(docs: int, rng: random.Random) -> tuple[list[str], list[list[str]]]:
     return chunks, documents
 
 
+def cut_queries(documents: list[list[str]], count: int, rng: random.Random) -> list[str]:
+    """The bench's queries: `count` runs of 5-9 consecutive words, each cut from a random document."""
+    queries = []
+    for _ in range(count):
+        doc = rng.choice(documents)
+        size = rng.randint(5, 9)
+        start = rng.randrange(0, len(doc) - size)
+        queries.append(" ".join(doc[start : start + size]))
+    return queries
+
+
 async def load(dsn: str, record: stores.StoreRecord, chunks: list[str], dims: int) -> float:
     """Write the chunks as the ingestion worker would (COPY, one transaction per 100 rows); returns seconds."""
     started = time.perf_counter()
@@ -267,12 +278,7 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
 
     rng = random.Random(7)
     chunks, documents = corpus(args.docs, rng)
-    queries = []
-    for _ in range(args.queries):
-        doc = rng.choice(documents)
-        size = rng.randint(5, 9)
-        start = rng.randrange(0, len(doc) - size)
-        queries.append(" ".join(doc[start : start + size]))
+    queries = cut_queries(documents, args.queries, rng)
     upstream = await FakeEmbedder(dimensions=args.dims).start()
     workdir = Path(tempfile.mkdtemp(prefix="vs-kwbench-"))
     spec_path = workdir / "stack.yaml"

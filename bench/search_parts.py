@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from _db import bench_server, finish_report, fresh_database
 from _proc import tree_cpu_seconds
-from keyword_search import corpus
+from keyword_search import corpus, cut_queries
 from pgvector.psycopg import register_vector_async
 from search_http import fake_vector
 
@@ -43,12 +43,7 @@ EF_SEARCH = 100
 def queries_and_vectors(dims: int) -> tuple[list[str], list[list[float]]]:
     rng = random.Random(7)
     _, documents = corpus(2000, rng)
-    queries = []
-    for _ in range(QUERIES):
-        doc = rng.choice(documents)
-        size = rng.randint(5, 9)
-        start = rng.randrange(0, len(doc) - size)
-        queries.append(" ".join(doc[start : start + size]))
+    queries = cut_queries(documents, QUERIES, rng)
     return queries, [fake_vector(q, dims) for q in queries]
 
 
