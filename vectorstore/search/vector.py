@@ -29,7 +29,7 @@ that transaction, so it never reaches another user of the pooled connection. Exa
 An unfiltered search walks the index in one pass: the same local setting turns the iterative scan off for it
 (`ONE_WALK`). Iterating keeps every candidate the walk passes over in a heap for a next round, which an
 unfiltered search only needs when dead or not-yet-visible rows are among its `ef_search` candidates; one walk
-cost PostgreSQL 0.1-0.3 ms less a search at 6,308 x 384 and 0.7-1.2 ms at 501,115, and returned the same rows
+cost PostgreSQL 0.1-0.4 ms less a search at 6,308 x 384 and 0.5-1.3 ms at 501,115, and returned the same rows
 (bench/search_parts.py; docs/benchmarks.md, fifth round). When that pass comes back with fewer rows than
 asked, the search runs again with the iterative scan, so dead rows never shorten a page. Binary-quantized
 stores keep iterating: their walk feeds the rescoring, whose depth dead rows would quietly shorten.
