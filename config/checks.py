@@ -795,11 +795,72 @@ def ef_search_over_target(data: Any) -> list[Finding]:
     return findings
 
 
+_QUANTITY_UNITS = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "m": 0.001,
+}  # fmt: skip
+
+
+def quantity_bytes(value: Any) -> float | None:
+    """A Kubernetes memory quantity (schema.json's `quantity`: `512Mi`, `1G`, `1.5Gi`) in bytes, or None."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)", value) if isinstance(value, str) else None
+    if match is None or match.group(2) not in _QUANTITY_UNITS:
+        return None
+    return float(match.group(1)) * _QUANTITY_UNITS[match.group(2)]
+
+
+CACHE_SHARE_OF_MEMORY = 0.5
+"""The share of a server pod's memory limit its processes' caches may take before `validate` warns."""
+
+
+def caches_over_memory_limit(data: Any) -> list[Finding]:
+    """Each server process holds up to `server.postings_cache_bytes` of keyword postings and
+    `embedding.query_cache_bytes` of query embeddings, on top of its own memory and its uploads in flight; past
+    half the pod's memory limit, it is likely to be OOM-killed once the caches fill (days later, under load)."""
+    server, embedding = _get(data, "server"), _get(data, "embedding")
+    written = [
+        path
+        for path in (
+            ("server", "postings_cache_bytes"),
+            ("server", "workers"),
+            ("server", "resources", "limits", "memory"),
+            ("embedding", "query_cache_bytes"),
+        )
+        if _get(data, *path) is not None
+    ]
+    if not written:
+        return []  # the defaults: 1 x (128 MiB + 64 MiB) against 1 GiB
+    workers = _get(server, "workers") if isinstance(_get(server, "workers"), int) else 1
+    postings = _get(server, "postings_cache_bytes")
+    postings = postings if isinstance(postings, int) else 128 << 20
+    queries = _get(embedding, "query_cache_bytes")
+    queries = queries if isinstance(queries, int) else 64 << 20
+    resources = _get(server, "resources")
+    limit = quantity_bytes(_get(server, "resources", "limits", "memory") if resources is not None else "1Gi")
+    if limit is None:
+        return []  # no memory limit written (or an invalid one, which the schema reports)
+    caches = workers * (postings + queries)
+    if caches <= CACHE_SHARE_OF_MEMORY * limit:
+        return []
+    mib = 2**20
+    return [
+        (
+            written[0],
+            f"{workers} server process(es) may each hold {postings / mib:.0f} MiB of keyword postings "
+            f"(server.postings_cache_bytes) and {queries / mib:.0f} MiB of query embeddings "
+            f"(embedding.query_cache_bytes): {caches / mib:.0f} MiB in all, more than half the pod's memory limit "
+            f"of {limit / mib:.0f} MiB, which each process also needs for itself and its uploads. Raise "
+            "server.resources.limits.memory, or lower the caches",
+        )
+    ]
+
+
 ALL_WARNINGS = (
     deprecated_search_defaults,
     litellm_secret_elsewhere,
     litellm_read_key_cannot_ingest,
     ef_search_over_target,
+    caches_over_memory_limit,
 )
 
 

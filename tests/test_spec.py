@@ -330,3 +330,32 @@ def test_fast_and_detailed_schema_validators_agree(path: Path) -> None:
         return
     detailed_valid = not any(True for _ in _validator().iter_errors(data))
     assert schema_valid(data) == detailed_valid
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"),
+    [("512Mi", 512 * 2**20), ("1Gi", 2**30), ("1.5Gi", 1.5 * 2**30), ("1G", 1e9), ("300", 300.0), ("2k", 2000.0)],
+)
+def test_memory_quantities_in_bytes(quantity: str, expected: float) -> None:
+    assert semantic.quantity_bytes(quantity) == expected
+
+
+@pytest.mark.parametrize("quantity", ["", "Mi", "1.5.2Gi", "12 Mi", "1Xi", None, 512])
+def test_what_is_not_a_memory_quantity(quantity: object) -> None:
+    assert semantic.quantity_bytes(quantity) is None
+
+
+@pytest.mark.parametrize(
+    ("server", "warns"),
+    [
+        ({}, False),  # the defaults: 192 MiB of caches in a 1 GiB pod
+        ({"workers": 2}, False),  # 384 MiB of 1 GiB
+        ({"workers": 3}, True),  # 576 MiB of 1 GiB
+        ({"resources": {"limits": {"memory": "300Mi"}}}, True),  # 192 MiB of 300
+        ({"resources": {"requests": {"memory": "256Mi"}}}, False),  # no limit written: nothing to compare with
+        ({"workers": 3, "postings_cache_bytes": 0}, False),  # the postings cache off: 192 MiB of 1 GiB
+    ],
+)
+def test_caches_are_compared_with_the_memory_limit(server: dict[str, object], warns: bool) -> None:
+    findings = semantic.caches_over_memory_limit({"server": server} if server else {})
+    assert bool(findings) == warns, findings
