@@ -813,46 +813,36 @@ CACHE_SHARE_OF_MEMORY = 0.5
 """The share of a server pod's memory limit its processes' caches may take before `validate` warns."""
 
 
+_CACHE_KNOBS: tuple[JsonPath, ...] = (
+    ("server", "workers"),
+    ("server", "postings_cache_bytes"),
+    ("embedding", "query_cache_bytes"),
+    ("server", "resources", "limits", "memory"),
+)
+
+
 def caches_over_memory_limit(data: Any) -> list[Finding]:
     """Each server process holds up to `server.postings_cache_bytes` of keyword postings and
     `embedding.query_cache_bytes` of query embeddings, on top of its own memory and its uploads in flight; past
-    half the pod's memory limit, it is likely to be OOM-killed once the caches fill (days later, under load)."""
-    server, embedding = _get(data, "server"), _get(data, "embedding")
-    written = [
-        path
-        for path in (
-            ("server", "postings_cache_bytes"),
-            ("server", "workers"),
-            ("server", "resources", "limits", "memory"),
-            ("embedding", "query_cache_bytes"),
-        )
-        if _get(data, *path) is not None
-    ]
-    if not written:
-        return []  # the defaults: 1 x (128 MiB + 64 MiB) against 1 GiB
-    workers = _get(server, "workers") if isinstance(_get(server, "workers"), int) else 1
-    postings = _get(server, "postings_cache_bytes")
-    postings = postings if isinstance(postings, int) else 128 << 20
-    queries = _get(embedding, "query_cache_bytes")
-    queries = queries if isinstance(queries, int) else 64 << 20
-    resources = _get(server, "resources")
-    limit = quantity_bytes(_get(server, "resources", "limits", "memory") if resources is not None else "1Gi")
-    if limit is None:
-        return []  # no memory limit written (or an invalid one, which the schema reports)
+    half the pod's memory limit, it is likely to be OOM-killed once the caches fill (days later, under load).
+    Reported at each of those settings the author wrote (`data` has the defaults filled in; `warnings_of` keeps
+    the written keys), since any of them may be the one to change."""
+    workers, postings, queries = (_get(data, *path) for path in _CACHE_KNOBS[:3])
+    limit = quantity_bytes(_get(data, *_CACHE_KNOBS[3]))
+    if not all(isinstance(value, int) for value in (workers, postings, queries)) or limit is None:
+        return []  # no memory limit (or a value the schema reports as invalid)
     caches = workers * (postings + queries)
     if caches <= CACHE_SHARE_OF_MEMORY * limit:
         return []
     mib = 2**20
-    return [
-        (
-            written[0],
-            f"{workers} server process(es) may each hold {postings / mib:.0f} MiB of keyword postings "
-            f"(server.postings_cache_bytes) and {queries / mib:.0f} MiB of query embeddings "
-            f"(embedding.query_cache_bytes): {caches / mib:.0f} MiB in all, more than half the pod's memory limit "
-            f"of {limit / mib:.0f} MiB, which each process also needs for itself and its uploads. Raise "
-            "server.resources.limits.memory, or lower the caches",
-        )
-    ]
+    message = (
+        f"{workers} server process(es) may each hold {postings / mib:.0f} MiB of keyword postings "
+        f"(server.postings_cache_bytes) and {queries / mib:.0f} MiB of query embeddings "
+        f"(embedding.query_cache_bytes): {caches / mib:.0f} MiB in all, more than half the pod's memory limit "
+        f"of {limit / mib:.0f} MiB, which each process also needs for itself and its uploads. Raise "
+        "server.resources.limits.memory, or lower the caches"
+    )
+    return [(path, message) for path in _CACHE_KNOBS]
 
 
 ALL_WARNINGS = (
