@@ -290,16 +290,12 @@ async def fetch_and_score(
 ) -> Scored:
     """Read the query's postings (without those `cache` holds decoded) and score them; keep in `cache` the
     large rows read."""
-    held = cache.rows(layout.table) if cache is not None and cache.enabled else {}
-    keep = None
-    if cache is not None and cache.enabled:
-        table = layout.table
-
-        def keep(key: int, row: postings_cache.DecodedRow) -> None:
-            cache.put(table, key, row)
-
-    keys = cache.keys_literal(layout.table) if held and cache is not None else "{}"
-    worth = cache.min_postings if cache is not None and cache.enabled else None
+    active = cache if cache is not None and cache.enabled else None
+    table = layout.table
+    held = active.rows(table) if active is not None else {}
+    keep = functools.partial(active.put, table) if active is not None else None
+    keys = active.keys_literal(table) if active is not None and held else "{}"
+    worth = active.min_postings if active is not None else None
     rows = await _fetch(conn, layout, query_text, keys, worth)
     try:
         scored = score(rows, stats, k, held, keep)
@@ -312,8 +308,8 @@ async def fetch_and_score(
             continue
         if row[1] is not None:
             from_database += len(row[1]) // _POSTING.itemsize
-        elif cache is not None and row[6] is not None:
-            cache.touch(layout.table, row[6])
+        elif active is not None and row[6] is not None:  # a held row the fetch left out
+            active.touch(table, row[6])
             from_cache += held[row[6]].ords.size
     metrics.count_keyword_postings(from_cache, from_database)
     return scored
