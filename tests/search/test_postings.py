@@ -480,6 +480,43 @@ def test_score_is_bm25_over_the_packed_runs(spread: int) -> None:
         assert all(got[ord_] == pytest.approx(truth[ord_], rel=1e-12) for ord_ in got)
 
 
+@pytest.mark.parametrize(
+    ("chunks", "offset"), [(380, 0), (100, 0), (380, 10**9)], ids=["bm25", "a-term-in-every-chunk", "far-ords"]
+)
+def test_held_rows_dense_or_sparse_score_as_the_rows_read(chunks: int, offset: int) -> None:
+    """Rows the cache holds score as the same rows read from the database: a common word's row kept as one slot
+    an ord (dense), a rarer one's a posting each (sparse), chunks deleted since compaction in both, and the
+    weights each row keeps computed again when the store's statistics change. With 100 live chunks the common
+    word has an idf of 0: its chunks still match, at score 0. With its ords near 10^9 the sums are not kept in a
+    slot an ord (np.unique), and the dense row gives its postings one by one."""
+    rng = random.Random(6)
+    by_term = {
+        "common": [(offset + o, rng.randint(1, 4), rng.randint(5, 60)) for o in range(1, 401) if o % 10],
+        "middle": [(ord_, rng.randint(1, 4), rng.randint(5, 60)) for ord_ in range(2, 401, 3)],
+        "rare": [(ord_, rng.randint(1, 4), rng.randint(5, 60)) for ord_ in (7, 77, 300)],
+    }
+    gone = {offset + 11, offset + 12, 77, 200, 203}
+    gone_row = (None, None, b"".join(struct.pack(">Q", ord_) for ord_ in sorted(gone)), 1)
+    held = {key: postings.decode(term, 0, 5, _packed(p)) for key, (term, p) in enumerate(by_term.items())}
+    assert [row.dense for row in held.values()] == [True, False, False]
+    read = [(term, _packed(p), None, 0, 0, 5, None, len(p)) for term, p in by_term.items()]
+    through_cache = [(term, None, None, 0, 0, 5, key, len(by_term[term])) for key, term in enumerate(by_term)]
+    for mean_length in (30.0, 24.5):  # a write between two searches changes the mean length
+        totals = (None, None, struct.pack(">qq", chunks, int(chunks * mean_length)), 2)
+        truth = _bm25(chunks, int(chunks * mean_length) / chunks, by_term, gone)
+        for k in (5, 1000):
+            from_db = postings.score([*read, gone_row, totals], text.TextStats("s", 0, 0, 0), k)
+            cached = postings.score([*through_cache, gone_row, totals], text.TextStats("s", 0, 0, 0), k, held)
+            assert cached == from_db
+            got = dict(zip(cached.ords, cached.scores, strict=True))
+            assert not set(got) & gone
+            ranked = sorted(truth.values(), reverse=True)
+            assert set(got) == {ord_ for ord_, value in truth.items() if value >= ranked[min(k, len(ranked)) - 1]}
+            assert all(got[ord_] == pytest.approx(truth[ord_], rel=1e-12, abs=1e-12) for ord_ in got)
+    if chunks == 100:
+        assert held[0].weights(0.0, 24.5).max() == 0.0 and len(got) == len(truth)
+
+
 def test_score_keeps_every_tie_at_the_kth_score() -> None:
     """Chunks tied at the k-th score all go back (SQL orders ties by id), up to k + MAX_TIES."""
     rows: list[tuple[Any, ...]] = [("word", _packed([(ord_, 1, 10) for ord_ in range(1, 51)]), None, 0)]

@@ -132,10 +132,12 @@ async def test_a_held_row_that_names_another_row_is_read_again(db: psycopg.Async
     assert held
 
     def other_xmin(row: DecodedRow) -> DecodedRow:  # another version of the row, with other weights
-        return DecodedRow(row.lexeme, row.seg, row.xmin - 1, row.ords, row.tf * 9, row.dl)
+        ords, _ = row.pairs(1.0, 1.0)
+        return DecodedRow(row.lexeme, row.seg, row.xmin - 1, ords, np.full(ords.size, 9), np.ones(ords.size))
 
     def other_count(row: DecodedRow) -> DecodedRow:  # the same lexeme, seg and xmin, with fewer postings
-        return DecodedRow(row.lexeme, row.seg, row.xmin, row.ords[:1], row.tf[:1] * 9, row.dl[:1])
+        ords, _ = row.pairs(1.0, 1.0)
+        return DecodedRow(row.lexeme, row.seg, row.xmin, ords[:1], np.full(1, 9), np.ones(1))
 
     for other in (other_xmin, other_count):
         for key, row in held.items():
@@ -143,7 +145,7 @@ async def test_a_held_row_that_names_another_row_is_read_again(db: psycopg.Async
         for query, expected in zip(queries, truth, strict=True):
             assert await postings.fetch_and_score(db, record.layout, stats_of(record), query, 10, cache) == expected
         restored = cache.rows(record.table_name)
-        assert all(restored[key].is_row(row.lexeme, row.seg, row.xmin, row.ords.size) for key, row in held.items())
+        assert all(restored[key].is_row(row.lexeme, row.seg, row.xmin, row.postings) for key, row in held.items())
     # Without the cache, and with a cache of no bytes (`server.postings_cache_bytes: 0`), the same results.
     off = PostingsCache(0, min_postings=SMALL_ROWS)
     for query, expected in zip(queries, truth, strict=True):
@@ -152,13 +154,14 @@ async def test_a_held_row_that_names_another_row_is_read_again(db: psycopg.Async
 
 
 def _row(lexeme: str, postings_count: int, *, seg: int = 0, xmin: int = 100) -> DecodedRow:
-    ords = np.arange(postings_count, dtype=np.int64)
-    return DecodedRow(lexeme, seg, xmin, ords, np.ones(postings_count, np.float32), np.ones(postings_count, np.float32))
+    """A sparse row: every other ord."""
+    ords = np.arange(0, 2 * postings_count, 2, dtype=np.int64)
+    return DecodedRow(lexeme, seg, xmin, ords, np.ones(postings_count), np.ones(postings_count))
 
 
 def test_the_cache_keeps_to_its_budget_least_recently_used_first() -> None:
     one = _row("a", 1000).nbytes
-    assert one == 1000 * 16 + ENTRY_OVERHEAD
+    assert one == 1000 * 16 + ENTRY_OVERHEAD  # 4 + 2 + 2 bytes a posting, and 8 for its weight
     cache = PostingsCache(3 * one)
     for key, lexeme in enumerate("abc"):
         cache.put("t1", key, _row(lexeme, 1000))
@@ -170,7 +173,7 @@ def test_the_cache_keeps_to_its_budget_least_recently_used_first() -> None:
     assert set(cache.rows("t1")) == {0, 2} and set(cache.rows("t2")) == {7} and cache.bytes == 3 * one
     assert cache.keys_literal("t1") == "{0,2}" and cache.keys_literal("t2") == "{7}"
     # What a search took before the eviction stays usable by it.
-    assert snapshot[1].lexeme == "b" and snapshot[1].ords.size == 1000
+    assert snapshot[1].lexeme == "b" and snapshot[1].postings == 1000
     # A row larger than the whole budget is not kept, and evicts nothing.
     cache.put("t1", 9, _row("huge", 4000))
     assert 9 not in cache.rows("t1") and len(cache) == 3
@@ -189,7 +192,9 @@ def test_the_cache_keeps_to_its_budget_least_recently_used_first() -> None:
     assert not disabled.enabled and len(disabled) == 0
     # The arrays are shared by every search holding the row: none may change them.
     with pytest.raises(ValueError, match="read-only"):
-        snapshot[1].tf[0] = 2.0
+        snapshot[1].tf[0] = 2
+    with pytest.raises(ValueError, match="read-only"):
+        snapshot[1].weights(1.5, 100.0)[0] = 2.0
 
 
 def test_a_newer_version_of_a_row_replaces_the_older_and_entries_expire() -> None:

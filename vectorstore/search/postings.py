@@ -148,10 +148,9 @@ def idf(rows: float, df: int) -> float:
 
 
 def decode(lexeme: str, seg: int, xmin: int, packed: bytes) -> postings_cache.DecodedRow:
-    """A block row's packed postings as the cache keeps them."""
+    """A block row's packed postings, decoded (kept by the cache when the row is large)."""
     fields = np.frombuffer(packed, dtype=_FIELDS)
-    tf, dl = fields["tf"].astype(np.float32), fields["dl"].astype(np.float32)
-    return postings_cache.DecodedRow(lexeme, seg, xmin, fields["ord"].astype(np.int64), tf, dl)
+    return postings_cache.DecodedRow(lexeme, seg, xmin, fields["ord"], fields["tf"], fields["dl"])
 
 
 def score(
@@ -163,79 +162,106 @@ def score(
 ) -> Scored:
     """BM25 of every chunk holding a query term, from the rows of `fetch_statement`; the k best (and ties).
     `held`: the decoded rows the fetch was told to leave out, by key; `keep(key, row)` is given each row read
-    that has a key (one worth caching)."""
+    that has a key (one worth caching).
+
+    The rows read are decoded and summed together, as small arrays are cheapest in few numpy calls; the rows
+    kept decoded (postings_cache.DecodedRow) each add their weights, computed once for the store's statistics."""
     packed_runs: dict[str, list[bytes]] = {}
     decoded_runs: dict[str, list[postings_cache.DecodedRow]] = {}
-    gone = np.empty(0, dtype=np.uint32)
+    gone = np.empty(0, dtype=np.int64)
     live: tuple[int, int] = (0, 0)
     for row in rows:
-        lexeme, postings, extra, kind = row[:4]
+        lexeme, packed, extra, kind = row[:4]
         if kind == 2:
             live = (int.from_bytes(extra[:8], "big", signed=True), int.from_bytes(extra[8:], "big", signed=True))
             continue
         if kind == 1:
             if extra:
-                gone = np.frombuffer(extra, dtype=_POSTING).astype(np.uint32)
+                gone = np.unique(np.frombuffer(extra, dtype=_POSTING).astype(np.int64))
             continue
         packed_runs.setdefault(lexeme, [])
         key = row[6] if len(row) > 6 else None
         if key is None:
-            if postings:
-                packed_runs[lexeme].append(postings)
+            if packed:
+                packed_runs[lexeme].append(packed)
             continue
-        if postings is None:
+        if packed is None:
             decoded = (held or {}).get(key)
             if decoded is None or not decoded.is_row(lexeme, row[4], row[5], row[7]):
                 raise HeldRowChanged(lexeme)
         else:
-            decoded = decode(lexeme, row[4], row[5], postings)
+            decoded = decode(lexeme, row[4], row[5], packed)
             if keep is not None:
                 keep(key, decoded)
         decoded_runs.setdefault(lexeme, []).append(decoded)
     words = sorted(packed_runs)
     idfs: list[float] = []
-    ords_parts: list[Any] = []
-    weight_parts: list[Any] = []
+    # Each term's postings read (ords, weights) and its held rows, in word order: every chunk's score is then
+    # summed in the same order wherever its postings came from, so equal scores stay equal (ties are ordered
+    # by id in SQL) and a search gives the same floats through the cache as without it.
+    parts: list[tuple[Any, Any] | tuple[postings_cache.DecodedRow, float]] = []
     # Exact N and mean length from the totals the triggers keep; ANALYZE's (`stats`) only if they are empty.
     n_rows, avgdl = (float(live[0]), live[1] / live[0]) if live[0] > 0 else (stats.rows, stats.avg_length)
     avgdl = avgdl if avgdl > 0 else 1.0  # every chunk empty of lexemes: dl is 0 for all, the ratio moot
     k1, b = text.K1, text.B
-    zero_weight = False
     length_part = k1 * b / avgdl
+    postings_count = top = 0
     for word in words:
-        ords, tf, dl = _term_postings(packed_runs[word], decoded_runs.get(word, ()))
-        if gone.size:
+        ords, tf, dl = _read_postings(packed_runs[word])
+        if gone.size and ords.size:
             alive = ~np.isin(ords, gone)
             ords, tf, dl = ords[alive], tf[alive], dl[alive]
-        term_idf = idf(n_rows, int(ords.size))
+        held_rows = [row for row in decoded_runs.get(word, ()) if row.postings]
+        term_idf = idf(n_rows, int(ords.size) + sum(row.postings - row.count_among(gone) for row in held_rows))
         idfs.append(term_idf)
-        if not ords.size:
-            continue
-        zero_weight = zero_weight or term_idf <= 0
-        ords_parts.append(ords)
-        # idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl)), with the constants folded; in float64
-        # whatever the arrays hold (the casts happen inside each operation, not as passes of their own).
-        denominator = np.add(tf, k1 * (1 - b), dtype=np.float64)
-        denominator += np.multiply(dl, length_part, dtype=np.float64)
-        weight_parts.append(np.multiply(tf, term_idf * (k1 + 1), dtype=np.float64) / denominator)
-    if not ords_parts:
+        if ords.size:
+            # The same weights as DecodedRow.weights, in float64 whatever the arrays hold.
+            denominator = np.add(tf, k1 * (1 - b), dtype=np.float64)
+            denominator += np.multiply(dl, length_part, dtype=np.float64)
+            parts.append((ords, np.multiply(tf, term_idf * (k1 + 1), dtype=np.float64) / denominator))
+            postings_count, top = postings_count + ords.size, max(top, int(ords.max()))
+        for row in held_rows:
+            parts.append((row, term_idf))
+            postings_count, top = postings_count + row.postings, max(top, row.hi)
+    if not parts:
         return Scored(words, idfs, [], [])
-    ords_all = np.concatenate(ords_parts)
-    weights = np.concatenate(weight_parts)
-    top = int(ords_all.max())
-    if top < 8 * ords_all.size + 65536:
-        # Dense: one slot per ord up to the largest (cheap while ords are not much sparser than the postings).
-        sums = np.bincount(ords_all, weights=weights, minlength=top + 1)
-        # Every weight is positive unless a term's idf is 0 (it is in every chunk): then count matches apart.
+    # Every weight is positive unless a term's idf is 0 (it is in every chunk): then matches are counted apart.
+    zero_weight = any(term_idf <= 0 for term_idf in idfs)
+    held_any = any(isinstance(part[0], postings_cache.DecodedRow) for part in parts)
+    if top < 8 * postings_count + 65536:
+        # Dense: one slot per ord up to the largest (cheap while ords are not much sparser than the postings). A
+        # held row kept dense adds its weights in one pass.
+        sums = np.zeros(top + 1, dtype=np.float64)
+        for part in parts:
+            if isinstance(part[0], postings_cache.DecodedRow):
+                part[0].add_to(sums, part[1], avgdl)
+            else:
+                sums[part[0]] += part[1]  # a chunk has one posting a term: no index repeats
+        if gone.size and held_any:  # held rows keep the deleted chunks' postings until compaction
+            sums[gone[gone <= top]] = 0.0
         if zero_weight:
-            candidates = np.flatnonzero(np.bincount(ords_all, minlength=top + 1) > 0)
+            matched = np.zeros(top + 1, dtype=np.bool_)
+            for part in parts:
+                if isinstance(part[0], postings_cache.DecodedRow):
+                    part[0].mark(matched)
+                else:
+                    matched[part[0]] = True
+            matched[gone[gone <= top]] = False
+            candidates = np.flatnonzero(matched)
         else:
             bound = _lower_bound_of_kth(sums, k)
             candidates = np.flatnonzero(sums >= bound if bound > 0 else sums > 0)
         totals = sums[candidates]
     else:
-        candidates, inverse = np.unique(ords_all, return_inverse=True)
-        totals = np.bincount(inverse, weights=weights)
+        pairs = [
+            part[0].pairs(part[1], avgdl) if isinstance(part[0], postings_cache.DecodedRow) else part for part in parts
+        ]
+        candidates, inverse = np.unique(np.concatenate([pair[0] for pair in pairs]), return_inverse=True)
+        weights = np.concatenate([pair[1] for pair in pairs])
+        totals = np.bincount(inverse, weights=weights).astype(np.float64, copy=False)
+        if gone.size and held_any:
+            alive = ~np.isin(candidates, gone)
+            candidates, totals = candidates[alive], totals[alive]
     if candidates.size > k:
         kth = np.partition(totals, candidates.size - k)[candidates.size - k]
         chosen = np.flatnonzero(totals >= kth)
@@ -243,6 +269,15 @@ def score(
             chosen = chosen[np.argsort(-totals[chosen], kind="stable")[: k + MAX_TIES]]
         candidates, totals = candidates[chosen], totals[chosen]
     return Scored(words, idfs, [int(o) for o in candidates], [float(s) for s in totals])
+
+
+def _read_postings(packed: list[bytes]) -> tuple[Any, Any, Any]:
+    """One term's postings from the rows read as bytes: `(ords, tf, dl)`, decoded in one pass."""
+    if not packed:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, empty
+    fields = np.frombuffer(packed[0] if len(packed) == 1 else b"".join(packed), dtype=_FIELDS)
+    return fields["ord"].astype(np.int64), fields["tf"], fields["dl"]
 
 
 SAMPLED_FROM = 1 << 16
@@ -259,25 +294,6 @@ def _lower_bound_of_kth(sums: Any, k: int) -> float:
         return 0.0
     sample = sums[::SAMPLE_STRIDE]
     return max(0.0, float(np.partition(sample, sample.size - k)[sample.size - k]))
-
-
-def _term_postings(packed: list[bytes], decoded: Sequence[postings_cache.DecodedRow]) -> tuple[Any, Any, Any]:
-    """One term's postings from all its rows: `(ords, tf, dl)` arrays (the rows read as bytes are decoded in
-    one pass; the held ones are used as they are)."""
-    parts: list[tuple[Any, Any, Any]] = [(row.ords, row.tf, row.dl) for row in decoded]
-    if packed:
-        fields = np.frombuffer(packed[0] if len(packed) == 1 else b"".join(packed), dtype=_FIELDS)
-        parts.append((fields["ord"].astype(np.int64), fields["tf"], fields["dl"]))
-    if len(parts) == 1:
-        return parts[0]
-    if not parts:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty, empty
-    return (
-        np.concatenate([p[0] for p in parts]),
-        np.concatenate([p[1] for p in parts], dtype=np.float64),
-        np.concatenate([p[2] for p in parts], dtype=np.float64),
-    )
 
 
 async def fetch_and_score(
@@ -310,7 +326,7 @@ async def fetch_and_score(
             from_database += len(row[1]) // _POSTING.itemsize
         elif active is not None and row[6] is not None:  # a held row the fetch left out
             active.touch(table, row[6])
-            from_cache += held[row[6]].ords.size
+            from_cache += held[row[6]].postings
     metrics.count_keyword_postings(from_cache, from_database)
     return scored
 

@@ -30,10 +30,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from vectorstore.search import text
 
 MIN_POSTINGS = 4096
 """Rows smaller than this (32 KB packed) are read every time: cheap to read, and not worth a key a search."""
@@ -42,29 +44,107 @@ ENTRY_OVERHEAD = 400
 MAX_AGE_SECONDS = 600.0
 
 
-@dataclass(frozen=True, eq=False)
+DENSE_FILL = 0.75
+"""A row whose chunks fill at least this share of its span of ords is kept as one slot an ord (dense)."""
+
+
 class DecodedRow:
-    """One block row's postings, decoded: chunk ords, term frequencies and chunk lengths, in ord order.
+    """One block row's postings, decoded, and their BM25 weights for the store's latest statistics.
 
-    `tf` and `dl` are float32, exact for their 16-bit integers and half the memory of float64; scoring computes
-    in float64 (postings.py)."""
+    Kept one of two ways, whichever is smaller:
+    - sparse: `ords` (uint32, in the row's order, not sorted), and a chunk's `tf` and `dl` (uint16) a posting;
+    - dense, when the row's chunks fill at least DENSE_FILL of the ords from `lo` to `hi`: `tf` and `dl` have a
+      slot for each of those ords, 0 where the chunk doesn't hold the term (a posting's tf is at least 1), and
+      `ords` is None. A common word's row is dense, and adding it to a search's sums is one pass, without an
+      index.
 
-    lexeme: str
-    seg: int
-    xmin: int
-    ords: npt.NDArray[np.int64]
-    tf: npt.NDArray[np.float32]
-    dl: npt.NDArray[np.float32]
-    nbytes: int = field(init=False)
+    `weights(idf, avgdl)` is each slot's BM25 term weight, `idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl /
+    avgdl))` in float64, and is kept until the statistics change: a store that isn't being written scores its
+    common words by adding arrays already computed. Any write changes the mean length, so the next search
+    computes the weights again, as it would without the cache. The arrays are shared by every search that holds
+    the row, and never changed in place."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "nbytes", self.ords.nbytes + self.tf.nbytes + self.dl.nbytes + ENTRY_OVERHEAD)
+    __slots__ = ("_weights", "dl", "hi", "lexeme", "lo", "nbytes", "ords", "postings", "seg", "tf", "xmin")
+
+    def __init__(self, lexeme: str, seg: int, xmin: int, ords: Any, tf: Any, dl: Any) -> None:
+        self.lexeme, self.seg, self.xmin = lexeme, seg, xmin
+        self.postings = int(ords.size)
+        self.lo = int(ords.min()) if self.postings else 0
+        self.hi = int(ords.max()) if self.postings else -1
+        span = self.hi - self.lo + 1
+        self.ords: npt.NDArray[np.uint32] | None
+        if self.postings and self.postings >= DENSE_FILL * span:
+            slots = np.asarray(ords, dtype=np.int64) - self.lo
+            self.ords = None
+            self.tf = np.zeros(span, dtype=np.uint16)
+            self.dl = np.zeros(span, dtype=np.uint16)
+            self.tf[slots], self.dl[slots] = tf, dl
+        else:
+            self.ords = np.asarray(ords, dtype=np.uint32)
+            self.tf, self.dl = np.asarray(tf, dtype=np.uint16), np.asarray(dl, dtype=np.uint16)
         for array in (self.ords, self.tf, self.dl):
-            array.setflags(write=False)  # shared by every search that holds the row: never changed in place
+            if array is not None:
+                array.setflags(write=False)
+        # The weights are counted before they exist: 8 bytes a slot, once the row is first scored.
+        arrays = self.tf.nbytes + self.dl.nbytes + (self.ords.nbytes if self.ords is not None else 0)
+        self.nbytes = arrays + 8 * self.tf.size + ENTRY_OVERHEAD
+        self._weights: tuple[float, float, npt.NDArray[np.float64]] | None = None
+
+    @property
+    def dense(self) -> bool:
+        return self.ords is None
 
     def is_row(self, lexeme: str, seg: int, xmin: int, postings: int) -> bool:
         """Whether this is the block row the fetch describes (the key is a hash: it could name another)."""
-        return (self.lexeme, self.seg, self.xmin, self.ords.size) == (lexeme, seg, xmin, postings)
+        return (self.lexeme, self.seg, self.xmin, self.postings) == (lexeme, seg, xmin, postings)
+
+    def weights(self, idf: float, avgdl: float) -> npt.NDArray[np.float64]:
+        """Each slot's BM25 weight (0 for a dense row's empty slots), computed once for given statistics."""
+        kept = self._weights
+        if kept is not None and kept[0] == idf and kept[1] == avgdl:
+            return kept[2]
+        k1, b = text.K1, text.B
+        # idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl)), with the constants folded, in float64
+        # (the casts happen inside each operation, not as passes of their own).
+        denominator = np.add(self.tf, k1 * (1 - b), dtype=np.float64)
+        denominator += np.multiply(self.dl, k1 * b / avgdl, dtype=np.float64)
+        weights = np.multiply(self.tf, idf * (k1 + 1), dtype=np.float64)
+        weights /= denominator
+        weights.setflags(write=False)
+        self._weights = (idf, avgdl, weights)  # one assignment: a reader sees the old triple or the new one
+        return weights
+
+    def add_to(self, sums: npt.NDArray[np.float64], idf: float, avgdl: float) -> None:
+        """Add the row's weights to `sums`, a slot an ord from 0 to at least `hi`."""
+        weights = self.weights(idf, avgdl)
+        if self.ords is None:
+            sums[self.lo : self.hi + 1] += weights
+        else:
+            sums[self.ords.astype(np.intp)] += weights  # a chunk is in a row once: no index repeats
+
+    def mark(self, matched: npt.NDArray[np.bool_]) -> None:
+        """Set the slots of the row's chunks in `matched`, a slot an ord from 0 to at least `hi`."""
+        if self.ords is None:
+            matched[self.lo : self.hi + 1] |= self.tf > 0
+        else:
+            matched[self.ords] = True
+
+    def pairs(self, idf: float, avgdl: float) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """The row's chunks' ords and weights, a posting each."""
+        weights = self.weights(idf, avgdl)
+        if self.ords is None:
+            slots = np.flatnonzero(self.tf)
+            return slots + self.lo, weights[slots]
+        return self.ords.astype(np.int64), weights
+
+    def count_among(self, gone: npt.NDArray[np.int64]) -> int:
+        """How many of the row's chunks are among `gone` (ords, unique)."""
+        if not gone.size or not self.postings:
+            return 0
+        if self.ords is None:
+            inside = gone[(gone >= self.lo) & (gone <= self.hi)]
+            return int(np.count_nonzero(self.tf[inside - self.lo]))
+        return int(np.count_nonzero(np.isin(gone, self.ords)))
 
 
 class PostingsCache:
