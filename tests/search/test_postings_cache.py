@@ -162,6 +162,9 @@ def _row(lexeme: str, postings_count: int, *, seg: int = 0, xmin: int = 100) -> 
 def test_the_cache_keeps_to_its_budget_least_recently_used_first() -> None:
     one = _row("a", 1000).nbytes
     assert one == 1000 * 16 + ENTRY_OVERHEAD  # 4 + 2 + 2 bytes a posting, and 8 for its weight
+    # Chunks filling their span of ords: a slot an ord, 2 + 2 bytes and 8 for the weight, without the ords.
+    full = DecodedRow("z", 0, 1, np.arange(5, 1005), np.ones(1000), np.ones(1000))
+    assert full.dense and full.nbytes == 1000 * 12 + ENTRY_OVERHEAD
     cache = PostingsCache(3 * one)
     for key, lexeme in enumerate("abc"):
         cache.put("t1", key, _row(lexeme, 1000))

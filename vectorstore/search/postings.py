@@ -231,12 +231,18 @@ def score(
     if top < 8 * postings_count + 65536:
         # Dense: one slot per ord up to the largest (cheap while ords are not much sparser than the postings). A
         # held row kept dense adds its weights in one pass.
-        sums = np.zeros(top + 1, dtype=np.float64)
-        for part in parts:
-            if isinstance(part[0], postings_cache.DecodedRow):
-                part[0].add_to(sums, part[1], avgdl)
-            else:
-                sums[part[0]] += part[1]  # a chunk has one posting a term: no index repeats
+        if held_any:
+            sums = np.zeros(top + 1, dtype=np.float64)
+            for part in parts:
+                if isinstance(part[0], postings_cache.DecodedRow):
+                    part[0].add_to(sums, part[1], avgdl)
+                else:
+                    sums[part[0]] += part[1]  # a chunk has one posting a term: no index repeats
+        else:
+            # Only rows read: one pass over them all, still in word order (bincount adds in array order).
+            ords_read = np.concatenate([part[0] for part in parts])
+            weights_read = np.concatenate([part[1] for part in parts])
+            sums = np.bincount(ords_read, weights=weights_read, minlength=top + 1).astype(np.float64, copy=False)
         if gone.size and held_any:  # held rows keep the deleted chunks' postings until compaction
             sums[gone[gone <= top]] = 0.0
         if zero_weight:
