@@ -206,13 +206,17 @@ def test_a_newer_version_of_a_row_replaces_the_older_and_entries_expire() -> Non
     cache.put("t", 1, _row("a", 10, seg=0, xmin=100))
     cache.put("t", 2, _row("a", 10, seg=1, xmin=100))
     cache.put("t", 3, _row("b", 10, seg=0, xmin=100))
+    cache.put("u", 3, _row("b", 10, seg=0, xmin=100))  # another store's
     # Compaction rewrote "a"'s base row: its new version, once read, takes the old one's place.
     cache.put("t", 4, _row("a", 12, seg=0, xmin=200))
-    assert set(cache.rows("t")) == {2, 3, 4} and cache.bytes == sum(r.nbytes for r in cache.rows("t").values())
+    held = [*cache.rows("t").values(), *cache.rows("u").values()]
+    assert set(cache.rows("t")) == {2, 3, 4} and cache.bytes == sum(r.nbytes for r in held)
     now[0] = 500.0
     cache.put("t", 5, _row("c", 10))
     now[0] = 650.0  # rows 2, 3 and 4 were read 650 s ago: past MAX_AGE_SECONDS, no longer used
+    # Looking up one store's entries drops every expired one, the other store's too.
     assert set(cache.rows("t")) == {5} and len(cache) == 1 and cache.keys_literal("t") == "{5}"
+    assert cache.keys_literal("u") == "{}"
     now[0] = 1200.0
     assert cache.rows("t") == {} and cache.bytes == 0
 

@@ -180,12 +180,16 @@ class PostingsCache:
         return len(self._lru)
 
     def rows(self, table: str) -> dict[int, DecodedRow]:
-        """The table's entries now, without those read more than `max_age` ago (dropped): a copy, so entries
-        evicted while a search runs stay usable by it."""
-        entries = self._by_table.get(table, {})
+        """The table's entries now, without those read more than `max_age` ago (dropped, whatever their table): a
+        copy, so entries evicted while a search runs stay usable by it."""
         oldest = self.clock() - self.max_age
-        for key in [key for key in entries if self._kept_at[(table, key)] < oldest]:
-            self._remove(table, key)
+        # `_kept_at` is in the order entries were kept (a row kept again moves to the end): the expired ones
+        # are first, so a search looks at no more than those and the first one still fresh.
+        while self._kept_at:
+            (kept_table, key), kept = next(iter(self._kept_at.items()))
+            if kept >= oldest:
+                break
+            self._remove(kept_table, key)
         return dict(self._by_table.get(table, {}))
 
     def keys_literal(self, table: str) -> str:
