@@ -481,14 +481,17 @@ def test_score_is_bm25_over_the_packed_runs(spread: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("chunks", "offset"), [(380, 0), (100, 0), (380, 10**9)], ids=["bm25", "a-term-in-every-chunk", "far-ords"]
+    ("chunks", "offset"),
+    [(380, 0), (100, 0), (380, 10**9), (100, 10**9)],
+    ids=["bm25", "a-term-in-every-chunk", "far-ords", "far-ords-in-every-chunk"],
 )
 def test_held_rows_dense_or_sparse_score_as_the_rows_read(chunks: int, offset: int) -> None:
     """Rows the cache holds score as the same rows read from the database: a common word's row kept as one slot
-    an ord (dense), a rarer one's a posting each (sparse), chunks deleted since compaction in both, and the
-    weights each row keeps computed again when the store's statistics change. With 100 live chunks the common
-    word has an idf of 0: its chunks still match, at score 0. With its ords near 10^9 the sums are not kept in a
-    slot an ord (np.unique), and the dense row gives its postings one by one."""
+    an ord (dense), a rarer one's a posting each (sparse), a word with one row held and one read, chunks deleted
+    since compaction in both, and the weights each row keeps used again while the store's statistics stay and
+    computed again when they change. With 100 live chunks the common words have an idf of 0: their chunks still
+    match, at score 0. With ords near 10^9 the sums are not kept in a slot an ord (np.unique), and the dense row
+    gives its postings one by one."""
     rng = random.Random(6)
     by_term = {
         "common": [(offset + o, rng.randint(1, 4), rng.randint(5, 60)) for o in range(1, 401) if o % 10],
@@ -497,13 +500,30 @@ def test_held_rows_dense_or_sparse_score_as_the_rows_read(chunks: int, offset: i
     }
     gone = {offset + 11, offset + 12, 77, 200, 203}
     gone_row = (None, None, b"".join(struct.pack(">Q", ord_) for ord_ in sorted(gone)), 1)
-    held = {key: postings.decode(term, 0, 5, _packed(p)) for key, (term, p) in enumerate(by_term.items())}
-    assert [row.dense for row in held.values()] == [True, False, False]
-    read = [(term, _packed(p), None, 0, 0, 5, None, len(p)) for term, p in by_term.items()]
-    through_cache = [(term, None, None, 0, 0, 5, key, len(by_term[term])) for key, term in enumerate(by_term)]
+    # The rows as a search holds them: common's and the first half of middle's; middle's second half and rare's
+    # are read. Without the cache every row is read.
+    rows_of = {
+        "common": [(0, by_term["common"])],
+        "middle": [(1, by_term["middle"][:60]), (None, by_term["middle"][60:])],
+        "rare": [(None, by_term["rare"])],
+    }
+    held = {
+        key: postings.decode(term, seg, 5, _packed(p))
+        for term, rows in rows_of.items()
+        for seg, (key, p) in enumerate(rows)
+        if key is not None
+    }
+    assert [row.dense for row in held.values()] == [True, False]
+    read, through_cache = [], []
+    for term, rows in rows_of.items():
+        for seg, (key, p) in enumerate(rows):
+            read.append((term, _packed(p), None, 0, seg, 5, None, len(p)))
+            packed = None if key is not None else _packed(p)
+            through_cache.append((term, packed, None, 0, seg, 5, key, len(p)))
     for mean_length in (30.0, 24.5):  # a write between two searches changes the mean length
         totals = (None, None, struct.pack(">qq", chunks, int(chunks * mean_length)), 2)
         truth = _bm25(chunks, int(chunks * mean_length) / chunks, by_term, gone)
+        kept_before = held[0]._weights
         for k in (5, 1000):
             from_db = postings.score([*read, gone_row, totals], text.TextStats("s", 0, 0, 0), k)
             cached = postings.score([*through_cache, gone_row, totals], text.TextStats("s", 0, 0, 0), k, held)
@@ -513,8 +533,28 @@ def test_held_rows_dense_or_sparse_score_as_the_rows_read(chunks: int, offset: i
             ranked = sorted(truth.values(), reverse=True)
             assert set(got) == {ord_ for ord_, value in truth.items() if value >= ranked[min(k, len(ranked)) - 1]}
             assert all(got[ord_] == pytest.approx(truth[ord_], rel=1e-12, abs=1e-12) for ord_ in got)
-    if chunks == 100:
-        assert held[0].weights(0.0, 24.5).max() == 0.0 and len(got) == len(truth)
+            kept = held[0]._weights
+            # The first search with these statistics computes the dense row's weights, the next one reuses them.
+            assert kept is not None and (kept is not kept_before) == (k == 5)
+            kept_before = kept
+        if chunks == 100:  # a term in every chunk: weights of 0, and every chunk holding a query term matches
+            assert kept is not None and kept[0] == 0.0 and len(got) == len(truth)
+
+
+def test_a_dense_rows_empty_slots_weigh_nothing_whatever_b(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dense row's slots of chunks without the term have tf and length 0: with b = 1 their BM25 denominator is 0
+    too, and they must still add 0 (not NaN, which would drop the other terms' chunks in the row's span)."""
+    monkeypatch.setattr(text, "B", 1.0)
+    dense = [(ord_, 2, 10) for ord_ in range(10) if ord_ != 4]
+    held = {1: postings.decode("w", 0, 5, _packed(dense))}
+    assert held[1].dense
+    other = ("v", _packed([(4, 1, 10)]), None, 0, 0, 5, None, 1)
+    totals = (None, None, struct.pack(">qq", 20, 200), 2)
+    read = postings.score(
+        [("w", _packed(dense), None, 0, 0, 5, None, 9), other, totals], text.TextStats("s", 0, 0, 0), 20
+    )
+    cached = postings.score([("w", None, None, 0, 0, 5, 1, 9), other, totals], text.TextStats("s", 0, 0, 0), 20, held)
+    assert cached == read and sorted(cached.ords) == list(range(10))
 
 
 def test_score_keeps_every_tie_at_the_kth_score() -> None:

@@ -164,8 +164,9 @@ def score(
     `held`: the decoded rows the fetch was told to leave out, by key; `keep(key, row)` is given each row read
     that has a key (one worth caching).
 
-    The rows read are decoded and summed together, as small arrays are cheapest in few numpy calls; the rows
-    kept decoded (postings_cache.DecodedRow) each add their weights, computed once for the store's statistics."""
+    Each term's rows read are decoded together, as small arrays are cheapest in few numpy calls; the rows kept
+    decoded (postings_cache.DecodedRow) add the weights they keep for the store's statistics. A search that
+    holds no rows sums everything it read in one bincount."""
     packed_runs: dict[str, list[bytes]] = {}
     decoded_runs: dict[str, list[postings_cache.DecodedRow]] = {}
     gone = np.empty(0, dtype=np.int64)

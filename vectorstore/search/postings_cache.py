@@ -39,8 +39,9 @@ from vectorstore.search import text
 
 MIN_POSTINGS = 4096
 """Rows smaller than this (32 KB packed) are read every time: cheap to read, and not worth a key a search."""
-ENTRY_OVERHEAD = 400
-"""Bytes an entry costs beyond its arrays (the objects and dictionary slots), counted against the budget."""
+ENTRY_OVERHEAD = 1200
+"""Bytes an entry costs beyond its arrays (the objects, array headers and dictionary slots: about 1,150
+measured with tracemalloc), counted against the budget."""
 MAX_AGE_SECONDS = 600.0
 
 
@@ -49,20 +50,21 @@ DENSE_FILL = 0.75
 
 
 class DecodedRow:
-    """One block row's postings, decoded, and their BM25 weights for the store's latest statistics.
+    """One block row's postings, decoded, and their BM25 weights for the statistics it was last scored with.
 
     Kept one of two ways, whichever is smaller:
     - sparse: `ords` (uint32, in the row's order, not sorted), and a chunk's `tf` and `dl` (uint16) a posting;
     - dense, when the row's chunks fill at least DENSE_FILL of the ords from `lo` to `hi`: `tf` and `dl` have a
       slot for each of those ords, 0 where the chunk doesn't hold the term (a posting's tf is at least 1), and
-      `ords` is None. A common word's row is dense, and adding it to a search's sums is one pass, without an
-      index.
+      `ords` is None. The rows of the words in most chunks are dense, and adding one to a search's sums is one
+      pass, without an index.
 
     `weights(idf, avgdl)` is each slot's BM25 term weight, `idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl /
     avgdl))` in float64, and is kept until the statistics change: a store that isn't being written scores its
-    common words by adding arrays already computed. Any write changes the mean length, so the next search
-    computes the weights again, as it would without the cache. The arrays are shared by every search that holds
-    the row, and never changed in place."""
+    common words by adding arrays already computed. A write of chunks changes the count or the mean length, so
+    the next search computes the weights again, as it would without the cache. The arrays are shared by every
+    search that holds the row, and never changed in place: the attributes are not to be set after `__init__`
+    (`nbytes` is what the cache counted)."""
 
     __slots__ = ("_weights", "dl", "hi", "lexeme", "lo", "nbytes", "ords", "postings", "seg", "tf", "xmin")
 
@@ -109,7 +111,8 @@ class DecodedRow:
         denominator = np.add(self.tf, k1 * (1 - b), dtype=np.float64)
         denominator += np.multiply(self.dl, k1 * b / avgdl, dtype=np.float64)
         weights = np.multiply(self.tf, idf * (k1 + 1), dtype=np.float64)
-        weights /= denominator
+        # A dense row's empty slots (tf and dl 0) are 0 whatever b is: with b = 1 their denominator would be 0.
+        np.divide(weights, denominator, out=weights, where=self.tf > 0 if self.ords is None else True)
         weights.setflags(write=False)
         self._weights = (idf, avgdl, weights)  # one assignment: a reader sees the old triple or the new one
         return weights
