@@ -502,7 +502,7 @@ def test_held_rows_dense_or_sparse_score_as_the_rows_read(chunks: int, offset: i
     gone_row = (None, None, b"".join(struct.pack(">Q", ord_) for ord_ in sorted(gone)), 1)
     # The rows as a search holds them: common's and the first half of middle's; middle's second half and rare's
     # are read. Without the cache every row is read.
-    rows_of = {
+    rows_of: dict[str, list[tuple[int | None, list[tuple[int, int, int]]]]] = {
         "common": [(0, by_term["common"])],
         "middle": [(1, by_term["middle"][:60]), (None, by_term["middle"][60:])],
         "rare": [(None, by_term["rare"])],
@@ -514,7 +514,8 @@ def test_held_rows_dense_or_sparse_score_as_the_rows_read(chunks: int, offset: i
         if key is not None
     }
     assert [row.dense for row in held.values()] == [True, False]
-    read, through_cache = [], []
+    read: list[tuple[Any, ...]] = []
+    through_cache: list[tuple[Any, ...]] = []
     for term, rows in rows_of.items():
         for seg, (key, p) in enumerate(rows):
             read.append((term, _packed(p), None, 0, seg, 5, None, len(p)))
