@@ -131,13 +131,13 @@ def create_table_statements(layout: Layout) -> list[sql.Composed]:
 def embedding_storage_statement(table: sql.Identifier) -> sql.Composed:
     """Keep the vector in the row (STORAGE MAIN) rather than in TOAST, pgvector's default (EXTERNAL).
 
-    Every row a search returns computes its distance from the row's vector, and an exact scan reads them all:
-    out of line, each is a TOAST index probe and a second heap read. On the 5,183-chunk bench store (384
-    dimensions) 4,995 vectors were out of line; inline, a hybrid search cost PostgreSQL 1.6-1.8 ms against
-    1.9-2.5, an exact scan of 1,000 rows 1.7 ms against 5.7-6.4, and a filtered keyword search 4.3-4.5 ms
-    against 3.9 (its text and lexemes go out of line more often instead; docs/benchmarks.md). MAIN, not PLAIN:
-    a row that can't fit a page any other way (vectors of more than about 2,000 dimensions) still goes out of
-    line rather than failing."""
+    Every row a search returns computes its distance from the row's vector, and an exact scan (stores of up to
+    vector.EXACT_MAX_ROWS rows) reads them all: out of line, each is a TOAST index probe and a second heap
+    read. On a 921-chunk bench store (384 dimensions, searched by exact scan), a vector search cost 1.0-1.1 ms
+    of CPU against 3.4-4.2, and a hybrid search 1.8-1.9 against 4.2-5.0; at 6,308 chunks (HNSW) no difference
+    showed. The text and lexemes go out of line more often instead: a filtered keyword search, which reads
+    `fts` row by row, cost PostgreSQL 4.3-4.5 ms against 3.9 (docs/benchmarks.md, "Vectors in the row"). MAIN,
+    not PLAIN: a row that can't fit a page any other way still goes out of line rather than failing."""
     return sql.SQL("ALTER TABLE {t} ALTER COLUMN embedding SET STORAGE MAIN").format(t=table)
 
 
