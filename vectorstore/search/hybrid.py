@@ -302,7 +302,6 @@ async def _run_fused(
     no_table_scan: bool | None = None,
     cache: PostingsCache | None = None,
 ) -> list[Any]:
-    single = vector_one_pass(layout, where, exact=exact)
     statement, params = hybrid_statement(
         layout,
         stats,
@@ -323,18 +322,13 @@ async def _run_fused(
     # dimensions: 8.2-8.8 ms where the index takes 1.1 ms), so the default mode ran 4x slower than vector mode.
     # Unfiltered, it walks the index in one pass, and again iteratively if that leg came back short (as a
     # vector search does: search/vector.py).
-    async def run(single: bool) -> list[Any]:
-        return await execute(
-            conn,
-            statement,
-            params,
-            ef_search=index_ef_search(layout, ef_search, depth),
-            no_table_scan=not exact if no_table_scan is None else no_table_scan,
-            prefix=prefix,
-            one_pass=single,
-        )
-
-    rows = await run(single)
-    if single and prefix is None and (not rows or int(rows[0][_VECTOR_ROWS]) < depth):
-        rows = await run(False)
-    return rows
+    return await execute(
+        conn,
+        statement,
+        params,
+        ef_search=index_ef_search(layout, ef_search, depth),
+        no_table_scan=not exact if no_table_scan is None else no_table_scan,
+        prefix=prefix,
+        one_pass=vector_one_pass(layout, where, exact=exact),
+        came_short=lambda rows: not rows or int(rows[0][_VECTOR_ROWS]) < depth,
+    )

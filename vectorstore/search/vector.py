@@ -37,8 +37,9 @@ stores keep iterating: their walk feeds the rescoring, whose depth dead rows wou
 
 from __future__ import annotations
 
+import functools
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -306,25 +307,18 @@ async def _run_nearest(
     params = nearest_params(
         layout, query, where_params, limit, exact=exact, ef_search=ef_search, binary_depth=binary_depth
     )
-    single = one_pass(layout, where, exact=exact) and iterative != "off"
-
-    async def run(single: bool) -> list[TupleRow]:
-        return await execute(
-            conn,
-            search_statement(layout, where, exact=exact),
-            params,
-            prefix=prefix,
-            ef_search=index_ef_search(layout, ef_search, limit, binary_depth),
-            iterative=iterative,
-            max_scan_tuples=max_scan_tuples,
-            no_table_scan=not exact if no_table_scan is None else no_table_scan,
-            one_pass=single,
-        )
-
-    rows = await run(single)
-    if single and prefix is None and len(rows) < limit:
-        rows = await run(False)  # dead or invisible rows among the candidates: the iterative scan goes past them
-    return rows
+    return await execute(
+        conn,
+        search_statement(layout, where, exact=exact),
+        params,
+        prefix=prefix,
+        ef_search=index_ef_search(layout, ef_search, limit, binary_depth),
+        iterative=iterative,
+        max_scan_tuples=max_scan_tuples,
+        no_table_scan=not exact if no_table_scan is None else no_table_scan,
+        one_pass=one_pass(layout, where, exact=exact) and iterative != "off",
+        came_short=lambda rows: len(rows) < limit,
+    )
 
 
 run_search = metrics.timed_search(find_nearest)
@@ -341,11 +335,32 @@ async def execute(
     no_table_scan: bool = False,
     prefix: sql.Composable | None = None,
     one_pass: bool = False,
+    came_short: Callable[[list[TupleRow]], bool] | None = None,
 ) -> list[TupleRow]:
     """Run one search statement in autocommit with the HNSW settings it needs, sent only when they change.
     `no_table_scan`: plan it with `enable_seqscan` off, local to its own transaction (the module says why);
-    `one_pass`: walk the index once, without the iterative scan, set the same way (`ONE_WALK`).
+    `one_pass`: walk the index once, without the iterative scan, set the same way (`ONE_WALK`); when
+    `came_short(rows)` says that walk returned fewer rows than the search asked for, it runs again with the
+    iterative scan, which goes past the dead or not-yet-visible rows among the walk's candidates.
     `prefix` (`EXPLAIN `): run it in front of the statement, to see the plan of exactly what a search runs."""
+    run = functools.partial(_execute, conn, statement, params, ef_search, iterative, max_scan_tuples, no_table_scan)
+    rows = await run(prefix, one_pass)
+    if one_pass and prefix is None and came_short is not None and came_short(rows):
+        rows = await run(None, False)
+    return rows
+
+
+async def _execute(
+    conn: psycopg.AsyncConnection[Any],
+    statement: sql.Composed,
+    params: Sequence[Any],
+    ef_search: int,
+    iterative: str,
+    max_scan_tuples: int,
+    no_table_scan: bool,
+    prefix: sql.Composable | None,
+    one_pass: bool,
+) -> list[TupleRow]:
     if prefix is not None:
         statement = sql.Composed([prefix, statement])
     wanted = (str(ef_search), iterative, str(max_scan_tuples))
