@@ -281,6 +281,8 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     queries = cut_queries(documents, args.queries, rng)
     upstream = await FakeEmbedder(dimensions=args.dims).start()
     workdir = Path(tempfile.mkdtemp(prefix="vs-kwbench-"))
+    cache = args.postings_cache_mb
+    server_section = {"server": {"postings_cache_bytes": cache << 20}} if cache >= 0 else {}
     spec_path = workdir / "stack.yaml"
     spec_path.write_text(
         json.dumps(
@@ -292,6 +294,7 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
                 "auth": {"keys": [{"name": "bench", "api_key": {"secret": "s", "key": "k"}, "scope": "write"}]},
                 "embedding": {"base_url": upstream.base_url, "model": "fake", "dimensions": args.dims},
                 "stores": [{"name": STORE}],
+                **server_section,
             }
         )
     )
@@ -305,6 +308,7 @@ async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         "dims": args.dims,
         "queries": len(queries),
         "workers": args.workers,
+        "postings_cache_mb": args.postings_cache_mb if args.postings_cache_mb >= 0 else "default",
     }
     backends = BackendCpu.local(dsn)
     try:
@@ -412,6 +416,12 @@ def main() -> None:
     parser.add_argument("--explain", default="")
     parser.add_argument("--explain-only", action="store_true", help="load, write the plans and stop")
     parser.add_argument("--json", default="")
+    parser.add_argument(
+        "--postings-cache-mb",
+        type=int,
+        default=-1,
+        help="the server's `server.postings_cache_bytes`, in MiB (default: the spec's default)",
+    )
     parser.add_argument(
         "--keep", default="", help="a PostgreSQL data directory kept between runs: the store is loaded once"
     )
