@@ -17,7 +17,7 @@ from fakeembed import fake_vector
 from psycopg import sql
 
 from search.conftest import DIMS, add_rows, connect, drop_postings, new_store
-from vectorstore.search import hybrid, postings, postings_compaction, postings_upgrade, service, text
+from vectorstore.search import hybrid, postings, postings_cache, postings_compaction, postings_upgrade, service, text
 from vectorstore.search.filters import compile_filters
 from vectorstore.search.postings_cache import PostingsCache
 from vectorstore.storage import stores, tables
@@ -592,3 +592,33 @@ def test_score_of_a_large_store_bounds_the_kth_from_a_sample_and_stays_exact() -
     flat = [("flat", _packed([(ord_, 1, 10) for ord_ in range(1, chunks)]), None, 0), rows[-2], rows[-1]]
     scored = postings.score(flat, text.TextStats("s", 0, 0, 0), 10)
     assert len(scored.ords) == 10 + postings.MAX_TIES and len(set(scored.scores)) == 1
+
+
+def test_the_sums_a_thread_keeps_start_at_zero_for_every_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread keeps its sums array between searches (postings._zeroed): a search after another, and after one
+    that failed halfway through adding, scores as a search with nothing held (which doesn't use the array)."""
+    rng = random.Random(12)
+    common = [(o, rng.randint(1, 4), rng.randint(5, 60)) for o in range(1, 5_000)]
+    rare = [(o, 1, 10) for o in range(7, 5_000, 50)]
+    held = {1: postings.decode("common", 0, 5, _packed(common))}
+    totals = (None, None, struct.pack(">qq", 5_000, 5_000 * 30), 2)
+    gone = (None, None, b"", 1)
+    read = [
+        ("common", _packed(common), None, 0, 0, 5, None, len(common)),
+        ("rare", _packed(rare), None, 0, 0, 5, None, len(rare)),
+    ]
+    through_cache = [("common", None, None, 0, 0, 5, 1, len(common)), read[1]]
+    stats = text.TextStats("s", 0, 0, 0)
+    expected = postings.score([*read, gone, totals], stats, 10)
+    assert postings.score([*through_cache, gone, totals], stats, 10, held) == expected
+    assert postings.score([*through_cache, gone, totals], stats, 10, held) == expected
+
+    def add_then_fail(row: Any, sums: Any, idf: float, avgdl: float) -> None:
+        sums += 1.0
+        raise RuntimeError("halfway")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(postings_cache.DecodedRow, "add_to", add_then_fail)
+        with pytest.raises(RuntimeError, match="halfway"):
+            postings.score([*through_cache, gone, totals], stats, 10, held)
+    assert postings.score([*through_cache, gone, totals], stats, 10, held) == expected
