@@ -207,8 +207,6 @@ def score(
     # Exact N and mean length from the totals the triggers keep; ANALYZE's (`stats`) only if they are empty.
     n_rows, avgdl = (float(live[0]), live[1] / live[0]) if live[0] > 0 else (stats.rows, stats.avg_length)
     avgdl = avgdl if avgdl > 0 else 1.0  # every chunk empty of lexemes: dl is 0 for all, the ratio moot
-    k1, b = text.K1, text.B
-    length_part = k1 * b / avgdl
     postings_count = top = 0
     for word in words:
         ords, tf, dl = _read_postings(packed_runs[word])
@@ -219,10 +217,7 @@ def score(
         term_idf = idf(n_rows, int(ords.size) + sum(row.postings - row.count_among(gone) for row in held_rows))
         idfs.append(term_idf)
         if ords.size:
-            # The same weights as DecodedRow.weights, in float64 whatever the arrays hold.
-            denominator = np.add(tf, k1 * (1 - b), dtype=np.float64)
-            denominator += np.multiply(dl, length_part, dtype=np.float64)
-            parts.append((ords, np.multiply(tf, term_idf * (k1 + 1), dtype=np.float64) / denominator))
+            parts.append((ords, postings_cache.bm25_weights(tf, dl, term_idf, avgdl)))
             postings_count, top = postings_count + ords.size, max(top, int(ords.max()))
         for row in held_rows:
             parts.append((row, term_idf))

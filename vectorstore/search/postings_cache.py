@@ -49,6 +49,20 @@ DENSE_FILL = 0.75
 """A row whose chunks fill at least this share of its span of ords is kept as one slot an ord (dense)."""
 
 
+def bm25_weights(tf: Any, dl: Any, idf: float, avgdl: float, *, empty_slots: bool = False) -> npt.NDArray[np.float64]:
+    """Each posting's BM25 term weight, `idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))`, in float64
+    whatever `tf` and `dl` hold. Postings read and rows held both score through here, so a chunk gets the same
+    float either way. `empty_slots`: `tf` may be 0 (a dense row's slots of chunks without the term), and those
+    weigh 0 whatever b is (with b = 1 their denominator would be 0 too)."""
+    k1, b = text.K1, text.B
+    # The constants folded, and the casts inside each operation rather than passes of their own.
+    denominator = np.add(tf, k1 * (1 - b), dtype=np.float64)
+    denominator += np.multiply(dl, k1 * b / avgdl, dtype=np.float64)
+    weights: npt.NDArray[np.float64] = np.multiply(tf, idf * (k1 + 1), dtype=np.float64)
+    np.divide(weights, denominator, out=weights, where=tf > 0 if empty_slots else True)
+    return weights
+
+
 class DecodedRow:
     """One block row's postings, decoded, and their BM25 weights for the statistics it was last scored with.
 
@@ -105,14 +119,7 @@ class DecodedRow:
         kept = self._weights
         if kept is not None and kept[0] == idf and kept[1] == avgdl:
             return kept[2]
-        k1, b = text.K1, text.B
-        # idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl)), with the constants folded, in float64
-        # (the casts happen inside each operation, not as passes of their own).
-        denominator = np.add(self.tf, k1 * (1 - b), dtype=np.float64)
-        denominator += np.multiply(self.dl, k1 * b / avgdl, dtype=np.float64)
-        weights = np.multiply(self.tf, idf * (k1 + 1), dtype=np.float64)
-        # A dense row's empty slots (tf and dl 0) are 0 whatever b is: with b = 1 their denominator would be 0.
-        np.divide(weights, denominator, out=weights, where=self.tf > 0 if self.ords is None else True)
+        weights = bm25_weights(self.tf, self.dl, idf, avgdl, empty_slots=self.ords is None)
         weights.setflags(write=False)
         self._weights = (idf, avgdl, weights)  # one assignment: a reader sees the old triple or the new one
         return weights
