@@ -15,11 +15,13 @@ import psycopg
 import pytest
 from fakeembed import fake_vector
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from search.conftest import DIMS, add_rows, connect, drop_postings, new_store
 from vectorstore.search import hybrid, postings, postings_cache, postings_compaction, postings_upgrade, service, text
 from vectorstore.search.filters import compile_filters
 from vectorstore.search.postings_cache import PostingsCache
+from vectorstore.search.vector import NO_FILTER, run_search
 from vectorstore.storage import stores, tables
 
 
@@ -347,6 +349,39 @@ async def test_filtered_keyword_and_hybrid_still_fill_the_page(db: psycopg.Async
     )
     assert keyword.hits and all(hit.attributes["n"] == 3 for hit in keyword.hits)
     assert len(fused.hits) == 15 and all(hit.attributes["n"] == 3 for hit in fused.hits)
+
+
+@pytest.mark.parametrize("mode", ["keyword", "keyword, filtered", "hybrid", "hybrid, filtered", "vector"])
+async def test_a_search_on_a_transactional_connection_leaves_no_transaction_open(
+    db: psycopg.AsyncConnection[Any], mode: str
+) -> None:
+    """The pool's connections are transactional (not autocommit). A search statement run there began a
+    transaction: psycopg sent BEGIN first, a round trip of its own, and the pool a COMMIT when the connection
+    went back (keyword mode did, four round trips a search instead of two). Every statement of a search goes
+    out in autocommit, and the connection is given back as it came."""
+    texts = corpus(60)
+    record = await new_store(db)
+    await add_rows(db, record, texts, [{"n": i % 3} for i in range(len(texts))])
+    record = await current(db, record.id)
+    where, params = compile_filters({"type": "eq", "key": "n", "value": 1}) if "filtered" in mode else (NO_FILTER, [])
+    query = " ".join(texts[4].split()[:3])
+    await db.set_autocommit(False)
+    if mode.startswith("keyword"):
+        result = await hybrid.run_keyword(
+            db, record.layout, stats_of(record), query, limit=5, where=where, where_params=params
+        )
+        hits = result.hits
+    elif mode.startswith("hybrid"):
+        fused = await hybrid.run_hybrid(
+            db, record.layout, stats_of(record), query, fake_vector(query, DIMS), limit=5,
+            depth=hybrid.depth_for(5), ef_search=40, where=where, where_params=params,
+        )  # fmt: skip
+        hits = fused.hits
+    else:
+        hits = await run_search(db, record.layout, fake_vector(query, DIMS), limit=5, ef_search=40)
+    assert len(hits) == 5
+    assert db.info.transaction_status == TransactionStatus.IDLE
+    assert db.autocommit is False
 
 
 @pytest.mark.parametrize("older", ["none", "0400", "0410"])

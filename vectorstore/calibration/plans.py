@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from vectorstore.search.vector import MAX_SCAN_TUPLES, NO_FILTER
+from vectorstore.storage.database import autocommit
 from vectorstore.storage.tables import Layout
 
 UNFILTERED = "unfiltered"
@@ -163,15 +164,9 @@ async def estimate_selectivity(
         text, estimable = where.as_string(conn), list(params)
     statement = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {t} WHERE ").format(t=layout.ident) + sql.SQL(text)
     # In autocommit like the search that follows (search/vector.py `execute`): no transaction left open.
-    autocommit = conn.autocommit
-    if not autocommit:
-        await conn.set_autocommit(True)
-    try:
+    async with autocommit(conn):
         cur = await conn.execute(statement, estimable)
         row = await cur.fetchone()
-    finally:
-        if not autocommit:
-            await conn.set_autocommit(False)
     plan = row[0] if row else None
     document = json.loads(plan) if isinstance(plan, str) else plan
     estimated = float(document[0]["Plan"]["Plan Rows"]) if document else rows

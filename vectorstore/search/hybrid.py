@@ -36,6 +36,7 @@ from vectorstore.search import postings, text
 from vectorstore.search.postings_cache import PostingsCache
 from vectorstore.search.vector import NO_FILTER, Hit, execute, index_ef_search, nearest, nearest_params, score_of
 from vectorstore.search.vector import one_pass as vector_one_pass
+from vectorstore.storage.database import autocommit
 from vectorstore.storage.tables import Layout
 
 RRF_K = 60
@@ -230,8 +231,10 @@ async def run_keyword(
     """`cache`: the process's decoded postings of common terms (search/postings_cache.py), if it keeps them."""
     scored = await _scored(conn, layout, stats, query_text, where, limit, cache)
     statement, params = keyword_statement(layout, stats, query_text, where, where_params, limit, scored)
-    cur = await conn.execute(statement, params)
-    rows = await cur.fetchall()
+    # Alone, as every search statement goes (vector.execute): in a transaction it cost BEGIN and COMMIT too.
+    async with autocommit(conn):
+        cur = await conn.execute(statement, params)
+        rows = await cur.fetchall()
     # The LEFT JOIN gives one row even with no hits: it carries the number of terms (column 0 of `n`).
     terms = int(rows[0][0]) if rows else 0
     return Result(_hits([row[1:] for row in rows], layout.distance, vector_scores=False), terms)

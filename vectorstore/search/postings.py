@@ -48,6 +48,7 @@ from psycopg import sql
 
 from vectorstore.observability import metrics
 from vectorstore.search import postings_cache, text
+from vectorstore.storage.database import autocommit
 from vectorstore.storage.tables import Layout, blocks_table, gone_table, totals_table
 
 NOT_READY_RECHECK_SECONDS = 10.0
@@ -381,15 +382,9 @@ async def _fetch(
 ) -> list[Any]:
     # In autocommit, as vector.execute runs the search after it: a pool connection would otherwise be left in a
     # transaction, where the search's settings can't be sent the way that function sends them.
-    autocommit = conn.autocommit
-    if not autocommit:
-        await conn.set_autocommit(True)
-    try:
+    async with autocommit(conn):
         cur = await conn.execute(fetch_statement(layout), [layout.language, query_text, keys, worth], binary=True)
         return await cur.fetchall()
-    finally:
-        if not autocommit:
-            await conn.set_autocommit(False)
 
 
 @functools.lru_cache(maxsize=256)

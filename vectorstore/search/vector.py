@@ -48,6 +48,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from vectorstore.observability import metrics
+from vectorstore.storage.database import autocommit
 from vectorstore.storage.tables import Layout
 
 # Stores of at most this many rows (at their last ANALYZE) are searched exactly, by scanning the table: it
@@ -364,10 +365,7 @@ async def _execute(
     if prefix is not None:
         statement = sql.Composed([prefix, statement])
     wanted = (str(ef_search), iterative, str(max_scan_tuples))
-    autocommit = conn.autocommit
-    if not autocommit:
-        await conn.set_autocommit(True)
-    try:
+    async with autocommit(conn):
         if _applied.get(conn) != wanted:
             await conn.execute(
                 "SELECT set_config('hnsw.ef_search', %s, false), set_config('hnsw.iterative_scan', %s, false),"
@@ -384,6 +382,3 @@ async def _execute(
             await conn.execute(local)
             cur = await conn.execute(statement, params)
         return await cur.fetchall()
-    finally:
-        if not autocommit:
-            await conn.set_autocommit(False)

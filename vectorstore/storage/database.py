@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,22 @@ async def configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     """What every pooled connection needs: the vector types, and the fast JSON loader."""
     await register_vector_async(conn)
     set_json_loads(loads_json, conn)
+
+
+@contextlib.asynccontextmanager
+async def autocommit(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """`conn` in autocommit for the block, then as it was. A read-only statement on a pooled connection then
+    goes out alone: in the pool's transactional default psycopg sends BEGIN before it and the pool COMMIT when
+    the connection goes back, two more round trips (a keyword search took four instead of two). Switching is
+    local to the client while the connection is idle."""
+    was_autocommit = conn.autocommit
+    if not was_autocommit:
+        await conn.set_autocommit(True)
+    try:
+        yield conn
+    finally:
+        if not was_autocommit:
+            await conn.set_autocommit(False)
 
 
 def _embedded_connection(server: Any) -> str:

@@ -44,7 +44,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from vectorstore.observability import metrics
-from vectorstore.storage.database import configure_connection
+from vectorstore.storage.database import autocommit, configure_connection
 
 log = logging.getLogger("vectorstore")
 
@@ -99,15 +99,9 @@ class PrimaryLsn:
                 self.queries += 1
                 metrics.PRIMARY_LSN_READS.inc()
                 # Autocommit: one round trip, where the pool's transactional default would add BEGIN and COMMIT.
-                autocommit = conn.autocommit
-                if not autocommit:
-                    await conn.set_autocommit(True)
-                try:
+                async with autocommit(conn):
                     cur = await conn.execute(_PRIMARY_LSN_SQL)
                     row = await cur.fetchone()
-                finally:
-                    if not autocommit:
-                        await conn.set_autocommit(False)
             assert row is not None
             batch.set_result(int(row[0]))
         except Exception as exc:
