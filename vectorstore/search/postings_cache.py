@@ -49,11 +49,14 @@ DENSE_FILL = 0.75
 """A row whose chunks fill at least this share of its span of ords is kept as one slot an ord (dense)."""
 
 
-def bm25_weights(tf: Any, dl: Any, idf: float, avgdl: float, *, empty_slots: bool = False) -> npt.NDArray[np.float64]:
+def bm25_weights(
+    tf: Any, dl: Any, idf: float | npt.NDArray[np.float64], avgdl: float, *, empty_slots: bool = False
+) -> npt.NDArray[np.float64]:
     """Each posting's BM25 term weight, `idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))`, in float64
     whatever `tf` and `dl` hold. Postings read and rows held both score through here, so a chunk gets the same
-    float either way. `empty_slots`: `tf` may be 0 (a dense row's slots of chunks without the term), and those
-    weigh 0 whatever b is (with b = 1 their denominator would be 0 too)."""
+    float either way. `idf`: the term's, or each posting's (several terms' postings at once: the same floats).
+    `empty_slots`: `tf` may be 0 (a dense row's slots of chunks without the term), and those weigh 0 whatever b
+    is (with b = 1 their denominator would be 0 too)."""
     k1, b = text.K1, text.B
     # The constants folded, and the casts inside each operation rather than passes of their own.
     denominator = np.add(tf, k1 * (1 - b), dtype=np.float64)
