@@ -14,7 +14,7 @@ from psycopg_pool import PoolTimeout
 from robustness.conftest import Launcher
 from robustness.dbproxy import proxy_for
 from robustness.harness import Upstream, http_get
-from vectorstore.storage.database import DatabaseUnavailable, GuardedPool
+from vectorstore.storage.database import DatabaseUnavailable, GuardedPool, autocommit
 
 # The OpenAI client waits 600 s by default and LiteLLM 30 s or more; "fast" means a small fraction of that.
 FAIL_FAST_SECONDS = 5.0
@@ -155,3 +155,50 @@ async def test_requests_waiting_for_a_connection_are_released_when_the_database_
                 await conn.execute("SELECT 1")
         finally:
             await pool.close()
+
+
+async def test_a_statement_in_autocommit_keeps_its_own_error_when_the_connection_goes(fresh_dsn: str) -> None:
+    """`autocommit(conn)` makes a pooled connection transactional again after the block. When the database goes
+    mid-statement, the statement's own OperationalError is what comes out (the edge answers it 503), not
+    psycopg's "the connection is lost" from switching a broken connection back. Every search statement runs in
+    that block."""
+    with proxy_for(fresh_dsn) as proxy:
+        conn = await psycopg.AsyncConnection.connect(proxy.dsn(fresh_dsn))  # transactional, as the pool's are
+        try:
+
+            async def cut_soon() -> None:
+                await asyncio.sleep(0.3)
+                proxy.cut()
+
+            cutting = asyncio.create_task(cut_soon())
+            with pytest.raises(psycopg.OperationalError) as caught:
+                async with autocommit(conn):
+                    await conn.execute("SELECT pg_sleep(5)")
+            await cutting
+            assert "the connection is lost" not in str(caught.value)
+            assert not isinstance(caught.value.__context__, psycopg.Error)
+            assert conn.broken
+        finally:
+            await conn.close()
+
+
+async def test_a_cancelled_statement_in_autocommit_is_cancelled(fresh_dsn: str) -> None:
+    """A search cancelled mid-statement (its client went away: the access log's 499) ends with CancelledError,
+    and its connection is idle and transactional again, ready for the next search."""
+    conn = await psycopg.AsyncConnection.connect(fresh_dsn)
+    try:
+
+        async def statement() -> None:
+            async with autocommit(conn):
+                await conn.execute("SELECT pg_sleep(5)")
+
+        task = asyncio.create_task(statement())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.autocommit is False
+        await conn.execute("SELECT 1")
+    finally:
+        await conn.close()

@@ -142,7 +142,9 @@ async def autocommit(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[psycop
     try:
         yield conn
     finally:
-        if not was_autocommit:
+        # A connection lost in the block is left as it is: switching it would raise psycopg's "the connection is
+        # lost" in place of the statement's own error, and the pool discards it anyway.
+        if not was_autocommit and not conn.broken:
             await conn.set_autocommit(False)
 
 
