@@ -47,6 +47,7 @@ def panels(spec: Spec) -> tuple[Panel, ...]:
     errors = _sel(spec, 'status=~"[45].."')
     rate = "[$__rate_interval]"
     paused = _sel(spec, 'phase="paused"')
+    cached = _sel(spec, 'source="cache"')
     return (
         Panel(
             "Searches per second by store and mode",
@@ -204,6 +205,20 @@ def panels(spec: Spec) -> tuple[Panel, ...]:
             (Target(f"max by (pod) (vectorstore_db_pool_in_use{s} / vectorstore_db_pool_max{s})", "{{pod}}"),),
             "Share of its connections in use in the pod's fullest pool: under `serve --workers N` each worker has "
             "its own, and one saturated worker hides in the sum (VectorstorePoolSaturated fires on this).",
+        ),
+        Panel(
+            "Keyword postings held by the cache",
+            "percentunit",
+            (
+                Target(
+                    f"sum(rate(vectorstore_keyword_postings_total{cached}{rate}))"
+                    f" / sum(rate(vectorstore_keyword_postings_total{s}{rate}))",
+                    "from the cache",
+                ),
+            ),
+            "Of the postings keyword searches and hybrid searches' keyword legs scored, the share the server "
+            "processes held decoded (`server.postings_cache_bytes`) rather than read from the database. Low on a "
+            "large store means the cache holds too few of its common words: raise it (docs/search.md).",
         ),
         Panel(
             "Store migrations",
